@@ -1,0 +1,41 @@
+"""Packaging for tdmq-beam; also what Beam workers install with --setup_file ./setup.py."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tdmq-beam",
+    version="0.1.0",
+    description="Apache Beam connector for Tencent Cloud TDMQ for MQTT, with a local emulator of the service",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tdmq_beam", "tdmq_beam.*", "pipelines", "pipelines.*"]),
+    package_data={"tdmq_beam": ["py.typed"]},
+    install_requires=[
+        "apache-beam>=2.60",
+        "aiohttp>=3.9",
+        "fastavro>=1.9",
+        "uvloop>=0.19; platform_system != 'Windows'",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "paho-mqtt>=2.1",
+            "hypothesis>=6.100",
+            "trustme>=1.1",
+            "tencentcloud-sdk-python-common>=3.0.1100",
+            "ruff>=0.6",
+        ],
+        "gcp": ["apache-beam[gcp]>=2.60"],
+    },
+    entry_points={"console_scripts": ["tdmq-emulator=tdmq_beam.emulator.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: System :: Networking",
+    ],
+)

@@ -1,0 +1,5 @@
+import sys
+
+from tdmq_beam.emulator.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""``tdmq-emulator``: run the local TDMQ for MQTT emulator from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from tdmq_beam.emulator.config import (
+    DEFAULT_INSTANCE_ID,
+    DEFAULT_SECRET_ID,
+    DEFAULT_SECRET_KEY,
+    FAULT_KINDS,
+    Acl,
+    EmulatorConfig,
+    FaultConfig,
+)
+from tdmq_beam.emulator.server import Emulator
+
+__all__ = ["main", "parse_config"]
+
+
+def _user(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME:PASSWORD, got {text!r}")
+    return name, password
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tdmq-emulator",
+        description="A local TDMQ for MQTT: an MQTT 3.1.1/5 broker with the HTTP data-plane and cloud APIs.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8080, help="HTTP(S) API port, 0 for a free one (default 8080)")
+    parser.add_argument("--mqtt-port", type=int, default=1883, help="MQTT port, 0 for a free one (default 1883)")
+    parser.add_argument(
+        "--user", action="append", type=_user, metavar="NAME:PASSWORD",
+        help="a user (repeatable); default user0:secret0, as in the documentation's examples",
+    )  # fmt: skip
+    parser.add_argument("--allow-anonymous", action="store_true", help="accept MQTT connections without a username")
+    parser.add_argument("--acl", metavar="FILE", help="JSON ACL file: first matching rule wins")
+    parser.add_argument("--tps", type=float, default=0.0, help="data-plane requests/s before 429 (default 0: no limit)")
+    parser.add_argument("--secret-id", default=DEFAULT_SECRET_ID, help="cloud API SecretId")
+    parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY, help="cloud API SecretKey")
+    parser.add_argument("--instance-id", default=DEFAULT_INSTANCE_ID, help="instance id (default mqtt-local)")
+    parser.add_argument("--cloud-rate", type=float, default=20.0, help="cloud API requests/s per action (default 20)")
+    parser.add_argument(
+        "--offline-action", action="append", default=[], metavar="ACTION",
+        help="answer this cloud API action with ActionOffline (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--max-packet-size", type=int, default=1024 * 1024, help="largest MQTT packet in bytes")
+    parser.add_argument("--max-payload", type=int, default=1024 * 1024, help="largest HTTP publish body in bytes")
+    parser.add_argument("--max-inflight", type=int, default=16, help="QoS 1/2 window per MQTT 3.x client")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of HTTP publishes that fail (0..1)")
+    parser.add_argument(
+        "--fault-kinds", default=",".join(FAULT_KINDS), help=f"comma-separated, among {','.join(FAULT_KINDS)}"
+    )
+    parser.add_argument("--fault-seed", type=int, default=None, help="seed for repeatable faults")
+    parser.add_argument("--fault-delay", type=float, default=30.0, help="seconds a 'delay' fault holds a request")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
+    parser.add_argument("--client-ca", help="with TLS: verify client certificates against this CA (mTLS)")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str]:
+    """Parses command-line arguments into a config and a log level."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = EmulatorConfig(
+            host=args.host,
+            http_port=args.http_port,
+            mqtt_port=args.mqtt_port,
+            users=dict(args.user) if args.user else {"user0": "secret0"},
+            allow_anonymous=args.allow_anonymous,
+            acl=Acl.from_file(args.acl) if args.acl else Acl(),
+            tps=args.tps,
+            secret_id=args.secret_id,
+            secret_key=args.secret_key,
+            instance_id=args.instance_id,
+            cloud_rate=args.cloud_rate,
+            offline_actions=frozenset(args.offline_action),
+            max_packet_size=args.max_packet_size,
+            max_payload=args.max_payload,
+            max_inflight=args.max_inflight,
+            faults=FaultConfig(
+                rate=args.fault_rate,
+                kinds=tuple(kind.strip() for kind in args.fault_kinds.split(",") if kind.strip()),
+                seed=args.fault_seed,
+                delay_seconds=args.fault_delay,
+            ),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config, args.log_level
+
+
+async def _serve(config: EmulatorConfig) -> None:
+    emulator = Emulator(config)
+    await emulator.start()
+    print(f"tdmq-emulator serving http={emulator.http_url} mqtt={emulator.mqtt_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await emulator.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, log_level = parse_config(argv)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(config))
+    else:
+        uvloop.run(_serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Cloud API 3.0 at ``POST /``: DescribeMQTTClient and DescribeClientList, TC3-signed.
+
+Answers as Tencent Cloud does: HTTP 200 with ``Response.Error`` for every
+business outcome, ``Content-Type: application/json`` exactly (the official SDK
+parses errors only then), client details built from the broker's live state.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import time
+import uuid
+from collections import defaultdict
+
+from aiohttp import web
+
+from tdmq_beam import tc3
+from tdmq_beam.emulator.broker import Broker, Session
+from tdmq_beam.emulator.mqtt_codec import PacketType
+from tdmq_beam.token_bucket import TokenBucket
+
+__all__ = ["ACTIONS", "SIGNATURE_WINDOW", "CloudApi"]
+
+# Action -> (service of its credential scope, API version).
+ACTIONS = {
+    "DescribeMQTTClient": ("trocket", "2023-03-08"),
+    "DescribeClientList": ("mqtt", "2024-05-16"),
+}
+SIGNATURE_WINDOW = 300
+"""Seconds a signature's timestamp may be from the server's clock."""
+
+MAX_CLIENT_LIST = 1024
+
+_AUTHORIZATION = re.compile(
+    r"^TC3-HMAC-SHA256 Credential=(?P<secret_id>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<service>[^/]+)/tc3_request, "
+    r"SignedHeaders=(?P<signed>[a-z0-9;_-]+), Signature=(?P<signature>[0-9a-f]{64})$"
+)
+
+
+class _CloudError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _answer(body: dict) -> web.Response:
+    return web.Response(body=json.dumps({"Response": body}).encode(), headers={"Content-Type": "application/json"})
+
+
+class CloudApi:
+    """Verifies signatures, applies the per-action rate limit, and describes clients."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.requests: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._limits = (
+            {action: TokenBucket(self.config.cloud_rate) for action in ACTIONS} if self.config.cloud_rate else {}
+        )
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
+        request_id = str(uuid.uuid4())
+        body = await request.read()
+        action = request.headers.get("X-TC-Action", "")
+        try:
+            result = self._dispatch(request, action, body)
+        except _CloudError as error:
+            self.requests[f"cloud:{action or '?'}"][error.code] += 1
+            return _answer({"Error": {"Code": error.code, "Message": error.message}, "RequestId": request_id})
+        self.requests[f"cloud:{action}"]["OK"] += 1
+        result["RequestId"] = request_id
+        return _answer(result)
+
+    def _dispatch(self, request: web.Request, action: str, body: bytes) -> dict:
+        self._verify(request, action, body)
+        if action not in ACTIONS:
+            raise _CloudError("InvalidAction", f"the action {action!r} does not exist")
+        if action in self.config.offline_actions:
+            raise _CloudError("ActionOffline", f"the action {action} is offline")
+        version = request.headers.get("X-TC-Version", "")
+        if version != ACTIONS[action][1]:
+            raise _CloudError("NoSuchVersion", f"{action} has no version {version!r}; use {ACTIONS[action][1]}")
+        limit = self._limits.get(action)
+        if limit is not None and not limit.try_take():
+            raise _CloudError("RequestLimitExceeded", f"{action} is limited to {self.config.cloud_rate:g} requests/s")
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            raise _CloudError("InvalidParameter", "the request body is not JSON") from None
+        if not isinstance(params, dict):
+            raise _CloudError("InvalidParameter", "the request body is not a JSON object")
+        instance_id = params.get("InstanceId")
+        if not instance_id:
+            raise _CloudError("MissingParameter", "the parameter InstanceId is required")
+        if instance_id != self.config.instance_id:
+            raise _CloudError("ResourceNotFound.Instance", f"instance {instance_id!r} does not exist")
+        if action == "DescribeMQTTClient":
+            return self._describe_mqtt_client(params)
+        return self._describe_client_list(params)
+
+    def _verify(self, request: web.Request, action: str, body: bytes) -> None:
+        headers = request.headers
+        match = _AUTHORIZATION.match(headers.get("Authorization", ""))
+        if match is None:
+            raise _CloudError("AuthFailure.InvalidAuthorization", "the Authorization header is not TC3-HMAC-SHA256")
+        timestamp_text = headers.get("X-TC-Timestamp", "")
+        if not timestamp_text.isdigit():
+            raise _CloudError("MissingParameter", "X-TC-Timestamp is missing or not a Unix time")
+        timestamp = int(timestamp_text)
+        if abs(time.time() - timestamp) > SIGNATURE_WINDOW:
+            raise _CloudError("AuthFailure.SignatureExpire", "the signature's timestamp is more than 5 minutes off")
+        if match["secret_id"] != self.config.secret_id:
+            raise _CloudError("AuthFailure.SecretIdNotFound", "the SecretId does not exist")
+        signed = match["signed"].split(";")
+        if "content-type" not in signed or "host" not in signed:
+            raise _CloudError("AuthFailure.SignatureFailure", "SignedHeaders must include content-type and host")
+        if match["date"] != tc3.utc_date(timestamp):
+            raise _CloudError("AuthFailure.SignatureFailure", "the credential date does not match X-TC-Timestamp")
+        expected_service = ACTIONS.get(action, (match["service"],))[0]
+        if match["service"] != expected_service:
+            raise _CloudError(
+                "AuthFailure.SignatureFailure",
+                f"the credential scope names service {match['service']!r}; {action} belongs to {expected_service!r}",
+            )
+        signature = tc3.sign(
+            secret_key=self.config.secret_key,
+            service=match["service"],
+            timestamp=timestamp,
+            headers={name: headers.get(name, "") for name in signed},
+            payload=body,
+            unsigned_payload=headers.get("X-TC-Content-SHA256") == tc3.UNSIGNED_PAYLOAD,
+        )
+        if not hmac.compare_digest(signature, match["signature"]):
+            raise _CloudError("AuthFailure.SignatureFailure", "the signature does not match")
+
+    def _describe_mqtt_client(self, params: dict) -> dict:
+        client_id = params.get("ClientId")
+        if not client_id:
+            raise _CloudError("MissingParameter", "the parameter ClientId is required")
+        session = self.broker.sessions.get(client_id)
+        if session is None:
+            raise _CloudError("ResourceNotFound.Client", f"client {client_id!r} does not exist")
+        details = _client_fields(session)
+        details["MQTTClientSubscriptions"] = [
+            {"TopicFilter": sub.topic_filter, "Qos": sub.qos} for sub in session.subscriptions.values()
+        ]
+        details["Inbound"] = _traffic(session, "in", session.bytes_in)
+        details["OutBound"] = _traffic(session, "out", session.bytes_out)
+        return details
+
+    def _describe_client_list(self, params: dict) -> dict:
+        prefix = params.get("ClientId") or ""
+        try:
+            number = min(int(params.get("Number") or MAX_CLIENT_LIST), MAX_CLIENT_LIST)
+            online_status = int(params.get("OnlineStatus") or 0)
+            max_timestamp = int(params.get("MaxTimestamp") or 0)
+        except (TypeError, ValueError):
+            raise _CloudError("InvalidParameterValue", "Number, OnlineStatus and MaxTimestamp are integers") from None
+        if online_status not in (0, 1, 2):
+            raise _CloudError("InvalidParameterValue", "OnlineStatus must be 0, 1 or 2")
+        clients = []
+        for client_id in sorted(self.broker.sessions):
+            if len(clients) >= number:
+                break
+            if not client_id.startswith(prefix):
+                continue
+            session = self.broker.sessions[client_id]
+            online = session.connection is not None
+            if (online_status == 1 and not online) or (online_status == 2 and online):
+                continue
+            last_change = session.connected_ms if online else session.disconnected_ms
+            if max_timestamp and last_change > max_timestamp:
+                continue
+            info = _client_fields(session)
+            info["MQTTClientSubscriptions"] = [
+                {
+                    "TopicFilter": sub.topic_filter,
+                    "Qos": sub.qos,
+                    "Lag": sum(1 for d in session.queue if d.qos),
+                    "Inflight": len(session.inflight),
+                    "UserProperties": [],
+                }
+                for sub in session.subscriptions.values()
+            ]
+            info["ExpireIntervalInSeconds"] = session.expiry_interval
+            clients.append(info)
+        return {"Clients": clients}
+
+    def snapshot(self) -> dict:
+        return {api: dict(counts) for api, counts in self.requests.items()}
+
+
+def _client_fields(session: Session) -> dict:
+    connected = session.connection is not None
+    return {
+        "ClientId": session.client_id,
+        "ClientAddress": session.address,
+        "ProtocolVersion": session.protocol_level,
+        "Keepalive": session.keepalive,
+        "ConnectionStatus": "CONNECTED" if connected else "DISCONNECTED",
+        "CreateTime": session.created_ms,
+        "ConnectTime": session.connected_ms,
+        "DisconnectTime": 0 if connected else session.disconnected_ms,
+        "CleanSession": session.clean_start,
+    }
+
+
+def _traffic(session: Session, direction: str, total_bytes: int) -> dict:
+    items = [
+        {"MessageType": PacketType.NAMES[packet_type], "Qos": qos, "Count": count}
+        for (way, packet_type, qos), count in session.packet_counts.items()
+        if way == direction
+    ]
+    return {"Bytes": total_bytes, "Items": items}

@@ -1,0 +1,214 @@
+"""What the emulator serves and how: users, ACL, cloud credentials, limits and faults."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tdmq_beam.topics import filter_covers, topic_filter_error, topic_matches
+
+__all__ = [
+    "DEFAULT_INSTANCE_ID",
+    "DEFAULT_SECRET_ID",
+    "DEFAULT_SECRET_KEY",
+    "DEFAULT_USERS",
+    "Acl",
+    "AclRule",
+    "Action",
+    "EmulatorConfig",
+    "FaultConfig",
+]
+
+Action = Literal["connect", "publish", "subscribe"]
+
+# The pair in the seed documents' curl examples (Basic dXNlcjA6c2VjcmV0MA==).
+DEFAULT_USERS = {"user0": "secret0"}
+# The example credential of Tencent Cloud's API documentation.
+DEFAULT_SECRET_ID = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE"
+DEFAULT_SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE"
+DEFAULT_INSTANCE_ID = "mqtt-local"
+
+FAULT_KINDS = ("500", "429", "reset", "delay")
+
+
+@dataclass(frozen=True)
+class AclRule:
+    """One ACL rule: who (user or ``*``), what action, which topic filter, allow or deny."""
+
+    user: str
+    action: Literal["connect", "publish", "subscribe", "all"]
+    topic: str
+    permission: Literal["allow", "deny"]
+
+    def applies(self, user: str | None, action: Action, topic: str | None) -> bool:
+        if self.user != "*" and self.user != user:
+            return False
+        if self.action != "all" and self.action != action:
+            return False
+        if topic is None or action == "connect":
+            return True
+        if action == "publish":
+            return topic_matches(self.topic, topic)
+        return filter_covers(self.topic, topic)
+
+
+@dataclass(frozen=True)
+class Acl:
+    """Ordered ACL rules: the first rule that applies decides; no rule applying allows."""
+
+    rules: tuple[AclRule, ...] = ()
+
+    def allows(self, user: str | None, action: Action, topic: str | None = None) -> bool:
+        for rule in self.rules:
+            if rule.applies(user, action, topic):
+                return rule.permission == "allow"
+        return True
+
+    @classmethod
+    def from_json(cls, document: dict) -> Acl:
+        """Reads ``{"rules": [{"user", "action", "topic", "permission"}, ...]}``.
+
+        Raises:
+            ValueError: naming the first rule that is not well formed.
+        """
+        rules = []
+        for index, raw in enumerate(document.get("rules", [])):
+            where = f"ACL rule {index + 1}"
+            if not isinstance(raw, dict):
+                raise ValueError(f"{where} is not an object")
+            action = raw.get("action", "all")
+            permission = raw.get("permission")
+            topic = raw.get("topic", "#")
+            if action not in ("connect", "publish", "subscribe", "all"):
+                raise ValueError(f"{where}: action must be connect, publish, subscribe or all")
+            if permission not in ("allow", "deny"):
+                raise ValueError(f"{where}: permission must be allow or deny")
+            if topic_filter_error(topic):
+                raise ValueError(f"{where}: {topic_filter_error(topic)}")
+            rules.append(AclRule(str(raw.get("user", "*")), action, topic, permission))
+        return cls(tuple(rules))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Acl:
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read ACL file {path}: {exc}") from exc
+        return cls.from_json(document)
+
+
+@dataclass
+class FaultConfig:
+    """Faults injected into HTTP publish requests.
+
+    Attributes:
+        rate: fraction of publish requests that fail, 0..1. Defaults to 0.
+        kinds: the kinds drawn from, evenly: ``500`` (Internal Server Error),
+            ``429`` (with Retry-After), ``reset`` (connection closed without a
+            response), ``delay`` (answer after ``delay_seconds``, longer than a
+            typical client timeout).
+        seed: seed of the random draw, so a run can be repeated.
+        delay_seconds: how long ``delay`` holds a request. Defaults to 30.
+        retry_after: the Retry-After seconds sent with an injected 429.
+    """
+
+    rate: float = 0.0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    seed: int | None = None
+    delay_seconds: float = 30.0
+    retry_after: int = 1
+    _random: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"fault rate must be within 0..1, got {self.rate}")
+        unknown = [kind for kind in self.kinds if kind not in FAULT_KINDS]
+        if unknown or not self.kinds:
+            raise ValueError(f"fault kinds must be among {', '.join(FAULT_KINDS)}, got {self.kinds}")
+        self._random.seed(self.seed)
+
+    def draw(self) -> str | None:
+        """The fault for the next request, or None for none."""
+        if self.rate and self._random.random() < self.rate:
+            return self._random.choice(self.kinds)
+        return None
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything the emulator serves.
+
+    Attributes:
+        host: address to listen on. Defaults to 127.0.0.1.
+        http_port: HTTP(S) port for the data-plane and cloud APIs; 0 picks a free one.
+        mqtt_port: MQTT port; 0 picks a free one.
+        users: username -> password. Defaults to ``user0``/``secret0``.
+        allow_anonymous: accept MQTT connections without a username.
+        acl: the ACL. Defaults to allowing everything.
+        tps: data-plane requests per second before 429 (publish, status and
+            keep-alive together); 0 for no limit.
+        secret_id, secret_key: the cloud API credential.
+        instance_id: the instance id the cloud API answers for.
+        cloud_rate: cloud API requests per second per action before
+            ``RequestLimitExceeded``. Defaults to 20, as the service documents.
+        offline_actions: cloud API actions answered with ``ActionOffline``
+            (to rehearse DescribeMQTTClient's retirement).
+        max_packet_size: largest MQTT packet accepted, in bytes. Defaults to 1 MiB.
+        max_payload: largest HTTP publish body, in bytes. Defaults to 1 MiB.
+        max_inflight: outgoing QoS 1/2 window per MQTT 3.x client (MQTT 5
+            clients set theirs with Receive Maximum). Defaults to 16.
+        max_queued: messages queued per session before the oldest are dropped.
+        faults: faults injected into HTTP publish requests.
+        tls_cert, tls_key: serve HTTPS with this certificate instead of HTTP.
+        client_ca: with TLS, ask for client certificates signed by this CA
+            (mTLS); a verified certificate authenticates, its Common Name is
+            the client id.
+    """
+
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    mqtt_port: int = 1883
+    users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    allow_anonymous: bool = False
+    acl: Acl = field(default_factory=Acl)
+    tps: float = 0.0
+    secret_id: str = DEFAULT_SECRET_ID
+    secret_key: str = field(default=DEFAULT_SECRET_KEY, repr=False)
+    instance_id: str = DEFAULT_INSTANCE_ID
+    cloud_rate: float = 20.0
+    offline_actions: frozenset[str] = frozenset()
+    max_packet_size: int = 1024 * 1024
+    max_payload: int = 1024 * 1024
+    max_inflight: int = 16
+    max_queued: int = 100_000
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "mqtt_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be within 0..65535, got {port}")
+        if self.tps < 0 or self.cloud_rate < 0:
+            raise ValueError("tps and cloud_rate must not be negative")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.client_ca and not self.tls_cert:
+            raise ValueError("client_ca needs tls_cert and tls_key")
+        if self.max_packet_size < 16 or self.max_payload < 0:
+            raise ValueError("max_packet_size must be at least 16 and max_payload not negative")
+
+    def check_password(self, username: str | None, password: str | bytes | None) -> bool:
+        if username is None or username not in self.users:
+            return False
+        if isinstance(password, bytes):
+            try:
+                password = password.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        return password == self.users[username]

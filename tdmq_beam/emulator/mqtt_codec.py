@@ -1,0 +1,553 @@
+"""MQTT 3.1.1 and 5 packets: decoding what clients send, encoding what the broker sends.
+
+Written for the emulator's broker. No library on PyPI offers a sans-I/O codec
+for both protocol levels 4 and 5 (paho-mqtt is a client, amqtt speaks 3.1.1
+only, mqttproto and mqtt5 speak 5 only), so the packet layouts of the two
+specifications are written out here. Every decoder raises `MalformedPacket`
+on input that breaks the specification; the connection that sent it is closed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "PINGRESP",
+    "Connect",
+    "Disconnect",
+    "MalformedPacket",
+    "PacketId",
+    "PacketType",
+    "Prop",
+    "Publish",
+    "Subscribe",
+    "Unsubscribe",
+    "Will",
+    "decode_connect",
+    "decode_disconnect",
+    "decode_fixed_header",
+    "decode_packet_id",
+    "decode_publish",
+    "decode_subscribe",
+    "decode_unsubscribe",
+    "encode_ack",
+    "encode_connack",
+    "encode_disconnect",
+    "encode_publish",
+    "encode_suback",
+    "encode_unsuback",
+    "encode_varint",
+]
+
+
+class PacketType:
+    CONNECT = 1
+    CONNACK = 2
+    PUBLISH = 3
+    PUBACK = 4
+    PUBREC = 5
+    PUBREL = 6
+    PUBCOMP = 7
+    SUBSCRIBE = 8
+    SUBACK = 9
+    UNSUBSCRIBE = 10
+    UNSUBACK = 11
+    PINGREQ = 12
+    PINGRESP = 13
+    DISCONNECT = 14
+    AUTH = 15
+
+    NAMES = (
+        "RESERVED", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP",
+        "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP", "DISCONNECT",
+        "AUTH",
+    )  # fmt: skip
+
+
+class Prop:
+    """MQTT 5 property identifiers (MQTT 5 section 2.2.2.2)."""
+
+    PAYLOAD_FORMAT_INDICATOR = 0x01
+    MESSAGE_EXPIRY_INTERVAL = 0x02
+    CONTENT_TYPE = 0x03
+    RESPONSE_TOPIC = 0x08
+    CORRELATION_DATA = 0x09
+    SUBSCRIPTION_IDENTIFIER = 0x0B
+    SESSION_EXPIRY_INTERVAL = 0x11
+    ASSIGNED_CLIENT_IDENTIFIER = 0x12
+    SERVER_KEEP_ALIVE = 0x13
+    AUTHENTICATION_METHOD = 0x15
+    AUTHENTICATION_DATA = 0x16
+    REQUEST_PROBLEM_INFORMATION = 0x17
+    WILL_DELAY_INTERVAL = 0x18
+    REQUEST_RESPONSE_INFORMATION = 0x19
+    RESPONSE_INFORMATION = 0x1A
+    SERVER_REFERENCE = 0x1C
+    REASON_STRING = 0x1F
+    RECEIVE_MAXIMUM = 0x21
+    TOPIC_ALIAS_MAXIMUM = 0x22
+    TOPIC_ALIAS = 0x23
+    MAXIMUM_QOS = 0x24
+    RETAIN_AVAILABLE = 0x25
+    USER_PROPERTY = 0x26
+    MAXIMUM_PACKET_SIZE = 0x27
+    WILDCARD_SUBSCRIPTION_AVAILABLE = 0x28
+    SUBSCRIPTION_IDENTIFIER_AVAILABLE = 0x29
+    SHARED_SUBSCRIPTION_AVAILABLE = 0x2A
+
+
+# Property id -> wire type: b byte, h uint16, i uint32, v varint, s UTF-8 string,
+# d binary data, p UTF-8 string pair.
+_PROP_TYPES = {
+    0x01: "b", 0x02: "i", 0x03: "s", 0x08: "s", 0x09: "d", 0x0B: "v", 0x11: "i", 0x12: "s",
+    0x13: "h", 0x15: "s", 0x16: "d", 0x17: "b", 0x18: "i", 0x19: "b", 0x1A: "s", 0x1C: "s",
+    0x1F: "s", 0x21: "h", 0x22: "h", 0x23: "h", 0x24: "b", 0x25: "b", 0x26: "p", 0x27: "i",
+    0x28: "b", 0x29: "b", 0x2A: "b",
+}  # fmt: skip
+_REPEATABLE = frozenset((Prop.USER_PROPERTY, Prop.SUBSCRIPTION_IDENTIFIER))
+
+# Properties a client may send in each packet it sends (MQTT 5 table 2-4).
+_ALLOWED_IN_CONNECT = frozenset((0x11, 0x15, 0x16, 0x17, 0x19, 0x21, 0x22, 0x26, 0x27))
+_ALLOWED_IN_WILL = frozenset((0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26))
+_ALLOWED_IN_PUBLISH = frozenset((0x01, 0x02, 0x03, 0x08, 0x09, 0x23, 0x26))
+_ALLOWED_IN_ACK = frozenset((0x1F, 0x26))
+_ALLOWED_IN_SUBSCRIBE = frozenset((0x0B, 0x26))
+_ALLOWED_IN_UNSUBSCRIBE = frozenset((0x26,))
+_ALLOWED_IN_DISCONNECT = frozenset((0x11, 0x1C, 0x1F, 0x26))
+
+Properties = dict[int, Any]
+"""Decoded properties: id -> value; repeatable ones (user property, subscription
+identifier) -> list of values, user properties as (key, value) pairs in order."""
+
+
+class MalformedPacket(ValueError):
+    """A packet breaks the MQTT specification; its connection must be closed."""
+
+
+@dataclass(slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Connect:
+    protocol_level: int
+    clean_start: bool
+    keepalive: int
+    client_id: str
+    will: Will | None
+    username: str | None
+    password: bytes | None
+    properties: Properties
+
+
+@dataclass(slots=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    packet_id: int
+    properties: Properties
+
+
+@dataclass(slots=True)
+class Subscribe:
+    packet_id: int
+    # (topic filter, options byte): qos in bits 0-1, no local bit 2, retain as
+    # published bit 3, retain handling bits 4-5.
+    filters: list[tuple[str, int]]
+    properties: Properties
+
+
+@dataclass(slots=True)
+class Unsubscribe:
+    packet_id: int
+    filters: list[str]
+    properties: Properties
+
+
+@dataclass(slots=True)
+class PacketId:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP."""
+
+    packet_id: int
+    reason_code: int
+    properties: Properties
+
+
+@dataclass(slots=True)
+class Disconnect:
+    reason_code: int
+    properties: Properties
+
+
+class _Reader:
+    """Reads MQTT data types from one packet body, raising MalformedPacket past its end."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise MalformedPacket("packet ends in the middle of a field")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise MalformedPacket("packet ends in the middle of a field")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def uint16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def uint32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def varint(self) -> int:
+        value = 0
+        for shift in (0, 7, 14, 21):
+            byte = self.byte()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+        raise MalformedPacket("variable byte integer longer than 4 bytes")
+
+    def binary(self) -> bytes:
+        return self.take(self.uint16())
+
+    def utf8(self) -> str:
+        raw = self.take(self.uint16())
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedPacket("string is not valid UTF-8") from exc
+        if "\x00" in text:
+            raise MalformedPacket("string contains U+0000")
+        return text
+
+    def properties(self, allowed: frozenset[int]) -> Properties:
+        length = self.varint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise MalformedPacket("property length runs past the end of the packet")
+        props: Properties = {}
+        while self.pos < end:
+            prop_id = self.varint()
+            kind = _PROP_TYPES.get(prop_id)
+            if kind is None or prop_id not in allowed:
+                raise MalformedPacket(f"property 0x{prop_id:02X} is not allowed here")
+            if kind == "b":
+                value: Any = self.byte()
+            elif kind == "h":
+                value = self.uint16()
+            elif kind == "i":
+                value = self.uint32()
+            elif kind == "v":
+                value = self.varint()
+            elif kind == "s":
+                value = self.utf8()
+            elif kind == "d":
+                value = self.binary()
+            else:
+                value = (self.utf8(), self.utf8())
+            if prop_id in _REPEATABLE:
+                props.setdefault(prop_id, []).append(value)
+            elif prop_id in props:
+                raise MalformedPacket(f"property 0x{prop_id:02X} appears twice")
+            else:
+                props[prop_id] = value
+        if self.pos != end:
+            raise MalformedPacket("property length does not match its properties")
+        return props
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise MalformedPacket("packet has bytes past its last field")
+
+
+def decode_fixed_header(buffer: bytes | bytearray, start: int) -> tuple[int, int, int] | None:
+    """Reads one fixed header at ``start``.
+
+    Returns:
+        (first byte, remaining length, offset of the body), or None when the
+        buffer does not yet hold the whole header.
+    """
+    value = 0
+    pos = start + 1
+    for shift in (0, 7, 14, 21):
+        if pos >= len(buffer):
+            return None
+        byte = buffer[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return buffer[start], value, pos
+    raise MalformedPacket("remaining length longer than 4 bytes")
+
+
+def decode_connect(body: bytes) -> Connect:
+    reader = _Reader(body)
+    name = reader.utf8()
+    level = reader.byte()
+    if (name, level) not in (("MQTT", 4), ("MQTT", 5), ("MQIsdp", 3)):
+        # Caller answers with "unacceptable protocol version".
+        raise UnsupportedProtocol(level)
+    flags = reader.byte()
+    if flags & 0x01:
+        raise MalformedPacket("CONNECT reserved flag is set")
+    keepalive = reader.uint16()
+    properties = reader.properties(_ALLOWED_IN_CONNECT) if level == 5 else {}
+    client_id = reader.utf8()
+    will = None
+    will_qos = (flags >> 3) & 0x03
+    if flags & 0x04:
+        if will_qos == 3:
+            raise MalformedPacket("will QoS 3")
+        will_props = reader.properties(_ALLOWED_IN_WILL) if level == 5 else {}
+        will_topic = reader.utf8()
+        if not will_topic or "+" in will_topic or "#" in will_topic:
+            raise MalformedPacket("will topic is not a valid topic name")
+        will = Will(will_topic, reader.binary(), will_qos, bool(flags & 0x20), will_props)
+    elif will_qos or flags & 0x20:
+        raise MalformedPacket("will QoS or retain set without a will")
+    username = reader.utf8() if flags & 0x80 else None
+    password = reader.binary() if flags & 0x40 else None
+    if password is not None and username is None and level < 5:
+        raise MalformedPacket("password without username")
+    reader.end()
+    return Connect(level, bool(flags & 0x02), keepalive, client_id, will, username, password, properties)
+
+
+class UnsupportedProtocol(MalformedPacket):
+    """CONNECT names a protocol level this broker does not speak."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(f"unsupported protocol level {level}")
+        self.level = level
+
+
+def decode_publish(first: int, body: bytes, level: int) -> Publish:
+    qos = (first >> 1) & 0x03
+    if qos == 3:
+        raise MalformedPacket("PUBLISH with QoS 3")
+    dup = bool(first & 0x08)
+    if dup and qos == 0:
+        raise MalformedPacket("PUBLISH with DUP set at QoS 0")
+    reader = _Reader(body)
+    topic = reader.utf8()
+    if "+" in topic or "#" in topic:
+        raise MalformedPacket("PUBLISH topic contains a wildcard")
+    packet_id = 0
+    if qos:
+        packet_id = reader.uint16()
+        if packet_id == 0:
+            raise MalformedPacket("packet identifier 0")
+    properties = reader.properties(_ALLOWED_IN_PUBLISH) if level == 5 else {}
+    payload = body[reader.pos :]
+    if properties.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedPacket("payload format indicator 1 but payload is not UTF-8") from exc
+    return Publish(topic, bytes(payload), qos, bool(first & 0x01), dup, packet_id, properties)
+
+
+def decode_packet_id(body: bytes, level: int) -> PacketId:
+    """Decodes PUBACK, PUBREC, PUBREL and PUBCOMP."""
+    reader = _Reader(body)
+    packet_id = reader.uint16()
+    reason = 0
+    props: Properties = {}
+    if level == 5 and reader.remaining():
+        reason = reader.byte()
+        if reader.remaining():
+            props = reader.properties(_ALLOWED_IN_ACK)
+    reader.end()
+    return PacketId(packet_id, reason, props)
+
+
+def decode_subscribe(body: bytes, level: int) -> Subscribe:
+    reader = _Reader(body)
+    packet_id = reader.uint16()
+    if packet_id == 0:
+        raise MalformedPacket("packet identifier 0")
+    props = reader.properties(_ALLOWED_IN_SUBSCRIBE) if level == 5 else {}
+    filters = []
+    while reader.remaining():
+        topic_filter = reader.utf8()
+        options = reader.byte()
+        if options & 0x03 == 3 or options & (0xC0 if level == 5 else 0xFC):
+            raise MalformedPacket("SUBSCRIBE options have reserved bits set or QoS 3")
+        if (options >> 4) & 0x03 == 3:
+            raise MalformedPacket("retain handling 3")
+        filters.append((topic_filter, options))
+    if not filters:
+        raise MalformedPacket("SUBSCRIBE without a topic filter")
+    return Subscribe(packet_id, filters, props)
+
+
+def decode_unsubscribe(body: bytes, level: int) -> Unsubscribe:
+    reader = _Reader(body)
+    packet_id = reader.uint16()
+    if packet_id == 0:
+        raise MalformedPacket("packet identifier 0")
+    props = reader.properties(_ALLOWED_IN_UNSUBSCRIBE) if level == 5 else {}
+    filters = []
+    while reader.remaining():
+        filters.append(reader.utf8())
+    if not filters:
+        raise MalformedPacket("UNSUBSCRIBE without a topic filter")
+    return Unsubscribe(packet_id, filters, props)
+
+
+def decode_disconnect(body: bytes, level: int) -> Disconnect:
+    if level < 5:
+        if body:
+            raise MalformedPacket("DISCONNECT has a body")
+        return Disconnect(0, {})
+    reader = _Reader(body)
+    reason = reader.byte() if reader.remaining() else 0
+    props = reader.properties(_ALLOWED_IN_DISCONNECT) if reader.remaining() else {}
+    reader.end()
+    return Disconnect(reason, props)
+
+
+# -- encoding -----------------------------------------------------------------
+
+_UINT16 = struct.Struct(">H")
+
+
+def encode_varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _UINT16.pack(len(raw)) + raw
+
+
+def _binary(data: bytes) -> bytes:
+    return _UINT16.pack(len(data)) + data
+
+
+def encode_properties(props: Properties) -> bytes:
+    out = bytearray()
+    for prop_id, value in props.items():
+        kind = _PROP_TYPES[prop_id]
+        values = value if prop_id in _REPEATABLE else (value,)
+        for item in values:
+            out += encode_varint(prop_id)
+            if kind == "b":
+                out.append(item)
+            elif kind == "h":
+                out += _UINT16.pack(item)
+            elif kind == "i":
+                out += item.to_bytes(4, "big")
+            elif kind == "v":
+                out += encode_varint(item)
+            elif kind == "s":
+                out += _utf8(item)
+            elif kind == "d":
+                out += _binary(item)
+            else:
+                out += _utf8(item[0]) + _utf8(item[1])
+    return encode_varint(len(out)) + bytes(out)
+
+
+_EMPTY_PROPERTIES = b"\x00"
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + encode_varint(len(body)) + body
+
+
+def encode_connack(session_present: bool, reason_code: int, level: int, props: Properties) -> bytes:
+    body = bytes((int(session_present), reason_code))
+    if level == 5:
+        body += encode_properties(props)
+    return _packet(0x20, body)
+
+
+def encode_publish(
+    topic_bytes: bytes,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    dup: bool,
+    packet_id: int,
+    level: int,
+    props: Properties | None,
+) -> bytes:
+    """Encodes one PUBLISH; ``topic_bytes`` is the topic already length-prefixed."""
+    parts = [topic_bytes]
+    if qos:
+        parts.append(_UINT16.pack(packet_id))
+    if level == 5:
+        parts.append(encode_properties(props) if props else _EMPTY_PROPERTIES)
+    parts.append(payload)
+    body = b"".join(parts)
+    first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
+    return bytes((first,)) + encode_varint(len(body)) + body
+
+
+def encode_utf8(text: str) -> bytes:
+    """A length-prefixed UTF-8 string, as topics are written in PUBLISH."""
+    return _utf8(text)
+
+
+def encode_ack(packet_type: int, packet_id: int, reason_code: int, level: int) -> bytes:
+    """Encodes PUBACK, PUBREC, PUBREL, PUBCOMP."""
+    first = (packet_type << 4) | (0x02 if packet_type == PacketType.PUBREL else 0)
+    body = _UINT16.pack(packet_id)
+    if level == 5 and reason_code:
+        body += bytes((reason_code,))
+    return _packet(first, body)
+
+
+def encode_suback(packet_id: int, codes: list[int], level: int) -> bytes:
+    body = _UINT16.pack(packet_id) + (_EMPTY_PROPERTIES if level == 5 else b"") + bytes(codes)
+    return _packet(0x90, body)
+
+
+def encode_unsuback(packet_id: int, codes: list[int], level: int) -> bytes:
+    if level == 5:
+        return _packet(0xB0, _UINT16.pack(packet_id) + _EMPTY_PROPERTIES + bytes(codes))
+    return _packet(0xB0, _UINT16.pack(packet_id))
+
+
+def encode_disconnect(reason_code: int, reason_string: str | None = None) -> bytes:
+    """MQTT 5 DISCONNECT sent by the server."""
+    props: Properties = {Prop.REASON_STRING: reason_string} if reason_string else {}
+    return _packet(0xE0, bytes((reason_code,)) + encode_properties(props))
+
+
+PINGRESP = b"\xd0\x00"

@@ -1,0 +1,168 @@
+"""Test helpers: the emulator in a background thread, for this project's tests and yours.
+
+Usage::
+
+    from tdmq_beam.testing import TdmqEmulator
+
+    with TdmqEmulator() as emulator:
+        print(emulator.http_url, emulator.mqtt_port, emulator.username)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tdmq_beam.emulator.config import EmulatorConfig, FaultConfig
+from tdmq_beam.emulator.server import Emulator
+
+__all__ = ["TdmqEmulator"]
+
+T = TypeVar("T")
+
+_START_TIMEOUT = 30.0
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class TdmqEmulator:
+    """Runs the emulator on free ports of 127.0.0.1 in a daemon thread.
+
+    Args:
+        **config: `EmulatorConfig` fields; ``http_port`` and ``mqtt_port``
+            default to 0 (free ports) here.
+
+    Attributes:
+        config: the emulator's configuration.
+        username, password: the first configured user (``user0``/``secret0``
+            unless ``users`` is given).
+    """
+
+    def __init__(self, **config: Any) -> None:
+        config.setdefault("http_port", 0)
+        config.setdefault("mqtt_port", 0)
+        self.config = EmulatorConfig(**config)
+        self.username, self.password = next(iter(self.config.users.items()), (None, None))
+        self._emulator = Emulator(self.config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        state = self.http_url if self._loop is not None else "stopped"
+        return f"TdmqEmulator({state})"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> TdmqEmulator:
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._loop = loop = _new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._emulator.start())
+            except BaseException as exc:  # reported to start()
+                ready.set_exception(exc)
+                loop.close()
+                return
+            ready.set_result(None)
+            loop.run_forever()
+            loop.run_until_complete(self._emulator.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="tdmq-emulator", daemon=True)
+        self._thread.start()
+        try:
+            ready.result(timeout=_START_TIMEOUT)
+        except BaseException:
+            self._thread = None
+            self._loop = None
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=_START_TIMEOUT)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> TdmqEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- addresses ------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def http_url(self) -> str:
+        return self._emulator.http_url
+
+    @property
+    def http_port(self) -> int:
+        return self._emulator.http_port
+
+    @property
+    def mqtt_port(self) -> int:
+        return self._emulator.mqtt_port
+
+    @property
+    def cloud_endpoint(self) -> str:
+        """``host:port`` of the cloud API, as the official SDK's HttpProfile takes it."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def secret_id(self) -> str:
+        return self.config.secret_id
+
+    @property
+    def secret_key(self) -> str:
+        return self.config.secret_key
+
+    @property
+    def instance_id(self) -> str:
+        return self.config.instance_id
+
+    # -- inspection and control -------------------------------------------------
+
+    def call(self, function: Callable[[], T]) -> T:
+        """Runs ``function`` on the emulator's loop thread and returns its result."""
+
+        async def run() -> T:
+            return function()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=_START_TIMEOUT)
+
+    def stats(self) -> dict:
+        """What ``GET /emulator/stats`` returns."""
+        return self.call(self._emulator.stats)
+
+    def set_faults(self, rate: float, kinds: tuple[str, ...] | None = None, **options: Any) -> None:
+        """Replaces the faults injected into HTTP publish requests."""
+        faults = FaultConfig(rate=rate, **({"kinds": kinds} if kinds else {}), **options)
+
+        def apply() -> None:
+            self.config.faults = faults
+
+        self.call(apply)
+
+    def online_clients(self) -> set[str]:
+        broker = self._emulator.broker
+        return self.call(lambda: {cid for cid, s in broker.sessions.items() if s.connection is not None})

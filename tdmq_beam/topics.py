@@ -1,0 +1,97 @@
+"""MQTT topic names and topic filters: validation and matching.
+
+One module for the rules of MQTT 5 section 4.7, shared by the connector (which
+validates a message before any request) and the emulator's broker and ACL.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MAX_TOPIC_BYTES",
+    "filter_covers",
+    "topic_filter_error",
+    "topic_matches",
+    "topic_name_error",
+]
+
+MAX_TOPIC_BYTES = 65535
+
+
+def topic_name_error(topic: str) -> str | None:
+    """Returns why ``topic`` is not a valid topic name to publish to, or None.
+
+    A topic name is non-empty, has no wildcard (``+`` or ``#``), no U+0000 and
+    at most 65,535 bytes of UTF-8.
+    """
+    if not topic:
+        return "topic is empty"
+    if "+" in topic or "#" in topic:
+        return f"topic {topic!r} contains a wildcard ('+' or '#'); publish needs a topic name"
+    if "\x00" in topic:
+        return "topic contains the null character U+0000"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "topic is not valid UTF-8 (it contains a lone surrogate)"
+    if size > MAX_TOPIC_BYTES:
+        return f"topic is {size} bytes of UTF-8; MQTT allows at most {MAX_TOPIC_BYTES}"
+    return None
+
+
+def topic_filter_error(topic_filter: str) -> str | None:
+    """Returns why ``topic_filter`` is not a valid subscription filter, or None."""
+    if not topic_filter:
+        return "topic filter is empty"
+    if "\x00" in topic_filter:
+        return "topic filter contains the null character U+0000"
+    if len(topic_filter.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        return f"topic filter is longer than {MAX_TOPIC_BYTES} bytes"
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "'#' must be the whole last level of a topic filter"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level of a topic filter"
+    return None
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether the topic name ``topic`` matches ``topic_filter``.
+
+    Topics starting with ``$`` never match a filter whose first level is a
+    wildcard (MQTT 5 section 4.7.2).
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    filter_levels = topic_filter.split("/")
+    topic_levels = topic.split("/")
+    for index, level in enumerate(filter_levels):
+        if level == "#":
+            return True
+        if index >= len(topic_levels):
+            return False
+        if level != "+" and level != topic_levels[index]:
+            return False
+    return len(filter_levels) == len(topic_levels)
+
+
+def filter_covers(outer: str, inner: str) -> bool:
+    """Whether every topic that ``inner`` can match is also matched by ``outer``.
+
+    Used for ACL rules on subscriptions: a rule on ``devices/#`` covers a
+    subscription to ``devices/+/state``, a rule on ``devices/a`` does not cover
+    ``devices/+``.
+    """
+    outer_levels = outer.split("/")
+    inner_levels = inner.split("/")
+    for index, level in enumerate(outer_levels):
+        if level == "#":
+            return True
+        if index >= len(inner_levels):
+            return False
+        other = inner_levels[index]
+        if other == "#":
+            return False
+        if level != "+" and level != other:
+            return False
+    return len(outer_levels) == len(inner_levels)
