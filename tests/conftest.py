@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from mqtt_peers import PahoClient
+
+from tdmq_beam.testing import TdmqEmulator
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """One emulator shared by the tests that need no special configuration."""
+    with TdmqEmulator() as running:
+        yield running
+
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+def unique():
+    """A name unique within the test run, for topics and client ids."""
+    return lambda prefix="t": f"{prefix}-{os.getpid()}-{next(_ids)}"
+
+
+@pytest.fixture
+def paho(emulator):
+    """Factory of connected paho clients on the shared emulator, disconnected after the test."""
+    clients: list[PahoClient] = []
+
+    def make(client_id: str = "", *, port: int | None = None, connect: bool = True, **options) -> PahoClient:
+        client = PahoClient(port or emulator.mqtt_port, client_id, **options)
+        clients.append(client)
+        if connect:
+            flags, rc, props = client.connect()
+            assert not rc.is_failure, rc
+        return client
+
+    yield make
+    for client in clients:
+        try:
+            client.disconnect()
+        except Exception:
+            pass
