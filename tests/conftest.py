@@ -38,7 +38,7 @@ def paho(emulator):
         client = PahoClient(port or emulator.mqtt_port, client_id, **options)
         clients.append(client)
         if connect:
-            flags, rc, props = client.connect()
+            _flags, rc, _props = client.connect()
             assert not rc.is_failure, rc
         return client
 

@@ -34,9 +34,9 @@ def test_connect_checks_credentials(emulator, protocol, unique):
     ok.disconnect()
     for username, password in (("user0", "wrong"), ("nobody", "secret0"), (None, None)):
         client = PahoClient(emulator.mqtt_port, unique("c"), protocol=protocol, username=username, password=password)
-        flags, rc, props = client.connect()
+        _flags, rc, _props = client.connect()
         assert rc.is_failure
-        assert rc.value == 134 or rc.getName() in ("Bad user name or password", "Not authorized")
+        assert rc.getName() == "Bad user name or password", rc
         client.disconnect()
 
 
@@ -57,7 +57,7 @@ def test_unsupported_protocol_level_is_refused(emulator):
 
 def test_zero_length_client_id(emulator):
     client = PahoClient(emulator.mqtt_port, "", protocol=5)
-    flags, rc, props = client.connect()
+    _flags, rc, props = client.connect()
     assert not rc.is_failure
     assigned = props.AssignedClientIdentifier
     assert assigned
@@ -218,7 +218,7 @@ def test_persistent_session_v311_queues_while_offline(paho, unique):
         publisher.publish(topic, f"q{index}".encode(), qos=1)
     publisher.publish(topic, b"qos0-dropped", qos=0)
     again = PahoClient(first.port, client_id, protocol=4, clean=False)
-    flags, rc, _ = again.connect()
+    flags, _rc, _ = again.connect()
     assert flags.session_present
     assert [m.payload for m in again.receive(3)] == [b"q0", b"q1", b"q2"]
     assert again.nothing_more()
