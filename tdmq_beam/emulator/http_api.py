@@ -42,11 +42,15 @@ def _json(status: int, document: dict, headers: dict | None = None) -> web.Respo
     )
 
 
-def _error(status: int, message: str, **extra) -> web.Response:
-    return _json(status, {"error": message, **extra})
+def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
+    return _json(status, {"error": message}, headers)
 
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="tdmq-emulator"'}
+
+
+class _Reset(Exception):
+    """An injected fault closed the connection; there is no response to send."""
 
 
 class _Denied(Exception):
@@ -79,6 +83,9 @@ class DataPlaneApi:
         async def counted(request: web.Request) -> web.StreamResponse:
             try:
                 response = await handler(request)
+            except _Reset:
+                counts["reset"] += 1
+                raise web.HTTPInternalServerError() from None  # written to a closed transport: never seen
             except web.HTTPException as exc:
                 counts[str(exc.status)] += 1
                 raise
@@ -189,7 +196,7 @@ class DataPlaneApi:
             return _error(429, "injected throttling", headers={"Retry-After": retry_after})
         if fault == "reset":
             request.transport.abort()
-            raise web.HTTPInternalServerError()  # never sent: the connection is gone
+            raise _Reset()
         await asyncio.sleep(self.config.faults.delay_seconds)
         return None
 

@@ -18,6 +18,8 @@ __all__ = ["Emulator"]
 
 _LOGGER = logging.getLogger(__name__)
 
+_MAX_REQUEST_LINE = 3 * 65535 + 64 * 1024
+
 
 class Emulator:
     """A running TDMQ for MQTT emulator on the current event loop.
@@ -68,7 +70,14 @@ class Emulator:
         self.data_plane.add_routes(app)
         self.cloud.add_routes(app)
         app.router.add_get("/emulator/stats", self._stats)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            # A topic may be 65,535 bytes, percent-encoded to three times that.
+            max_line_size=_MAX_REQUEST_LINE,
+            max_field_size=65536,
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, config.host, config.http_port, ssl_context=self._ssl_context(), reuse_address=True
