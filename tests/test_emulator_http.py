@@ -122,7 +122,8 @@ def test_seed_curl_examples_verbatim(emulator, paho, unique):
     assert [m.payload for m in subscriber.receive(2)] == [b'{ "message": "Hello, world" }'] * 2
     # 001: online status.
     out = subprocess.run(
-        ["curl", "--silent", "--header", "Authorization: Basic dXNlcjA6c2VjcmV0MA==", f"{base}/client-id/nobody/status"],
+        ["curl", "--silent", "--header", "Authorization: Basic dXNlcjA6c2VjcmV0MA==",
+         f"{base}/client-id/nobody/status"],
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     assert json.loads(out.stdout) == {"online": False}
@@ -131,7 +132,8 @@ def test_seed_curl_examples_verbatim(emulator, paho, unique):
     device.send(connect_packet("curl-x", keepalive=60))
     assert device.read().type == 2
     out = subprocess.run(
-        ["curl", "--silent", "--request", "POST", "--header", "Authorization: Basic c2Vpcm9saTIyMjo5NEZWUmpTejBOR0dXVmFU",
+        ["curl", "--silent", "--request", "POST",
+         "--header", "Authorization: Basic c2Vpcm9saTIyMjo5NEZWUmpTejBOR0dXVmFU",
          f"{base}/keep-alive?client-id=curl-x&interval=120", "--write-out", "%{http_code}"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
@@ -261,7 +263,7 @@ def test_status_from_live_connections(emulator, paho, unique):
         assert json.loads(request(emulator, method, path)[2]) == {"online": False}
     client = paho(client_id)
     for method in ("GET", "POST"):
-        status, headers, body = request(emulator, method, path)
+        status, _, body = request(emulator, method, path)
         assert status == 200 and json.loads(body) == {"online": True}
     client.disconnect()
     time.sleep(0.2)
