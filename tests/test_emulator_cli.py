@@ -1,0 +1,105 @@
+"""The tdmq-emulator command and its configuration parsing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tdmq_beam.emulator.cli import parse_config
+from tdmq_beam.emulator.config import Acl
+
+
+def test_command_prints_urls_and_stops_on_ctrl_c(tmp_path):
+    acl = tmp_path / "acl.json"
+    acl.write_text(json.dumps({"rules": [{"user": "*", "action": "publish", "topic": "x/#", "permission": "deny"}]}))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tdmq_beam.emulator", "--http-port", "0", "--mqtt-port", "0",
+         "--user", "alice:pw", "--acl", str(acl)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        match = re.fullmatch(
+            r"tdmq-emulator serving http=http://127\.0\.0\.1:(\d+) mqtt=mqtt://127\.0\.0\.1:(\d+)\n", line
+        )
+        assert match, line
+        connection = http.client.HTTPConnection("127.0.0.1", int(match[1]), timeout=10)
+        connection.request("POST", "/topics/x/y", body=b"p", headers={"Authorization": "Basic YWxpY2U6cHc="})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 401  # the ACL file applies to alice
+        connection.request("POST", "/topics/z", body=b"p", headers={"Authorization": "Basic YWxpY2U6cHc="})
+        assert connection.getresponse().status == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+
+
+def test_defaults_are_the_documentation_examples():
+    config, _ = parse_config([])
+    assert config.users == {"user0": "secret0"}
+    assert config.secret_id == "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE"
+    assert config.instance_id == "mqtt-local"
+    assert config.cloud_rate == 20
+    assert (config.http_port, config.mqtt_port) == (8080, 1883)
+
+
+def test_flags():
+    config, level = parse_config(
+        ["--user", "a:1", "--user", "b:2:3", "--tps", "50", "--fault-rate", "0.1", "--fault-kinds", "500,reset",
+         "--fault-seed", "3", "--offline-action", "DescribeMQTTClient", "--log-level", "info"]
+    )  # fmt: skip
+    assert config.users == {"a": "1", "b": "2:3"}
+    assert config.tps == 50
+    assert config.faults.rate == 0.1 and config.faults.kinds == ("500", "reset") and config.faults.seed == 3
+    assert config.offline_actions == {"DescribeMQTTClient"}
+    assert level == "info"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--user", "nocolon"], ["--fault-rate", "2"], ["--fault-kinds", "boom"], ["--http-port", "70000"],
+     ["--client-ca", "ca.pem"], ["--acl", "/nonexistent.json"]],
+)  # fmt: skip
+def test_bad_flags_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_config(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"rules": [{"action": "read", "permission": "allow"}]}, "action"),
+        ({"rules": [{"action": "all", "permission": "maybe"}]}, "permission"),
+        ({"rules": [{"action": "all", "permission": "deny", "topic": "a/#/b"}]}, "'#'"),
+        ({"rules": ["nope"]}, "not an object"),
+    ],
+)
+def test_bad_acl_documents(document, problem):
+    with pytest.raises(ValueError, match=problem):
+        Acl.from_json(document)
+
+
+def test_acl_first_match_wins_and_no_match_allows():
+    acl = Acl.from_json(
+        {
+            "rules": [
+                {"user": "bob", "action": "publish", "topic": "a/b", "permission": "allow"},
+                {"user": "*", "action": "publish", "topic": "a/#", "permission": "deny"},
+            ]
+        }
+    )
+    assert acl.allows("bob", "publish", "a/b")
+    assert not acl.allows("bob", "publish", "a/c")
+    assert not acl.allows("eve", "publish", "a/b")
+    assert acl.allows("eve", "publish", "b")
+    assert acl.allows("eve", "subscribe", "a/#")
