@@ -215,7 +215,8 @@ class Broker:
                 if delivery.identifiers:
                     props[Prop.SUBSCRIPTION_IDENTIFIER] = delivery.identifiers
         if message.expires_at is not None:
-            remaining = math.ceil(message.expires_at - self.loop.time())
+            # Rounded to milliseconds first: (t + 3600) - t may be 3600.0000001 in floating point.
+            remaining = math.ceil(round(message.expires_at - self.loop.time(), 3))
             if remaining <= 0 and not dup:
                 self.counters["messages_dropped_expired"] += 1
                 return False
