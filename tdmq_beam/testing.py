@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from tdmq_beam.cloud_api import CloudApiConfig
+from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.emulator.config import EmulatorConfig, FaultConfig
 from tdmq_beam.emulator.server import Emulator
 
@@ -139,6 +141,23 @@ class TdmqEmulator:
     @property
     def instance_id(self) -> str:
         return self.config.instance_id
+
+    # -- connector configuration -------------------------------------------------
+
+    def connection(self, **options: Any) -> TdmqConnection:
+        """A `TdmqConnection` to this emulator as its first user; ``options`` override."""
+        options.setdefault("username", self.username)
+        options.setdefault("password", self.password)
+        return TdmqConnection(self.http_url, **options)
+
+    def cloud_config(self, **options: Any) -> CloudApiConfig:
+        """A `CloudApiConfig` for this emulator's cloud API; ``options`` override."""
+        options.setdefault("secret_id", self.secret_id)
+        options.setdefault("secret_key", self.secret_key)
+        options.setdefault("region", "ap-guangzhou")
+        options.setdefault("instance_id", self.instance_id)
+        options.setdefault("endpoint", self.http_url)
+        return CloudApiConfig(**options)
 
     # -- inspection and control -------------------------------------------------
 

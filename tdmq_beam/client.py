@@ -1,0 +1,379 @@
+"""Clients of TDMQ for MQTT: `AsyncTdmqClient` on aiohttp, and `TdmqClient`, its synchronous face.
+
+Usage::
+
+    conn = TdmqConnection("http://127.0.0.1:8080", username="user0", password="secret0")
+    with TdmqClient(conn) as client:
+        message_id = client.publish(MqttMessage("devices/dev-1/commands", b'{"on": true}'))
+        client.is_online("dev-1")
+
+    async with AsyncTdmqClient(conn) as client:
+        message_id = await client.publish(MqttMessage("devices/dev-1/commands", b"..."))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from tdmq_beam.cloud_api import ClientDetails, CloudApiCaller, CloudApiConfig
+from tdmq_beam.connection import TdmqConnection
+from tdmq_beam.errors import (
+    ConfigurationError,
+    InvalidMessageError,
+    InvalidRequestError,
+    ServerError,
+    TdmqError,
+    TransportError,
+    error_for_status,
+)
+from tdmq_beam.message import MqttMessage
+from tdmq_beam.token_bucket import TokenBucket
+
+__all__ = ["KEEPALIVE_RANGE", "AsyncTdmqClient", "PublishResult", "TdmqClient", "new_event_loop"]
+
+_LOGGER = logging.getLogger(__name__)
+
+KEEPALIVE_RANGE = (30, 1200)
+"""Keep-alive seconds the keep-alive API accepts."""
+
+T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop where uvloop is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What became of one message: its id, or the error that stopped it, and the attempts made."""
+
+    message_id: str | None
+    attempts: int
+    error: TdmqError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date; the backoff applies instead
+
+
+def _server_message(text: str) -> str:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text[:300] or "no message"
+    if isinstance(document, dict):
+        return str(document.get("error") or document.get("message") or document)[:300]
+    return text[:300]
+
+
+class AsyncTdmqClient:
+    """The data-plane and cloud API calls on one event loop, with a keep-alive connection pool.
+
+    Every call goes through the connection's `RetryPolicy`. Open with
+    ``async with`` or `open`; secrets are resolved then.
+
+    Args:
+        connection: the instance's access point and credentials.
+        cloud: cloud API credentials, needed for `describe_client`.
+    """
+
+    def __init__(self, connection: TdmqConnection, cloud: CloudApiConfig | None = None) -> None:
+        self.connection = connection
+        self.cloud = cloud
+        self._session: aiohttp.ClientSession | None = None
+        self._cloud: CloudApiCaller | None = None
+        self._bucket = TokenBucket(connection.tps) if connection.tps else None
+        self._base = connection.endpoint
+        self._retry = connection.retry
+        self.retries = 0
+
+    async def open(self) -> AsyncTdmqClient:
+        """Resolves secrets, builds TLS, opens the pool.
+
+        Raises:
+            ConfigurationError: a secret or certificate cannot be read.
+        """
+        if self._session is not None:
+            return self
+        connection = self.connection
+        headers = {}
+        authorization = connection.authorization_header()
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        ssl_context = connection.ssl_context()
+        connector = aiohttp.TCPConnector(
+            limit=connection.max_in_flight, limit_per_host=0, ssl=ssl_context if ssl_context is not None else True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=connection.timeout),
+        )
+        if self.cloud is not None:
+            self._cloud = CloudApiCaller(self.cloud, self._session)
+        return self
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncTdmqClient:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def cloud_calls(self) -> int:
+        """Cloud API requests sent so far."""
+        return self._cloud.calls if self._cloud is not None else 0
+
+    def _count_retry(self, error: TdmqError) -> None:
+        self.retries += 1
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        if self._session is None:
+            raise ConfigurationError("the client is not open: use 'async with' or await open()")
+        return await self._retry.run(call, on_retry=self._count_retry)
+
+    # -- publish --------------------------------------------------------------
+
+    async def publish(self, message: MqttMessage) -> str:
+        """Publishes one message; returns the service's message id.
+
+        Raises:
+            InvalidMessageError: the payload is over the connection's cap.
+            TdmqError: the service refused it, or retries ran out.
+        """
+        return (await self.publish_with_attempts(message))[0]
+
+    async def publish_with_attempts(self, message: MqttMessage) -> tuple[str, int]:
+        """Like `publish`, also returning the number of attempts."""
+        if len(message.payload) > self.connection.max_payload_bytes:
+            error = InvalidMessageError(
+                f"payload is {len(message.payload)} bytes; the limit is {self.connection.max_payload_bytes}"
+            )
+            error.attempts = 0
+            raise error
+        return await self._with_retries(lambda: self._publish_once(message))
+
+    async def publish_batch(
+        self, messages: Sequence[MqttMessage], concurrency: int | None = None
+    ) -> list[PublishResult]:
+        """Publishes many messages concurrently; never raises for one message's failure.
+
+        A few long-lived workers pull from one shared iterator, bounded by the
+        connection's ``max_in_flight`` (or ``concurrency``).
+
+        Returns:
+            One `PublishResult` per message, in input order.
+        """
+        results: list[PublishResult | None] = [None] * len(messages)
+        jobs = iter(enumerate(messages))
+
+        async def worker() -> None:
+            for index, message in jobs:
+                try:
+                    message_id, attempts = await self.publish_with_attempts(message)
+                    results[index] = PublishResult(message_id, attempts)
+                except TdmqError as error:
+                    results[index] = PublishResult(None, getattr(error, "attempts", 1), error)
+
+        workers = min(concurrency or self.connection.max_in_flight, len(messages))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return results  # type: ignore[return-value]
+
+    async def _throttle(self) -> None:
+        if self._bucket is not None:
+            wait = self._bucket.reserve()
+            if wait:
+                await asyncio.sleep(wait)
+
+    async def _publish_once(self, message: MqttMessage) -> str:
+        await self._throttle()
+        url = URL(self._base + message.request_target(), encoded=True)
+        try:
+            async with self._session.post(url, data=message.payload) as response:
+                status = response.status
+                if status == 200:
+                    message_id = response.headers.get("X-Message-Id")
+                    if not message_id:
+                        raise ServerError("the service answered 200 without an X-Message-Id", status=200)
+                    return message_id
+                text = await response.text(errors="replace")
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _transport_error("publish", message.topic, exc) from None
+        raise error_for_status(status, _server_message(text), retry_after)
+
+    # -- status and keep-alive ------------------------------------------------------
+
+    async def is_online(self, client_id: str) -> bool:
+        """Whether ``client_id`` is connected now (the online-status API)."""
+        if not isinstance(client_id, str) or not client_id:
+            raise InvalidRequestError("client_id must be a non-empty str")
+        url = URL(f"{self._base}/client-id/{quote(client_id, safe='')}/status", encoded=True)
+        document, _ = await self._with_retries(lambda: self._json_call("GET", url, "status", client_id))
+        online = document.get("online")
+        if not isinstance(online, bool):
+            raise ServerError(f"status answer has no boolean 'online': {str(document)[:200]}")
+        return online
+
+    async def set_keepalive(self, client_id: str, seconds: int) -> int:
+        """Changes an online client's server-side keep-alive; returns the seconds applied.
+
+        Raises:
+            InvalidRequestError: ``seconds`` is outside 30..1200 (no call is
+                made), or the service refused (client offline, keep-alive-0 session).
+        """
+        low, high = KEEPALIVE_RANGE
+        if type(seconds) is not int or not low <= seconds <= high:
+            raise InvalidRequestError(f"keep-alive must be an int within {low}..{high} seconds, got {seconds!r}")
+        if not isinstance(client_id, str) or not client_id:
+            raise InvalidRequestError("client_id must be a non-empty str")
+        url = URL(f"{self._base}/keep-alive?client-id={quote(client_id, safe='')}&interval={seconds}", encoded=True)
+        document, _ = await self._with_retries(lambda: self._json_call("POST", url, "keep-alive", client_id))
+        if document.get("success") is not True:
+            raise ServerError(f"keep-alive answer without success: {str(document)[:200]}")
+        return int(document.get("keepalive", seconds))
+
+    async def _json_call(self, method: str, url: URL, what: str, client_id: str) -> dict:
+        await self._throttle()
+        try:
+            async with self._session.request(method, url) as response:
+                text = await response.text(errors="replace")
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _transport_error(what, client_id, exc) from None
+        if status != 200:
+            raise error_for_status(status, _server_message(text), retry_after)
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise ServerError(f"{what} answer is not JSON: {text[:200]}", status=status) from None
+        if not isinstance(document, dict):
+            raise ServerError(f"{what} answer is not a JSON object: {text[:200]}", status=status)
+        return document
+
+    # -- cloud API ------------------------------------------------------------------------
+
+    async def describe_client(self, client_id: str) -> ClientDetails | None:
+        """The client's details from the cloud API, or None when the service does not know it.
+
+        Raises:
+            ConfigurationError: the client was made without a `CloudApiConfig`.
+            CloudApiError: ``AuthFailure.*`` and other refusals; ``RequestLimitExceeded``
+                after retries.
+        """
+        if self._cloud is None:
+            if self._session is None:
+                raise ConfigurationError("the client is not open: use 'async with' or await open()")
+            raise ConfigurationError("describe_client needs a CloudApiConfig (cloud=...)")
+        if not isinstance(client_id, str) or not client_id:
+            raise InvalidRequestError("client_id must be a non-empty str")
+        details, _ = await self._cloud.describe_client(client_id)
+        return details
+
+
+def _transport_error(what: str, subject: str, exc: BaseException) -> TransportError:
+    if isinstance(exc, asyncio.TimeoutError):
+        detail = "timed out"
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return TransportError(f"{what} {subject!r}: {detail}")
+
+
+class TdmqClient:
+    """The synchronous client: `AsyncTdmqClient` on an event loop of its own thread.
+
+    Args:
+        connection: the instance's access point and credentials.
+        cloud: cloud API credentials, needed for `describe_client`.
+
+    Raises:
+        ConfigurationError: a secret or certificate cannot be read.
+    """
+
+    def __init__(self, connection: TdmqConnection, cloud: CloudApiConfig | None = None) -> None:
+        self.connection = connection
+        self.cloud = cloud
+        self._loop = new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tdmq-client", daemon=True)
+        self._thread.start()
+        self.aio = AsyncTdmqClient(connection, cloud)
+        try:
+            self.run(self.aio.open())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def run(self, coroutine: Awaitable[T]) -> T:
+        """Runs a coroutine on the client's loop and waits for its result."""
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result()
+
+    def publish(self, message: MqttMessage) -> str:
+        return self.run(self.aio.publish(message))
+
+    def publish_batch(self, messages: Sequence[MqttMessage], concurrency: int | None = None) -> list[PublishResult]:
+        return self.run(self.aio.publish_batch(messages, concurrency))
+
+    def is_online(self, client_id: str) -> bool:
+        return self.run(self.aio.is_online(client_id))
+
+    def set_keepalive(self, client_id: str, seconds: int) -> int:
+        return self.run(self.aio.set_keepalive(client_id, seconds))
+
+    def describe_client(self, client_id: str) -> ClientDetails | None:
+        return self.run(self.aio.describe_client(client_id))
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        try:
+            self.run(self.aio.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        self._thread = None
+
+    def __enter__(self) -> TdmqClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TdmqClient({self.connection!r})"

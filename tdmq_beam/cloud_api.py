@@ -1,0 +1,308 @@
+"""The cloud API (control plane): `CloudApiConfig`, `ClientDetails`, and the signed async caller.
+
+Two generations describe one client: ``DescribeMQTTClient`` (service trocket,
+2023-03-08; Tencent has announced its retirement) and ``DescribeClientList``
+(service mqtt, 2024-05-16). ``api="auto"`` starts with the first and switches
+to the second for the rest of the run when the service says the action is
+offline or unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from tdmq_beam import tc3
+from tdmq_beam.errors import CloudApiError, ServerError, TransportError
+from tdmq_beam.retry import RetryPolicy
+from tdmq_beam.secret import Secret, SecretLike, as_secret
+from tdmq_beam.token_bucket import TokenBucket
+
+__all__ = ["ClientDetails", "ClientSubscription", "CloudApiCaller", "CloudApiConfig"]
+
+_LOGGER = logging.getLogger(__name__)
+
+ApiChoice = Literal["auto", "DescribeMQTTClient", "DescribeClientList"]
+
+# Action -> (service, version, default host).
+_ACTIONS = {
+    "DescribeMQTTClient": ("trocket", "2023-03-08", "trocket.tencentcloudapi.com"),
+    "DescribeClientList": ("mqtt", "2024-05-16", "mqtt.tencentcloudapi.com"),
+}
+# Codes meaning "this action is gone": switch generations under api="auto".
+_RETIRED_CODES = ("InvalidAction", "ActionOffline", "UnsupportedOperation", "NoSuchVersion")
+
+
+class CloudApiConfig:
+    """Credentials and target of the cloud API.
+
+    Args:
+        secret_id: the SecretId of the credential (shown masked).
+        secret_key: the SecretKey (str or `Secret`); never shown.
+        region: the instance's region, e.g. ``ap-guangzhou``.
+        instance_id: the TDMQ for MQTT instance id, e.g. ``mqtt-xxxx``.
+        endpoint: ``scheme://host[:port]`` serving every action (the emulator,
+            a proxy). Defaults to Tencent's hosts, one per service, over https.
+        api: ``auto`` (DescribeMQTTClient, then DescribeClientList once the
+            former is gone), or one of the two actions. Defaults to auto.
+        token: session token of temporary credentials (str or `Secret`).
+        rate: requests per second per worker process, per action. Defaults
+            to 20, the service's documented limit: divide by the number of
+            worker processes to stay within it.
+        timeout: seconds per request. Defaults to 10.
+        retry: retry policy. Defaults to `RetryPolicy()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret_id: str,
+        secret_key: SecretLike,
+        region: str,
+        instance_id: str,
+        endpoint: str | None = None,
+        api: ApiChoice = "auto",
+        token: SecretLike | None = None,
+        rate: float | None = 20.0,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not isinstance(secret_id, str) or not secret_id:
+            raise ValueError("secret_id is required")
+        if secret_key is None or secret_key == "":
+            raise ValueError("secret_key is required")
+        if not isinstance(region, str) or not region:
+            raise ValueError("region is required, e.g. 'ap-guangzhou'")
+        if not isinstance(instance_id, str) or not instance_id:
+            raise ValueError("instance_id is required, e.g. 'mqtt-xxxx'")
+        if api not in ("auto", *_ACTIONS):
+            raise ValueError(f"api must be 'auto', 'DescribeMQTTClient' or 'DescribeClientList', got {api!r}")
+        if endpoint is not None:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+                raise ValueError(f"endpoint must be scheme://host[:port], got {endpoint!r}")
+            if parts.username or parts.password:
+                raise ValueError("endpoint must not carry credentials")
+            endpoint = f"{parts.scheme}://{parts.netloc}"
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be positive or None, got {rate}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.secret_id = secret_id
+        self.secret_key: Secret = as_secret(secret_key)
+        self.region = region
+        self.instance_id = instance_id
+        self.endpoint = endpoint
+        self.api = api
+        self.token: Secret | None = as_secret(token)
+        self.rate = rate
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+
+    def url_and_host(self, action: str) -> tuple[str, str]:
+        """The URL to POST to and the Host header (signed) for ``action``."""
+        if self.endpoint is not None:
+            return self.endpoint + "/", urlsplit(self.endpoint).netloc
+        host = _ACTIONS[action][2]
+        return f"https://{host}/", host
+
+    def display_data(self) -> dict[str, Any]:
+        masked = self.secret_id[:4] + "..." + self.secret_id[-4:] if len(self.secret_id) > 8 else "..."
+        data = {
+            "secret_id": masked,
+            "secret_key": self.secret_key.describe(),
+            "region": self.region,
+            "instance_id": self.instance_id,
+            "api": self.api,
+            "rate": self.rate,
+        }
+        if self.endpoint:
+            data["cloud_endpoint"] = self.endpoint
+        if self.token is not None:
+            data["token"] = self.token.describe()
+        return data
+
+    def __repr__(self) -> str:
+        return "CloudApiConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.display_data().items()) + ")"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CloudApiConfig) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((self.secret_id, self.instance_id, self.region))
+
+
+@dataclass(frozen=True)
+class ClientSubscription:
+    topic_filter: str
+    qos: int
+
+
+@dataclass(frozen=True)
+class ClientDetails:
+    """One client as the cloud API describes it. Times are Unix milliseconds.
+
+    ``inbound`` (server to client) and ``outbound`` (client to server) traffic
+    come only from DescribeMQTTClient; ``session_expiry_interval`` only from
+    DescribeClientList.
+    """
+
+    client_id: str
+    client_address: str
+    protocol_version: int
+    keepalive: int
+    connection_status: str
+    clean_session: bool
+    subscriptions: tuple[ClientSubscription, ...]
+    create_time: int
+    connect_time: int
+    disconnect_time: int
+    session_expiry_interval: int | None = None
+    inbound: dict | None = None
+    outbound: dict | None = None
+
+    @property
+    def online(self) -> bool:
+        return self.connection_status == "CONNECTED"
+
+    @classmethod
+    def from_response(cls, data: dict) -> ClientDetails:
+        return cls(
+            client_id=data.get("ClientId", ""),
+            client_address=data.get("ClientAddress", ""),
+            protocol_version=int(data.get("ProtocolVersion") or 0),
+            keepalive=int(data.get("Keepalive") or 0),
+            connection_status=data.get("ConnectionStatus", ""),
+            clean_session=bool(data.get("CleanSession")),
+            subscriptions=tuple(
+                ClientSubscription(sub.get("TopicFilter", ""), int(sub.get("Qos") or 0))
+                for sub in data.get("MQTTClientSubscriptions") or ()
+            ),
+            create_time=int(data.get("CreateTime") or 0),
+            connect_time=int(data.get("ConnectTime") or 0),
+            disconnect_time=int(data.get("DisconnectTime") or 0),
+            session_expiry_interval=data.get("ExpireIntervalInSeconds"),
+            inbound=data.get("Inbound"),
+            outbound=data.get("OutBound"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain types only, for records in pipelines."""
+        return {
+            "client_id": self.client_id,
+            "client_address": self.client_address,
+            "protocol_version": self.protocol_version,
+            "keepalive": self.keepalive,
+            "connection_status": self.connection_status,
+            "clean_session": self.clean_session,
+            "subscriptions": [{"topic_filter": s.topic_filter, "qos": s.qos} for s in self.subscriptions],
+            "create_time": self.create_time,
+            "connect_time": self.connect_time,
+            "disconnect_time": self.disconnect_time,
+            "session_expiry_interval": self.session_expiry_interval,
+        }
+
+
+class CloudApiCaller:
+    """Signs and sends cloud API requests on an aiohttp session (one event loop)."""
+
+    def __init__(self, config: CloudApiConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._session = session
+        self._secret_key = config.secret_key.resolve()
+        self._token = config.token.resolve() if config.token is not None else None
+        self.action = "DescribeMQTTClient" if config.api == "auto" else config.api
+        self._limits = {action: TokenBucket(config.rate) for action in _ACTIONS} if config.rate else {}
+        self.calls = 0
+
+    async def describe_client(self, client_id: str) -> tuple[ClientDetails | None, int]:
+        """The client's details (None when the service does not know it), and the attempts made."""
+        while True:
+            action = self.action
+            try:
+                return await self.config.retry.run(lambda: self._describe_once(action, client_id))
+            except CloudApiError as error:
+                if (
+                    self.config.api == "auto"
+                    and action == "DescribeMQTTClient"
+                    and error.code.startswith(_RETIRED_CODES)
+                ):
+                    _LOGGER.warning("DescribeMQTTClient is gone (%s); using DescribeClientList from now on", error.code)
+                    self.action = "DescribeClientList"
+                    continue
+                raise
+
+    async def _describe_once(self, action: str, client_id: str) -> ClientDetails | None:
+        params: dict[str, Any] = {"InstanceId": self.config.instance_id, "ClientId": client_id}
+        try:
+            response = await self.call(action, params)
+        except CloudApiError as error:
+            if error.code == "ResourceNotFound.Client":
+                return None
+            raise
+        if action == "DescribeMQTTClient":
+            return ClientDetails.from_response(response)
+        for client in response.get("Clients") or ():
+            if client.get("ClientId") == client_id:  # the filter is a prefix match
+                return ClientDetails.from_response(client)
+        return None
+
+    async def call(self, action: str, params: dict) -> dict:
+        """One signed request; returns ``Response`` or raises `CloudApiError`."""
+        limit = self._limits.get(action)
+        if limit is not None:
+            wait = limit.reserve()
+            if wait:
+                await asyncio.sleep(wait)
+        service, version, _ = _ACTIONS.get(action, ("trocket", "2023-03-08", ""))
+        url, host = self.config.url_and_host(action if action in _ACTIONS else "DescribeMQTTClient")
+        body = json.dumps(params, separators=(",", ":")).encode()
+        timestamp = int(time.time())
+        signed = {"Content-Type": "application/json", "Host": host}
+        signature = tc3.sign(
+            secret_key=self._secret_key, service=service, timestamp=timestamp, headers=signed, payload=body
+        )
+        headers = {
+            **signed,
+            "X-TC-Action": action,
+            "X-TC-Version": version,
+            "X-TC-Timestamp": str(timestamp),
+            "X-TC-Region": self.config.region,
+            "Authorization": tc3.authorization_header(
+                secret_id=self.config.secret_id, service=service, timestamp=timestamp,
+                signed_headers=list(signed), signature=signature,
+            ),
+        }  # fmt: skip
+        if self._token:
+            headers["X-TC-Token"] = self._token
+        self.calls += 1
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.config.timeout)
+            ) as response:
+                if response.status != 200:
+                    text = (await response.text(errors="replace"))[:300]
+                    raise ServerError(f"cloud API answered HTTP {response.status}: {text}", status=response.status)
+                document = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise TransportError(f"cloud API {action} at {host}: {type(exc).__name__}: {exc}") from None
+        except ValueError:
+            raise ServerError(f"cloud API {action} answered with a body that is not JSON") from None
+        result = document.get("Response") if isinstance(document, dict) else None
+        if not isinstance(result, dict):
+            raise ServerError(f"cloud API {action} answered without a Response object")
+        error = result.get("Error")
+        if error:
+            raise CloudApiError(
+                str(error.get("Code", "Unknown")), str(error.get("Message", "")), request_id=result.get("RequestId")
+            )
+        return result

@@ -1,0 +1,191 @@
+"""`TdmqConnection`: where the instance access point is and how to authenticate to it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.retry import RetryPolicy
+from tdmq_beam.secret import Secret, SecretLike, as_secret
+
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "TdmqConnection"]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+def _readable_file_error(name: str, path: str) -> str | None:
+    if not os.path.isfile(path):
+        return f"{name} {path} does not exist or is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{name} {path} is not readable"
+    return None
+
+
+class TdmqConnection:
+    """The data-plane endpoint of one TDMQ for MQTT instance, and its credentials.
+
+    Picklable, so it can live in a pipeline. Secrets (password, key
+    passphrase) may be values or `Secret` references, resolved on the worker
+    when a client opens the connection; repr, str and display data never show
+    them.
+
+    Args:
+        endpoint: ``http://host[:port]`` or ``https://host[:port]`` of the
+            instance access point, without credentials, path or query.
+        username: Basic authentication user; goes with ``password``.
+        password: Basic authentication password (str or `Secret`).
+        client_cert: path of the client certificate chain (PEM) for mTLS; the
+            certificate's Common Name is the client id. Needs https.
+        client_key: path of the client private key (PEM); goes with ``client_cert``.
+        ca_cert: path of the CA bundle that signs the server certificate.
+            Defaults to the system's trust store.
+        key_password: passphrase of ``client_key``, if it has one.
+        timeout: seconds for one request, connect included. Defaults to 10.
+        max_in_flight: most requests in flight at once per client (per worker
+            process in Beam). Defaults to 64.
+        tps: cap on requests per second per client, or None for no cap.
+        retry: the retry policy of every call. Defaults to `RetryPolicy()`.
+        max_payload_bytes: largest payload to send; larger ones fail before
+            any request. Defaults to 1 MiB.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        username: str | None = None,
+        password: SecretLike | None = None,
+        client_cert: str | os.PathLike | None = None,
+        client_key: str | os.PathLike | None = None,
+        ca_cert: str | os.PathLike | None = None,
+        key_password: SecretLike | None = None,
+        timeout: float = 10.0,
+        max_in_flight: int = 64,
+        tps: float | None = None,
+        retry: RetryPolicy | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if not isinstance(endpoint, str):
+            raise ValueError(f"endpoint must be a URL string, got {type(endpoint).__name__}")
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"endpoint must start with http:// or https://, got scheme {parts.scheme!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("endpoint must not carry credentials; give username= and password= instead")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"endpoint {endpoint!r} has an invalid port") from None
+        if not parts.hostname:
+            raise ValueError(f"endpoint {endpoint!r} has no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"endpoint {endpoint!r} must be scheme://host[:port] without path or query")
+        self.endpoint = f"{parts.scheme}://{parts.hostname if ':' not in parts.hostname else f'[{parts.hostname}]'}"
+        if port is not None:
+            self.endpoint += f":{port}"
+
+        if (username is None) != (password is None):
+            raise ValueError("username and password go together")
+        if username is not None and (not isinstance(username, str) or not username or ":" in username):
+            raise ValueError("username must be a non-empty str without ':'")
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if client_cert is not None and parts.scheme != "https":
+            raise ValueError("a client certificate (mTLS) needs an https endpoint")
+        if ca_cert is not None and parts.scheme != "https":
+            raise ValueError("ca_cert needs an https endpoint")
+        if username is None and client_cert is None:
+            raise ValueError("credentials are required: username and password, or client_cert and client_key")
+        if not timeout or timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
+        if tps is not None and tps <= 0:
+            raise ValueError(f"tps must be positive or None, got {tps}")
+        if not isinstance(max_payload_bytes, int) or max_payload_bytes < 0:
+            raise ValueError(f"max_payload_bytes must be a non-negative int, got {max_payload_bytes!r}")
+
+        self.username = username
+        self.password: Secret | None = as_secret(password)
+        self.client_cert = os.fspath(client_cert) if client_cert is not None else None
+        self.client_key = os.fspath(client_key) if client_key is not None else None
+        self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
+        self.key_password: Secret | None = as_secret(key_password)
+        self.timeout = float(timeout)
+        self.max_in_flight = max_in_flight
+        self.tps = tps
+        self.retry = retry or RetryPolicy()
+        self.max_payload_bytes = max_payload_bytes
+
+    @property
+    def is_tls(self) -> bool:
+        return self.endpoint.startswith("https:")
+
+    def authorization_header(self) -> str | None:
+        """The Basic ``Authorization`` header, resolving the password; None under mTLS only."""
+        if self.username is None:
+            return None
+        credentials = f"{self.username}:{self.password.resolve()}".encode()
+        return "Basic " + base64.b64encode(credentials).decode()
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for https endpoints (with the client certificate for mTLS).
+
+        Raises:
+            ConfigurationError: a certificate or key file is missing, unreadable
+                or not valid PEM (the message names the file, never its content).
+        """
+        if not self.is_tls:
+            return None
+        for name, path in (
+            ("ca_cert", self.ca_cert),
+            ("client_cert", self.client_cert),
+            ("client_key", self.client_key),
+        ):
+            if path is not None and (problem := _readable_file_error(name, path)):
+                raise ConfigurationError(problem)
+        try:
+            context = ssl.create_default_context(cafile=self.ca_cert)
+        except ssl.SSLError as exc:
+            raise ConfigurationError(f"ca_cert {self.ca_cert} is not a valid PEM CA bundle ({exc.reason})") from None
+        if self.client_cert is not None:
+            password = self.key_password.resolve() if self.key_password is not None else None
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key, password=password)
+            except ssl.SSLError as exc:
+                raise ConfigurationError(
+                    f"client_cert {self.client_cert} and client_key {self.client_key} are not a valid PEM "
+                    f"certificate chain and matching key ({exc.reason})"
+                ) from None
+        return context
+
+    def display_data(self) -> dict[str, Any]:
+        """What is safe to show about the connection: no secret values."""
+        data: dict[str, Any] = {"endpoint": self.endpoint, "timeout": self.timeout, "max_in_flight": self.max_in_flight}
+        if self.username is not None:
+            data["username"] = self.username
+            data["password"] = self.password.describe()
+        if self.client_cert is not None:
+            data["client_cert"] = self.client_cert
+            data["client_key"] = self.client_key
+        if self.ca_cert is not None:
+            data["ca_cert"] = self.ca_cert
+        if self.tps is not None:
+            data["tps"] = self.tps
+        return data
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={value!r}" for key, value in self.display_data().items() if key != "endpoint")
+        return f"TdmqConnection({self.endpoint!r}, {fields})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TdmqConnection) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((self.endpoint, self.username, self.client_cert))

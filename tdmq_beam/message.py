@@ -1,0 +1,171 @@
+"""`MqttMessage`: one MQTT message to publish, validated, and its HTTP publish request target."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass
+from urllib.parse import quote
+
+from tdmq_beam.errors import InvalidMessageError
+from tdmq_beam.topics import topic_name_error
+
+__all__ = ["MAX_UINT32", "MqttMessage", "UserProperties"]
+
+MAX_UINT32 = 0xFFFFFFFF
+_MAX_STRING_BYTES = 65535
+
+UserProperties = Iterable[tuple[str, str]] | Mapping[str, str]
+
+
+@functools.lru_cache(maxsize=65536)
+def _quote(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _string_error(name: str, value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"{name} must be a str, got {type(value).__name__}"
+    if "\x00" in value:
+        return f"{name} contains the null character U+0000"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{name} is not valid UTF-8"
+    if size > _MAX_STRING_BYTES:
+        return f"{name} is {size} bytes of UTF-8; MQTT allows at most {_MAX_STRING_BYTES}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MqttMessage:
+    """An MQTT message to publish through the HTTP publish API.
+
+    The message validates itself when created and raises `InvalidMessageError`
+    (a `ValueError`) naming the first rule it breaks. The payload size cap is
+    the connection's (`TdmqConnection.max_payload_bytes`), checked at publish.
+
+    Args:
+        topic: topic name: non-empty, no ``+``/``#``, no U+0000, at most
+            65,535 bytes of UTF-8.
+        payload: bytes, or str sent as UTF-8.
+        qos: 0, 1 or 2. Defaults to 1, as the service does.
+        retained: whether the broker keeps the message for later subscribers.
+        client_id: client id the service uses for ACL checks; the service's
+            default is ``http-{connection-id}`` (under mTLS: the certificate CN).
+        username: username for ACL checks when no Basic credentials are sent.
+        user_properties: MQTT 5 user properties, in order; keys may repeat.
+            A mapping or an iterable of (key, value) pairs.
+        message_expiry_interval: MQTT 5 message expiry, seconds (uint32).
+        content_type: MQTT 5 content type.
+        payload_format_indicator: MQTT 5: 0 bytes, 1 UTF-8 (checked).
+        response_topic: MQTT 5 response topic (a topic name).
+        correlation_data: MQTT 5 correlation data, bytes or str. The HTTP API
+            carries it as text, so it must be UTF-8.
+    """
+
+    topic: str
+    payload: bytes
+    _: KW_ONLY
+    qos: int = 1
+    retained: bool = False
+    client_id: str | None = None
+    username: str | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    message_expiry_interval: int | None = None
+    content_type: str | None = None
+    payload_format_indicator: int | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+    def __post_init__(self) -> None:
+        payload = self.payload
+        if isinstance(payload, str):
+            object.__setattr__(self, "payload", payload.encode("utf-8"))
+        elif isinstance(payload, (bytearray, memoryview)):
+            object.__setattr__(self, "payload", bytes(payload))
+        elif not isinstance(payload, bytes):
+            raise InvalidMessageError(f"payload must be bytes or str, got {type(payload).__name__}")
+        if isinstance(self.correlation_data, str):
+            object.__setattr__(self, "correlation_data", self.correlation_data.encode("utf-8"))
+        properties = self.user_properties
+        if isinstance(properties, Mapping):
+            properties = properties.items()
+        try:
+            pairs = tuple(properties)
+        except TypeError:
+            raise InvalidMessageError("user_properties must be (key, value) pairs or a mapping") from None
+        object.__setattr__(self, "user_properties", pairs)
+        problem = self.problem()
+        if problem:
+            raise InvalidMessageError(problem)
+
+    def problem(self, max_payload_bytes: int | None = None) -> str | None:
+        """The first rule the message breaks, or None."""
+        problem = topic_name_error(self.topic) if isinstance(self.topic, str) else "topic must be a str"
+        if problem:
+            return problem
+        qos = self.qos
+        if type(qos) is not int or qos not in (0, 1, 2):
+            return f"qos must be 0, 1 or 2, got {qos!r}"
+        if not isinstance(self.retained, bool):
+            return f"retained must be a bool, got {self.retained!r}"
+        for name in ("client_id", "username", "content_type"):
+            value = getattr(self, name)
+            if value is not None and (problem := _string_error(name, value)):
+                return problem
+        if self.client_id == "":
+            return "client_id is empty; leave it None for the service's default"
+        for index, pair in enumerate(self.user_properties, 1):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                return f"user property {index} is not a (key, value) pair: {pair!r}"
+            for part, text in zip(("key", "value"), pair):
+                if problem := _string_error(f"user property {index} {part}", text):
+                    return problem
+        expiry = self.message_expiry_interval
+        if expiry is not None and (type(expiry) is not int or not 0 <= expiry <= MAX_UINT32):
+            return f"message_expiry_interval must be an int within 0..{MAX_UINT32}, got {expiry!r}"
+        indicator = self.payload_format_indicator
+        if indicator is not None:
+            if type(indicator) is not int or indicator not in (0, 1):
+                return f"payload_format_indicator must be 0 or 1, got {indicator!r}"
+            if indicator == 1:
+                try:
+                    self.payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    return "payload_format_indicator is 1 but the payload is not valid UTF-8"
+        if self.response_topic is not None:
+            problem = topic_name_error(self.response_topic) if isinstance(self.response_topic, str) else "not a str"
+            if problem:
+                return f"response_topic: {problem}"
+        if self.correlation_data is not None:
+            if not isinstance(self.correlation_data, bytes):
+                return "correlation_data must be bytes or str"
+            try:
+                self.correlation_data.decode("utf-8")
+            except UnicodeDecodeError:
+                return "correlation_data must be UTF-8: the HTTP publish API carries it as text"
+        if max_payload_bytes is not None and len(self.payload) > max_payload_bytes:
+            return f"payload is {len(self.payload)} bytes; the limit is {max_payload_bytes}"
+        return None
+
+    def request_target(self) -> str:
+        """Path and query of the publish request, every part percent-encoded."""
+        parts = [f"qos={self.qos}", "retained=true" if self.retained else "retained=false"]
+        if self.client_id is not None:
+            parts.append("client_id=" + _quote(self.client_id))
+        if self.username is not None:
+            parts.append("username=" + _quote(self.username))
+        if self.response_topic is not None:
+            parts.append("ResponseTopic=" + _quote(self.response_topic))
+        if self.correlation_data is not None:
+            parts.append("CorrelationData=" + quote(self.correlation_data, safe=""))
+        if self.content_type is not None:
+            parts.append("ContentType=" + _quote(self.content_type))
+        if self.payload_format_indicator is not None:
+            parts.append(f"PayloadFormatIndicator={self.payload_format_indicator}")
+        if self.message_expiry_interval is not None:
+            parts.append(f"MessageExpiryInterval={self.message_expiry_interval}")
+        for index, (key, value) in enumerate(self.user_properties, 1):
+            parts.append(f"UserProp.{index}.Key={_quote(key)}&UserProp.{index}.Value={_quote(value)}")
+        return f"/topics/{_quote(self.topic)}?{'&'.join(parts)}"

@@ -1,0 +1,92 @@
+"""The one retry policy every call of the client uses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tdmq_beam.errors import TdmqError
+
+__all__ = ["RetryPolicy"]
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff, full jitter and Retry-After.
+
+    Retryable errors (429, 5xx, connection refused or reset, timeouts) are
+    tried again; others fail at once. The wait before attempt ``n + 1`` is a
+    random value in ``[0, min(max_backoff, initial_backoff * multiplier**(n-1))]``,
+    but never less than the server's Retry-After.
+
+    Args:
+        max_attempts: attempts in all, the first included. Defaults to 5.
+        initial_backoff: seconds; the cap of the first wait. Defaults to 0.2.
+        max_backoff: seconds; the cap of any computed wait. Defaults to 10.
+        multiplier: growth of the cap per attempt. Defaults to 2.
+        deadline: seconds from the first attempt after which no new attempt
+            starts. Defaults to 120.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.2
+    max_backoff: float = 10.0
+    multiplier: float = 2.0
+    deadline: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1 or self.deadline <= 0:
+            raise ValueError("backoffs must not be negative, multiplier at least 1 and deadline positive")
+
+    @classmethod
+    def none(cls) -> RetryPolicy:
+        """No retries: one attempt."""
+        return cls(max_attempts=1)
+
+    def backoff(self, attempt: int, error: TdmqError, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        wait = (rng or random).uniform(0, cap)
+        if error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        return wait
+
+    async def run(
+        self, call: Callable[[], Awaitable[T]], *, on_retry: Callable[[TdmqError], None] | None = None
+    ) -> tuple[T, int]:
+        """Runs ``call`` until it succeeds or the policy gives up.
+
+        Returns:
+            (the result, the number of attempts made).
+
+        Raises:
+            TdmqError: the last error, with an ``attempts`` attribute.
+        """
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return await call(), attempt
+            except TdmqError as error:
+                error.attempts = attempt
+                if not error.retryable or attempt >= self.max_attempts:
+                    raise
+                wait = self.backoff(attempt, error)
+                if time.monotonic() - started + wait > self.deadline:
+                    raise
+                if on_retry is not None:
+                    on_retry(error)
+                _LOGGER.debug("attempt %d failed (%s); retrying in %.2fs", attempt, error, wait)
+                await asyncio.sleep(wait)
+                attempt += 1
