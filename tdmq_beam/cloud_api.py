@@ -10,6 +10,7 @@ offline or unknown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -229,7 +230,7 @@ class CloudApiCaller:
         while True:
             action = self.action
             try:
-                return await self.config.retry.run(lambda: self._describe_once(action, client_id))
+                return await self.config.retry.run(functools.partial(self._describe_once, action, client_id))
             except CloudApiError as error:
                 if (
                     self.config.api == "auto"

@@ -119,7 +119,7 @@ class MqttMessage:
         for index, pair in enumerate(self.user_properties, 1):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 return f"user property {index} is not a (key, value) pair: {pair!r}"
-            for part, text in zip(("key", "value"), pair):
+            for part, text in zip(("key", "value"), pair, strict=True):
                 if problem := _string_error(f"user property {index} {part}", text):
                     return problem
         expiry = self.message_expiry_interval
