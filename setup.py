@@ -35,7 +35,6 @@ setup(
     entry_points={"console_scripts": ["tdmq-emulator=tdmq_beam.emulator.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: System :: Networking",
     ],
 )

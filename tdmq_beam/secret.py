@@ -3,7 +3,8 @@
 A `Secret` never shows its value: not in repr, str, display data, exceptions
 or logs. One given by reference (an environment variable or a file) pickles
 as the reference only, so the pipeline graph sent to workers holds no secret;
-each worker resolves it when it opens a connection.
+each worker resolves it when it opens a connection. One given as a value
+pickles masked with a random pad, so it never stands in clear text there.
 """
 
 from __future__ import annotations
@@ -88,7 +89,18 @@ class Secret:
         return hash((self._source, self._ref))
 
     def __reduce__(self):
+        if self._source == "value":
+            # Masked so the value never stands in clear text in a pickled pipeline
+            # graph. Masking is not encryption: use env or file references to keep
+            # a secret out of the graph entirely.
+            pad = os.urandom(len(self._ref.encode("utf-8")))
+            masked = bytes(a ^ b for a, b in zip(self._ref.encode("utf-8"), pad, strict=True))
+            return _unmask, (pad, masked)
         return Secret, (self._source, self._ref)
+
+
+def _unmask(pad: bytes, masked: bytes) -> Secret:
+    return Secret.value(bytes(a ^ b for a, b in zip(masked, pad, strict=True)).decode("utf-8"))
 
 
 SecretLike = str | Secret
