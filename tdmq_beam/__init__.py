@@ -1,5 +1,6 @@
 """tdmq-beam: Apache Beam connector for Tencent Cloud TDMQ for MQTT."""
 
+from tdmq_beam.avro_mapping import avro_mapping
 from tdmq_beam.client import AsyncTdmqClient, PublishResult, TdmqClient
 from tdmq_beam.cloud_api import ClientDetails, ClientSubscription, CloudApiConfig
 from tdmq_beam.connection import TdmqConnection
@@ -15,25 +16,36 @@ from tdmq_beam.errors import (
     TdmqError,
     TransportError,
 )
+from tdmq_beam.mapping import IdempotencyKey, MessageMapping
 from tdmq_beam.message import MqttMessage
+from tdmq_beam.payload import AvroPayload, FieldPayload, JsonPayload
+from tdmq_beam.results import FailedMessage, PublishedMessage
 from tdmq_beam.retry import RetryPolicy
 from tdmq_beam.secret import Secret
+from tdmq_beam.write import WriteToTdmqMqtt, WriteToTdmqMqttResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncTdmqClient",
     "AuthenticationError",
+    "AvroPayload",
     "ClientDetails",
     "ClientSubscription",
     "CloudApiConfig",
     "CloudApiError",
     "ConfigurationError",
+    "FailedMessage",
+    "FieldPayload",
+    "IdempotencyKey",
     "InvalidMessageError",
     "InvalidRequestError",
+    "JsonPayload",
+    "MessageMapping",
     "MqttMessage",
     "PermissionDeniedError",
     "PublishResult",
+    "PublishedMessage",
     "RateLimitedError",
     "RetryPolicy",
     "Secret",
@@ -42,4 +54,7 @@ __all__ = [
     "TdmqConnection",
     "TdmqError",
     "TransportError",
+    "WriteToTdmqMqtt",
+    "WriteToTdmqMqttResult",
+    "avro_mapping",
 ]

@@ -17,13 +17,17 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import random
 import threading
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote
 
 import aiohttp
+from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
 from yarl import URL
 
 from tdmq_beam.cloud_api import ClientDetails, CloudApiCaller, CloudApiConfig
@@ -46,6 +50,9 @@ _LOGGER = logging.getLogger(__name__)
 
 KEEPALIVE_RANGE = (30, 1200)
 """Keep-alive seconds the keep-alive API accepts."""
+
+_THROTTLE_DELAY = 0.2
+"""Seconds a request waits each time the adaptive throttle holds it back."""
 
 T = TypeVar("T")
 
@@ -110,7 +117,9 @@ class AsyncTdmqClient:
         self._bucket = TokenBucket(connection.tps) if connection.tps else None
         self._base = connection.endpoint
         self._retry = connection.retry
+        self._throttler: AdaptiveThrottler | None = None  # made on the first 429
         self.retries = 0
+        self.throttled = 0
 
     async def open(self) -> AsyncTdmqClient:
         """Resolves secrets, builds TLS, opens the pool.
@@ -211,6 +220,11 @@ class AsyncTdmqClient:
         return results  # type: ignore[return-value]
 
     async def _throttle(self) -> None:
+        """Waits for the TPS cap, and (after a 429) for Beam's adaptive client-side throttle."""
+        if self._throttler is not None:
+            while self._throttler.throttle_request(time.time() * 1000):
+                self.throttled += 1
+                await asyncio.sleep(random.uniform(0.5, 1.5) * _THROTTLE_DELAY)
         if self._bucket is not None:
             wait = self._bucket.reserve()
             if wait:
@@ -226,11 +240,15 @@ class AsyncTdmqClient:
                     message_id = response.headers.get("X-Message-Id")
                     if not message_id:
                         raise ServerError("the service answered 200 without an X-Message-Id", status=200)
+                    if self._throttler is not None:
+                        self._throttler.successful_request(time.time() * 1000)
                     return message_id
                 text = await response.text(errors="replace")
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _transport_error("publish", message.topic, exc) from None
+        if status == 429 and self._throttler is None and self.connection.adaptive_throttling:
+            self._throttler = AdaptiveThrottler(window_ms=60_000, bucket_ms=1_000, overload_ratio=1.25)
         raise error_for_status(status, _server_message(text), retry_after)
 
     # -- status and keep-alive ------------------------------------------------------
@@ -303,6 +321,19 @@ class AsyncTdmqClient:
         return details
 
 
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: AsyncTdmqClient) -> None:
+    if loop.is_closed():
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
+    except Exception:  # closing is best effort; the loop stops regardless
+        _LOGGER.debug("closing the client's session failed", exc_info=True)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    if not thread.is_alive():
+        loop.close()
+
+
 def _transport_error(what: str, subject: str, exc: BaseException) -> TransportError:
     if isinstance(exc, asyncio.TimeoutError):
         detail = "timed out"
@@ -326,13 +357,15 @@ class TdmqClient:
         self.connection = connection
         self.cloud = cloud
         self._loop = new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tdmq-client", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._loop.run_forever, name="tdmq-client", daemon=True)
+        thread.start()
         self.aio = AsyncTdmqClient(connection, cloud)
+        # Closes the pool and stops the loop thread on close(), or when the client is garbage.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, thread, self.aio)
         try:
             self.run(self.aio.open())
         except BaseException:
-            self._stop_loop()
+            self._finalizer()
             raise
 
     def run(self, coroutine: Awaitable[T]) -> T:
@@ -346,6 +379,10 @@ class TdmqClient:
     def publish_batch(self, messages: Sequence[MqttMessage], concurrency: int | None = None) -> list[PublishResult]:
         return self.run(self.aio.publish_batch(messages, concurrency))
 
+    def submit_batch(self, messages: Sequence[MqttMessage]) -> concurrent.futures.Future[list[PublishResult]]:
+        """Starts `publish_batch` and returns at once; the future holds the results."""
+        return asyncio.run_coroutine_threadsafe(self.aio.publish_batch(messages), self._loop)
+
     def is_online(self, client_id: str) -> bool:
         return self.run(self.aio.is_online(client_id))
 
@@ -356,18 +393,7 @@ class TdmqClient:
         return self.run(self.aio.describe_client(client_id))
 
     def close(self) -> None:
-        if self._thread is None:
-            return
-        try:
-            self.run(self.aio.close())
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-        self._thread = None
+        self._finalizer()
 
     def __enter__(self) -> TdmqClient:
         return self

@@ -51,6 +51,9 @@ class TdmqConnection:
         retry: the retry policy of every call. Defaults to `RetryPolicy()`.
         max_payload_bytes: largest payload to send; larger ones fail before
             any request. Defaults to 1 MiB.
+        adaptive_throttling: after the service first answers 429, hold back
+            requests client-side in proportion to how many it refuses (Beam's
+            `AdaptiveThrottler`). Defaults to True.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class TdmqConnection:
         tps: float | None = None,
         retry: RetryPolicy | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        adaptive_throttling: bool = True,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ValueError(f"endpoint must be a URL string, got {type(endpoint).__name__}")
@@ -120,6 +124,7 @@ class TdmqConnection:
         self.tps = tps
         self.retry = retry or RetryPolicy()
         self.max_payload_bytes = max_payload_bytes
+        self.adaptive_throttling = bool(adaptive_throttling)
 
     @property
     def is_tls(self) -> bool:

@@ -1,0 +1,99 @@
+"""Result records of the transforms: what was done (`PublishedMessage`) and what was not (`FailedMessage`)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from tdmq_beam.errors import TdmqError
+
+__all__ = ["FailedMessage", "PublishedMessage", "element_to_json", "failure_from_error", "json_default"]
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` default for record values JSON has no type for."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if hasattr(value, "as_dict"):  # beam.Row
+        return value.as_dict()
+    if hasattr(value, "_asdict"):  # NamedTuple
+        return value._asdict()
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: getattr(value, name) for name in value.__dataclass_fields__}
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+def element_to_json(element: Any) -> str:
+    """The element as JSON text: bytes as base64, times as ISO 8601, anything else as its repr."""
+    return json.dumps(element, default=json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class PublishedMessage:
+    """An element published: the service's message id and the attempts it took."""
+
+    element: Any
+    topic: str
+    message_id: str
+    attempts: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record of the ``published_message.avsc`` schema."""
+        return {
+            "element_json": element_to_json(self.element),
+            "topic": self.topic,
+            "message_id": self.message_id,
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    """An element not published (or not acted on), with a reason a person can act on.
+
+    Attributes:
+        element: the input element, unchanged.
+        topic: the topic it was meant for, when it got that far.
+        status: HTTP status of the last answer, or None (validation, transport).
+        error_kind: a stable short name: ``invalid_record``, ``invalid_message``,
+            ``authentication``, ``rate_limited``, ``server_error``, ``transport``, ...
+        reason: what went wrong, and after how many attempts.
+        attempts: requests made for it (0 when it failed before any).
+    """
+
+    element: Any
+    topic: str | None
+    status: int | None
+    error_kind: str
+    reason: str
+    attempts: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record of the ``failed_message.avsc`` schema."""
+        return {
+            "element_json": element_to_json(self.element),
+            "topic": self.topic,
+            "status": self.status,
+            "error_kind": self.error_kind,
+            "reason": self.reason,
+            "attempts": self.attempts,
+        }
+
+
+def failure_from_error(element: Any, topic: str | None, error: TdmqError, attempts: int) -> FailedMessage:
+    """The failure record for an error, the reason saying whether retries ran out."""
+    reason = str(error)
+    if attempts > 1:
+        reason = f"gave up after {attempts} attempts: {reason}"
+    return FailedMessage(element, topic, error.status, error.kind, reason, attempts)

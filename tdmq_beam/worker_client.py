@@ -1,0 +1,22 @@
+"""One client per worker process, shared by every DoFn instance of a transform (Beam's `Shared`)."""
+
+from __future__ import annotations
+
+from apache_beam.utils.shared import Shared
+
+from tdmq_beam.client import TdmqClient
+from tdmq_beam.cloud_api import CloudApiConfig
+from tdmq_beam.connection import TdmqConnection
+
+__all__ = ["acquire_client"]
+
+_SHARED = Shared()
+
+
+def acquire_client(connection: TdmqConnection, cloud: CloudApiConfig | None, tag: str) -> TdmqClient:
+    """The process's client for ``tag`` (one tag per transform instance), made on first use.
+
+    The client (its event loop thread and connection pool) lives while any
+    DoFn holds it, and closes when the last one lets go.
+    """
+    return _SHARED.acquire(lambda: TdmqClient(connection, cloud), tag=tag)

@@ -1,0 +1,324 @@
+"""`WriteToTdmqMqtt`: publish a PCollection as MQTT messages through the HTTP publish API."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.utils.windowed_value import WindowedValue
+
+from tdmq_beam.client import PublishResult, TdmqClient
+from tdmq_beam.connection import TdmqConnection
+from tdmq_beam.errors import InvalidMessageError
+from tdmq_beam.mapping import IdempotencyKey, MessageBuilder, MessageDefaults, MessageMapping
+from tdmq_beam.message import MqttMessage
+from tdmq_beam.results import FailedMessage, PublishedMessage, failure_from_error
+from tdmq_beam.worker_client import acquire_client
+
+__all__ = ["WriteToTdmqMqtt", "WriteToTdmqMqttResult"]
+
+_LOGGER = logging.getLogger(__name__)
+
+FAILED = "failed"
+_NAMESPACE = "tdmq_beam.WriteToTdmqMqtt"
+
+
+class WriteToTdmqMqttResult:
+    """What `WriteToTdmqMqtt` returns.
+
+    Attributes:
+        published: a `PublishedMessage` (element, topic, message id, attempts)
+            for every element the service accepted.
+        failed: a `FailedMessage` (element, topic, status, error kind, reason,
+            attempts) for every other element. Together they account for every
+            input element, each in its own timestamp and window.
+    """
+
+    def __init__(self, published: pvalue.PCollection, failed: pvalue.PCollection) -> None:
+        self.published = published
+        self.failed = failed
+
+    def __getitem__(self, key: str) -> pvalue.PCollection:
+        if key not in ("published", FAILED):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+class _Pending:
+    """One element waiting for its publish: what to emit, where, once the result is in."""
+
+    __slots__ = ("element", "message", "timestamp", "window")
+
+    def __init__(self, element: Any, message: MqttMessage, timestamp: Any, window: Any) -> None:
+        self.element = element
+        self.message = message
+        self.timestamp = timestamp
+        self.window = window
+
+
+class _PublishFn(beam.DoFn):
+    """Maps elements to messages and publishes them in concurrent batches on the process's client.
+
+    Elements are buffered; every ``batch_size`` of them go to the shared
+    client as one batch, which runs while more elements arrive. At most
+    ``max_pending_batches`` batches are outstanding per DoFn instance; the
+    oldest is waited for before another starts. The bundle's end waits for all.
+    Results carry each element's own timestamp and window.
+
+    With ``batched_input``, elements arrive as (key, [(element, timestamp,
+    window), ...]) from `GroupIntoBatches` and keep the timestamp and window
+    they had before batching.
+    """
+
+    def __init__(
+        self,
+        connection: TdmqConnection,
+        builder: MessageBuilder,
+        tag: str,
+        batch_size: int,
+        max_pending_batches: int,
+        batched_input: bool = False,
+    ) -> None:
+        self._connection = connection
+        self._builder = builder
+        self._tag = tag
+        self._batch_size = batch_size
+        self._max_pending = max_pending_batches
+        self._batched_input = batched_input
+        self._client: TdmqClient | None = None
+        self._published = Metrics.counter(_NAMESPACE, "published")
+        self._failed = Metrics.counter(_NAMESPACE, "failed")
+        self._retried = Metrics.counter(_NAMESPACE, "retried")
+        self._throttled = Metrics.counter(_NAMESPACE, "throttled")
+        self._latency = Metrics.distribution(_NAMESPACE, "batch_latency_ms")
+        self._attempts = Metrics.distribution(_NAMESPACE, "attempts")
+
+    def setup(self) -> None:
+        self._client = acquire_client(self._connection, None, self._tag)
+
+    def start_bundle(self) -> None:
+        self._buffer: list[_Pending] = []
+        self._outstanding: collections.deque[tuple[list[_Pending], concurrent.futures.Future, float]] = (
+            collections.deque()
+        )
+        self._throttled_before = self._client.aio.throttled
+
+    def process(self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator[Any]:
+        if self._batched_input:
+            for item, item_timestamp, item_window in element[1]:
+                yield from self._add(item, item_timestamp, item_window)
+        else:
+            yield from self._add(element, timestamp, window)
+
+    def _add(self, element: Any, timestamp: Any, window: Any) -> Iterator[Any]:
+        try:
+            message = self._builder.build(element)
+        except InvalidMessageError as error:
+            self._failed.inc()
+            failure = FailedMessage(element, None, None, error.kind, str(error), 0)
+            yield pvalue.TaggedOutput(FAILED, WindowedValue(failure, timestamp, (window,)))
+            return
+        self._buffer.append(_Pending(element, message, timestamp, window))
+        if len(self._buffer) >= self._batch_size:
+            yield from self._submit()
+
+    def _submit(self) -> Iterator[Any]:
+        batch, self._buffer = self._buffer, []
+        while len(self._outstanding) >= self._max_pending:
+            yield from self._complete_oldest()
+        future = self._client.submit_batch([pending.message for pending in batch])
+        self._outstanding.append((batch, future, time.monotonic()))
+        # Emit whatever has finished meanwhile, in order, without waiting.
+        while self._outstanding and self._outstanding[0][1].done():
+            yield from self._complete_oldest()
+
+    def _complete_oldest(self) -> Iterator[Any]:
+        batch, future, started = self._outstanding.popleft()
+        results: list[PublishResult] = future.result()
+        self._latency.update(int((time.monotonic() - started) * 1000))
+        published = retried = 0
+        for pending, result in zip(batch, results, strict=True):
+            retried += result.attempts - 1
+            self._attempts.update(result.attempts)
+            if result.error is None:
+                published += 1
+                yield WindowedValue(
+                    PublishedMessage(pending.element, pending.message.topic, result.message_id, result.attempts),
+                    pending.timestamp,
+                    (pending.window,),
+                )
+            else:
+                failure = failure_from_error(pending.element, pending.message.topic, result.error, result.attempts)
+                yield pvalue.TaggedOutput(FAILED, WindowedValue(failure, pending.timestamp, (pending.window,)))
+        self._published.inc(published)
+        self._failed.inc(len(batch) - published)
+        if retried:
+            self._retried.inc(retried)
+
+    def finish_bundle(self) -> Iterable[Any]:
+        if self._buffer:
+            yield from self._submit()
+        while self._outstanding:
+            yield from self._complete_oldest()
+        throttled = self._client.aio.throttled - self._throttled_before
+        if throttled > 0:
+            self._throttled.inc(throttled)
+
+    def teardown(self) -> None:
+        self._client = None  # the last DoFn to let go closes the shared client
+
+
+class _AttachWindowing(beam.DoFn):
+    """Keys each element for `GroupIntoBatches` and keeps its timestamp and window with it."""
+
+    def process(self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        yield None, (element, timestamp, window)
+
+
+@beam.typehints.with_input_types(Any)
+@beam.typehints.with_output_types(PublishedMessage)
+class WriteToTdmqMqtt(beam.PTransform):
+    """Publishes each element as an MQTT message through TDMQ for MQTT's HTTP publish API.
+
+    Elements are `MqttMessage`, or records (dict, Beam Row, NamedTuple, Avro
+    record) mapped by ``mapping`` (a `MessageMapping`, e.g. from
+    `tdmq_beam.avro_mapping`). The keyword defaults below apply where an
+    element does not set a value itself (for `MqttMessage`, where its field is
+    None; its qos and retained always apply).
+
+    Many requests are in flight per worker: every DoFn instance in a worker
+    process shares one client (event loop and connection pool), bounded by
+    ``connection.max_in_flight`` and ``connection.tps`` (both per worker
+    process: to keep an instance quota of Q messages/s over W worker processes,
+    give ``tps=Q / W``). Retryable failures (429, 5xx, timeouts, resets) are
+    retried by ``connection.retry``; after a 429, requests are also held back
+    adaptively. What still fails, and what can never succeed (400/401/403/405,
+    invalid records), goes to ``failed`` with its reason; no element is lost
+    and none raises out of the transform. Delivery is at least once: add an
+    ``idempotency_key`` so consumers can drop duplicates that retries create.
+
+    Args:
+        connection: the instance access point and credentials.
+        mapping: how records become messages; not needed for `MqttMessage`.
+        qos, retained, client_id, username, user_properties, message_expiry_interval,
+            content_type, payload_format_indicator, response_topic, correlation_data:
+            transform-level defaults (see `MqttMessage`). Default: none (the
+            service's defaults: QoS 1, not retained). ``user_properties`` are
+            sent before the element's own.
+        idempotency_key: add a deterministic user property (see `IdempotencyKey`).
+        batch_size: elements per concurrent batch. Defaults to 4 x max_in_flight
+            (at least 256).
+        max_pending_batches: batches in flight per DoFn instance. Defaults to 2.
+        batching: ``bundle`` batches within bundles; ``sharded`` batches across
+            bundles with `GroupIntoBatches.WithShardedKey` (for streaming, where
+            bundles are small); ``auto`` (default) picks sharded for unbounded
+            input or streaming pipelines.
+        max_buffering_duration_secs: with sharded batching, the longest an
+            element waits for its batch to fill. Defaults to 1.
+    """
+
+    def __init__(
+        self,
+        connection: TdmqConnection,
+        *,
+        mapping: MessageMapping | None = None,
+        qos: int | None = None,
+        retained: bool | None = None,
+        client_id: str | None = None,
+        username: str | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
+        message_expiry_interval: int | None = None,
+        content_type: str | None = None,
+        payload_format_indicator: int | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | str | None = None,
+        idempotency_key: IdempotencyKey | bool | None = None,
+        batch_size: int | None = None,
+        max_pending_batches: int = 2,
+        batching: Literal["auto", "bundle", "sharded"] = "auto",
+        max_buffering_duration_secs: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(connection, TdmqConnection):
+            raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        if mapping is not None and not isinstance(mapping, MessageMapping):
+            raise ValueError(f"mapping must be a MessageMapping, got {type(mapping).__name__}")
+        if idempotency_key is True:
+            idempotency_key = IdempotencyKey()
+        elif idempotency_key is False:
+            idempotency_key = None
+        if idempotency_key is not None and not isinstance(idempotency_key, IdempotencyKey):
+            raise ValueError("idempotency_key must be an IdempotencyKey, True or None")
+        if batch_size is None:
+            batch_size = max(4 * connection.max_in_flight, 256)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(max_pending_batches, int) or max_pending_batches < 1:
+            raise ValueError(f"max_pending_batches must be a positive int, got {max_pending_batches!r}")
+        if batching not in ("auto", "bundle", "sharded"):
+            raise ValueError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
+        if max_buffering_duration_secs <= 0:
+            raise ValueError("max_buffering_duration_secs must be positive")
+        defaults = MessageDefaults(
+            qos=qos,
+            retained=retained,
+            client_id=client_id,
+            username=username,
+            user_properties=tuple(user_properties),
+            message_expiry_interval=message_expiry_interval,
+            content_type=content_type,
+            payload_format_indicator=payload_format_indicator,
+            response_topic=response_topic,
+            correlation_data=correlation_data,
+        )
+        self._connection = connection
+        self._builder = MessageBuilder(mapping, defaults, idempotency_key)
+        self._batch_size = batch_size
+        self._max_pending = max_pending_batches
+        self._batching = batching
+        self._max_buffering = max_buffering_duration_secs
+        self._tag = f"WriteToTdmqMqtt-{uuid.uuid4()}"
+
+    def _sharded(self, pcoll: pvalue.PCollection) -> bool:
+        if self._batching != "auto":
+            return self._batching == "sharded"
+        streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
+        return bool(streaming) or not pcoll.is_bounded
+
+    def expand(self, pcoll: pvalue.PCollection) -> WriteToTdmqMqttResult:
+        sharded = self._sharded(pcoll)
+        publish = _PublishFn(
+            self._connection, self._builder, self._tag, self._batch_size, self._max_pending, batched_input=sharded
+        )
+        if sharded:
+            pcoll = (
+                pcoll
+                | "KeepWindowing" >> beam.ParDo(_AttachWindowing())
+                | "Batch"
+                >> beam.GroupIntoBatches.WithShardedKey(
+                    self._batch_size, max_buffering_duration_secs=self._max_buffering
+                )
+            )
+        results = pcoll | "Publish" >> beam.ParDo(publish).with_outputs(FAILED, main="published")
+        return WriteToTdmqMqttResult(results.published, results[FAILED])
+
+    def display_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            key: DisplayDataItem(value, label=key.replace("_", " ").capitalize())
+            for key, value in self._connection.display_data().items()
+        }
+        for key, value in self._builder.describe().items():
+            data[key] = DisplayDataItem(value if isinstance(value, (str, int, float, bool)) else repr(value), label=key)
+        data["batch_size"] = DisplayDataItem(self._batch_size, label="Batch size")
+        data["batching"] = DisplayDataItem(self._batching, label="Batching")
+        return data
