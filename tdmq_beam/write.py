@@ -182,7 +182,7 @@ class _AttachWindowing(beam.DoFn):
     """Keys each element for `GroupIntoBatches` and keeps its timestamp and window with it."""
 
     def process(self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        yield None, (element, timestamp, window)
+        yield 0, (element, timestamp, window)
 
 
 @beam.typehints.with_input_types(Any)
@@ -303,7 +303,7 @@ class WriteToTdmqMqtt(beam.PTransform):
         if sharded:
             pcoll = (
                 pcoll
-                | "KeepWindowing" >> beam.ParDo(_AttachWindowing())
+                | "KeepWindowing" >> beam.ParDo(_AttachWindowing()).with_output_types(beam.typehints.Tuple[int, Any])
                 | "Batch"
                 >> beam.GroupIntoBatches.WithShardedKey(
                     self._batch_size, max_buffering_duration_secs=self._max_buffering
