@@ -122,9 +122,7 @@ class MessageMapping:
 
     def __post_init__(self) -> None:
         if isinstance(self.topic, str):
-            fields = self.topic_fields()
-            if not fields and ("{" in self.topic or "}" in self.topic):
-                raise ValueError(f"topic template {self.topic!r} has unbalanced braces")
+            self.topic_fields()  # raises ValueError for a malformed template
         elif not callable(self.topic):
             raise ValueError("topic must be a template string or a callable")
         if isinstance(self.payload, str):
