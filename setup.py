@@ -18,13 +18,13 @@ setup(
         "apache-beam>=2.60",
         "aiohttp>=3.9",
         "fastavro>=1.9",
+        "paho-mqtt>=2.1",
         "uvloop>=0.19; platform_system != 'Windows'",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
-            "paho-mqtt>=2.1",
             "hypothesis>=6.100",
             "trustme>=1.1",
             "tencentcloud-sdk-python-common>=3.0.1100",

@@ -1,0 +1,325 @@
+"""Backfill device commands: read commands (Avro or JSON Lines), publish them over MQTT, keep dead letters.
+
+With no arguments it runs on the embedded emulator: it generates a sample
+(10,000 commands for 500 devices, a few of them invalid), subscribes to the
+commands with paho-mqtt, runs, and prints the summary and how many messages
+the subscriber got::
+
+    python -m pipelines.backfill_device_commands
+
+For real use::
+
+    TDMQ_PASSWORD=... python -m pipelines.backfill_device_commands \\
+        --input 'gs://bucket/commands/*.avro' --output gs://bucket/backfill/run-1 \\
+        --endpoint https://mqtt-xxxx-gz-public.mqtt.tencenttdmq.com \\
+        --username backfill --password-env TDMQ_PASSWORD --tps 500 \\
+        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
+        --setup_file ./setup.py
+
+Outputs: ``{output}-published-*.jsonl`` and ``{output}-failed-*.jsonl`` (or
+``.avro`` with ``--output-format avro``, in the schemas of ``schemas/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import fastavro
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from tdmq_beam import IdempotencyKey, RetryPolicy, Secret, TdmqConnection, WriteToTdmqMqtt, avro_mapping
+from tdmq_beam.avro_mapping import load_schema
+
+__all__ = ["build_pipeline", "generate_commands", "main"]
+
+_LOGGER = logging.getLogger(__name__)
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+DEFAULT_SCHEMA = SCHEMAS / "device_command.avsc"
+METRICS_NAMESPACE = "backfill_device_commands"
+COMMANDS = ("reboot", "update-firmware", "set-interval", "lock", "unlock", "ping")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.backfill_device_commands",
+        description="Publish device commands to TDMQ for MQTT; with no arguments, a demo on the embedded emulator.",
+        epilog="Any other argument is a Beam pipeline option (--runner, --project, --direct_num_workers, ...).",
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", help="file pattern of commands: *.avro, or JSON Lines (*.jsonl, *.json)")
+    io.add_argument("--input-format", choices=("auto", "avro", "jsonl"), default="auto")
+    io.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="Avro schema of a command, with mqtt.* annotations")
+    io.add_argument("--mapping", help="JSON mapping file (topic, payload, roles, user_properties)")
+    io.add_argument("--output", help="prefix of the result files (published and failed)")
+    io.add_argument("--output-format", choices=("jsonl", "avro"), default="jsonl")
+
+    service = parser.add_argument_group("service")
+    service.add_argument("--endpoint", help="instance access point, http(s)://host[:port]")
+    service.add_argument("--username", help="Basic authentication user")
+    service.add_argument("--password-env", metavar="NAME", help="environment variable holding the password")
+    service.add_argument("--password-file", metavar="PATH", help="file holding the password")
+    service.add_argument("--client-cert", help="client certificate chain (PEM) for mTLS")
+    service.add_argument("--client-key", help="client private key (PEM) for mTLS")
+    service.add_argument("--key-password-env", metavar="NAME", help="environment variable holding the key passphrase")
+    service.add_argument("--ca-cert", help="CA bundle of the server certificate")
+
+    behaviour = parser.add_argument_group("publishing")
+    behaviour.add_argument("--qos", type=int, choices=(0, 1, 2), help="default QoS where a record sets none")
+    behaviour.add_argument("--tps", type=float, help="requests/s per worker process (instance quota / workers)")
+    behaviour.add_argument("--max-in-flight", type=int, default=64, help="requests in flight per worker process")
+    behaviour.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    behaviour.add_argument("--max-attempts", type=int, default=5, help="attempts per message, the first included")
+    behaviour.add_argument("--idempotency-key", action="store_true", help="add an idempotency-key user property")
+
+    demo = parser.add_argument_group("demo (no --endpoint: the embedded emulator)")
+    demo.add_argument("--sample-commands", type=int, default=10_000, help="commands to generate")
+    demo.add_argument("--sample-devices", type=int, default=500, help="devices they address")
+    demo.add_argument("--sample-invalid", type=int, default=10, help="invalid commands among them (dead letters)")
+    return parser
+
+
+def generate_commands(count: int, devices: int, invalid: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Sample commands in the device-command schema; ``invalid`` of them have a wildcard in the device id."""
+    rng = random.Random(seed)
+    start = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+    records = []
+    for index in range(count):
+        device = f"dev-{rng.randrange(devices):04d}"
+        if index < invalid:
+            device = f"dev-#{index}"
+        records.append(
+            {
+                "device_id": device,
+                "command_id": f"cmd-{index:06d}",
+                "command": rng.choice(COMMANDS),
+                "params": {"interval": str(rng.choice((10, 30, 60)))} if rng.random() < 0.3 else {},
+                "issued_at": start + index * 1000,
+                "qos": 1,
+                "retained": None,
+                "expiry_seconds": 3600,
+                "reply_topic": f"devices/{device}/replies" if rng.random() < 0.5 else None,
+                "trace_id": f"trace-{rng.getrandbits(48):012x}",
+            }
+        )
+    return records
+
+
+def _connection(args: argparse.Namespace) -> TdmqConnection:
+    password = None
+    if args.password_env and args.password_file:
+        raise ValueError("give --password-env or --password-file, not both")
+    if args.password_env:
+        password = Secret.env(args.password_env)
+    elif args.password_file:
+        password = Secret.file(args.password_file)
+    return TdmqConnection(
+        args.endpoint,
+        username=args.username,
+        password=password,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        ca_cert=args.ca_cert,
+        key_password=Secret.env(args.key_password_env) if args.key_password_env else None,
+        timeout=args.timeout,
+        max_in_flight=args.max_in_flight,
+        tps=args.tps,
+        retry=RetryPolicy(max_attempts=args.max_attempts),
+    )
+
+
+class _CountFailures(beam.DoFn):
+    """Counts dead letters by error kind, for the summary."""
+
+    def process(self, failure):
+        Metrics.counter(METRICS_NAMESPACE, f"failed_{failure.error_kind}").inc()
+        yield failure
+
+
+def _read(pipeline: beam.Pipeline, args: argparse.Namespace) -> beam.PCollection:
+    input_format = args.input_format
+    if input_format == "auto":
+        input_format = "avro" if args.input.endswith(".avro") else "jsonl"
+    if input_format == "avro":
+        records = pipeline | "ReadAvro" >> beam.io.ReadFromAvro(args.input)
+    else:
+        records = pipeline | "ReadJsonLines" >> beam.io.ReadFromText(args.input) | "ParseJson" >> beam.Map(json.loads)
+    read_counter = Metrics.counter(METRICS_NAMESPACE, "read")
+
+    def count(record):
+        read_counter.inc()
+        return record
+
+    return records | "CountRead" >> beam.Map(count)
+
+
+def _write_results(results, args: argparse.Namespace) -> None:
+    for name, pcoll in (("published", results.published), ("failed", results.failed)):
+        prefix = f"{args.output}-{name}"
+        records = pcoll | f"{name}AsRecords" >> beam.Map(lambda result: result.as_dict())
+        if args.output_format == "avro":
+            schema = load_schema(SCHEMAS / f"{name}_message.avsc")
+            records | f"Write{name}" >> beam.io.WriteToAvro(prefix, schema=schema, file_name_suffix=".avro")
+        else:
+            (
+                records
+                | f"{name}ToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False))
+                | f"Write{name}" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+            )
+
+
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection: TdmqConnection) -> None:
+    """Read, map, publish, and write results and dead letters."""
+    mapping = avro_mapping(args.schema, args.mapping)
+    records = _read(pipeline, args)
+    results = records | "Publish" >> WriteToTdmqMqtt(
+        connection,
+        mapping=mapping,
+        qos=args.qos,
+        idempotency_key=IdempotencyKey() if args.idempotency_key else None,
+    )
+    results.failed = results.failed | "CountFailures" >> beam.ParDo(_CountFailures())
+    _write_results(results, args)
+
+
+def _summary(result, seconds: float) -> dict[str, Any]:
+    counters = {
+        metric.key.metric.name: metric.committed
+        for metric in result.metrics().query(MetricsFilter())["counters"]
+        if metric.key.metric.namespace in (METRICS_NAMESPACE, "tdmq_beam.WriteToTdmqMqtt")
+    }
+    failed_by_reason = {
+        name[len("failed_") :]: count for name, count in sorted(counters.items()) if name.startswith("failed_")
+    }
+    published = counters.get("published", 0)
+    return {
+        "read": counters.get("read", 0),
+        "published": published,
+        "failed": sum(failed_by_reason.values()),
+        "failed_by_reason": failed_by_reason,
+        "retried": counters.get("retried", 0),
+        "seconds": round(seconds, 2),
+        "messages_per_s": round(published / seconds) if seconds else 0,
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    reasons = ", ".join(f"{kind}={count}" for kind, count in summary["failed_by_reason"].items()) or "none"
+    print(f"read:         {summary['read']}")
+    print(f"published:    {summary['published']}")
+    print(f"failed:       {summary['failed']} ({reasons})")
+    print(f"retried:      {summary['retried']}")
+    print(f"messages/s:   {summary['messages_per_s']} ({summary['seconds']} s)")
+    if "delivered" in summary:
+        print(f"delivered:    {summary['delivered']} (received by an MQTT subscriber)")
+
+
+def run(args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConnection) -> dict[str, Any]:
+    options = PipelineOptions(list(beam_args))
+    options.view_as(SetupOptions).save_main_session = False
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, args, connection)
+    started = time.monotonic()
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _summary(result, time.monotonic() - started)
+
+
+class _DeliveryCounter:
+    """A paho-mqtt MQTT 5 subscriber counting the commands it receives."""
+
+    def __init__(self, port: int, username: str, password: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.count = 0
+        self.by_topic: collections.Counter[str] = collections.Counter()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="backfill-demo-subscriber", protocol=mqtt.MQTTv5
+        )
+        self._client.username_pw_set(username, password)
+        self._client.on_connect = lambda client, *_: client.subscribe("devices/+/commands", qos=1)
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("the demo subscriber could not subscribe")
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.count += 1
+        self.by_topic[message.topic] += 1
+
+    def wait_for(self, expected: int, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.count < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.count
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, Any]:
+    """The no-argument run: emulator, sample, subscriber, pipeline, summary."""
+    from tdmq_beam.testing import TdmqEmulator
+
+    with TdmqEmulator() as emulator, tempfile.TemporaryDirectory(prefix="backfill-demo-") as workdir:
+        records = generate_commands(args.sample_commands, args.sample_devices, args.sample_invalid)
+        sample = os.path.join(workdir, "commands.avro")
+        with open(sample, "wb") as handle:
+            fastavro.writer(handle, fastavro.parse_schema(load_schema(args.schema)), records)
+        args.input = sample
+        args.output = args.output or os.path.join(workdir, "results")
+        print(f"emulator: {emulator.http_url} (MQTT {emulator.mqtt_port}); sample: {len(records)} commands "
+              f"for {args.sample_devices} devices, {args.sample_invalid} invalid")  # fmt: skip
+        subscriber = _DeliveryCounter(emulator.mqtt_port, emulator.username, emulator.password)
+        try:
+            connection = emulator.connection(max_in_flight=args.max_in_flight, timeout=args.timeout, tps=args.tps)
+            summary = run(args, beam_args, connection)
+            summary["delivered"] = subscriber.wait_for(summary["published"])
+        finally:
+            subscriber.close()
+        if args.output.startswith(workdir):
+            print(f"results were written under {workdir} (removed after the demo; pass --output to keep them)")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    args, beam_args = _parser().parse_known_args(argv)
+    if args.endpoint is None:
+        if args.input is not None:
+            raise SystemExit("--input needs --endpoint (without both, the demo runs on the embedded emulator)")
+        summary = run_demo(args, beam_args)
+    else:
+        if not args.input or not args.output:
+            raise SystemExit("--input and --output are required with --endpoint")
+        try:
+            connection = _connection(args)
+        except ValueError as exc:
+            raise SystemExit(f"invalid connection settings: {exc}") from None
+        summary = run(args, beam_args, connection)
+    _print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

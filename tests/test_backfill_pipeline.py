@@ -1,0 +1,85 @@
+"""pipelines.backfill_device_commands: the demo on the embedded emulator and the real-use flags."""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+
+import fastavro
+import pytest
+
+from pipelines import backfill_device_commands as backfill
+
+
+def _numbers(output: str) -> dict[str, str]:
+    return dict(re.findall(r"^(\w[\w/ ]*?):\s+(.+)$", output, re.M))
+
+
+def test_demo_on_the_embedded_emulator(capsys):
+    assert backfill.main(["--sample-commands", "400", "--sample-devices", "25", "--sample-invalid", "4"]) == 0
+    lines = _numbers(capsys.readouterr().out)
+    assert lines["read"] == "400"
+    assert lines["published"] == "396"
+    assert lines["failed"] == "4 (invalid_record=4)"
+    assert lines["delivered"].startswith("396 ")
+    assert int(lines["messages/s"].split()[0]) > 0
+
+
+def test_real_use_flags_with_json_lines_and_avro_results(emulator, paho, tmp_path, monkeypatch, capsys):
+    records = backfill.generate_commands(120, 10, 2, seed=3)
+    records.append({"device_id": "dev-x", "command_id": "c", "command": "x", "qos": 7})  # qos out of range
+    source = tmp_path / "commands.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in records))
+    subscriber = paho("backfill-test-sub")
+    subscriber.subscribe("devices/+/commands", 1)
+    monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emulator.password)
+    argv = [
+        "--input", str(source), "--output", str(tmp_path / "out"), "--output-format", "avro",
+        "--endpoint", emulator.http_url, "--username", emulator.username,
+        "--password-env", "BACKFILL_TEST_PASSWORD", "--qos", "0", "--idempotency-key", "--max-attempts", "2",
+    ]  # fmt: skip
+    assert backfill.main(argv) == 0
+    lines = _numbers(capsys.readouterr().out)
+    assert (lines["read"], lines["published"]) == ("121", "118")
+    assert lines["failed"] == "3 (invalid_record=3)"
+
+    def read_avro(pattern: str) -> list[dict]:
+        rows = []
+        for name in glob.glob(pattern):
+            with open(name, "rb") as handle:
+                rows.extend(fastavro.reader(handle))
+        return rows
+
+    published = read_avro(str(tmp_path / "out-published*.avro"))
+    failed = read_avro(str(tmp_path / "out-failed*.avro"))
+    assert len(published) == 118 and len(failed) == 3
+    assert {json.loads(r["element_json"])["command_id"] for r in published} == {r["command_id"] for r in records[2:120]}
+    qos_failure = next(r for r in failed if json.loads(r["element_json"])["command_id"] == "c")
+    assert "field 'qos'" in qos_failure["reason"]
+    received = subscriber.receive(118, timeout=30)
+    assert all(m.properties.UserProperty[-1][0] == "idempotency-key" for m in received)
+    assert {json.loads(m.payload)["command_id"] for m in received} == {r["command_id"] for r in records[2:120]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--input", "x.avro"], "--input needs --endpoint"),
+        (["--endpoint", "http://127.0.0.1:1"], "--input and --output are required"),
+        (["--endpoint", "ftp://h", "--input", "x", "--output", "y", "--username", "u", "--password-env", "P"],
+         "http:// or https://"),
+        (["--endpoint", "http://h", "--input", "x", "--output", "y"], "credentials are required"),
+    ],
+)  # fmt: skip
+def test_bad_flags_exit_with_a_message(argv, message):
+    with pytest.raises(SystemExit) as exited:
+        backfill.main(argv)
+    assert message in str(exited.value)
+
+
+def test_generated_sample_fits_the_schema():
+    schema = fastavro.parse_schema(json.load(open(backfill.DEFAULT_SCHEMA)))
+    records = backfill.generate_commands(50, 5, 1)
+    assert all(fastavro.validation.validate(r, schema) for r in records)
+    assert sum("#" in r["device_id"] for r in records) == 1
