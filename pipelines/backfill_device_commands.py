@@ -23,7 +23,6 @@ Outputs: ``{output}-published-*.jsonl`` and ``{output}-failed-*.jsonl`` (or
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
@@ -248,7 +247,6 @@ class _DeliveryCounter:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.count = 0
-        self.by_topic: collections.Counter[str] = collections.Counter()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id="backfill-demo-subscriber", protocol=mqtt.MQTTv5
@@ -264,7 +262,6 @@ class _DeliveryCounter:
 
     def _on_message(self, client, userdata, message) -> None:
         self.count += 1
-        self.by_topic[message.topic] += 1
 
     def wait_for(self, expected: int, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms import window
 from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -55,15 +56,15 @@ class WriteToTdmqMqttResult:
 
 
 class _Pending:
-    """One element waiting for its publish: what to emit, where, once the result is in."""
+    """One element waiting for its publish, with the timestamp and windows its result goes to."""
 
-    __slots__ = ("element", "message", "timestamp", "window")
+    __slots__ = ("element", "message", "timestamp", "windows")
 
-    def __init__(self, element: Any, message: MqttMessage, timestamp: Any, window: Any) -> None:
+    def __init__(self, element: Any, message: MqttMessage, timestamp: Any, windows: Any) -> None:
         self.element = element
         self.message = message
         self.timestamp = timestamp
-        self.window = window
+        self.windows = windows
 
 
 class _PublishFn(beam.DoFn):
@@ -73,10 +74,15 @@ class _PublishFn(beam.DoFn):
     client as one batch, which runs while more elements arrive. At most
     ``max_pending_batches`` batches are outstanding per DoFn instance; the
     oldest is waited for before another starts. The bundle's end waits for all.
-    Results carry each element's own timestamp and window.
+
+    Each element is published once, whatever windows it is in, and its result
+    goes to the element's own timestamp and windows. Finished results are
+    emitted while the current input is in exactly one window (Beam multiplies
+    the windows of values emitted while processing a multi-window input), and
+    at the bundle's end.
 
     With ``batched_input``, elements arrive as (key, [(element, timestamp,
-    window), ...]) from `GroupIntoBatches` and keep the timestamp and window
+    windows), ...]) from `GroupIntoBatches` and keep the timestamp and windows
     they had before batching.
     """
 
@@ -101,7 +107,6 @@ class _PublishFn(beam.DoFn):
         self._retried = Metrics.counter(_NAMESPACE, "retried")
         self._throttled = Metrics.counter(_NAMESPACE, "throttled")
         self._latency = Metrics.distribution(_NAMESPACE, "batch_latency_ms")
-        self._attempts = Metrics.distribution(_NAMESPACE, "attempts")
 
     def setup(self) -> None:
         self._client = acquire_client(self._connection, None, self._tag)
@@ -111,55 +116,56 @@ class _PublishFn(beam.DoFn):
         self._outstanding: collections.deque[tuple[list[_Pending], concurrent.futures.Future, float]] = (
             collections.deque()
         )
+        self._ready: collections.deque[Any] = collections.deque()
         self._throttled_before = self._client.aio.throttled
 
-    def process(self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator[Any]:
+    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
         if self._batched_input:
-            for item, item_timestamp, item_window in element[1]:
-                yield from self._add(item, item_timestamp, item_window)
+            for item, timestamp, windows in element[1]:
+                self._add(item, timestamp, windows)
         else:
-            yield from self._add(element, timestamp, window)
+            self._add(element, windowed.timestamp, windowed.windows)
+        if self._ready and len(windowed.windows) == 1:
+            ready = self._ready
+            while ready:
+                yield ready.popleft()
 
-    def _add(self, element: Any, timestamp: Any, window: Any) -> Iterator[Any]:
+    def _add(self, element: Any, timestamp: Any, windows: Any) -> None:
         try:
             message = self._builder.build(element)
         except InvalidMessageError as error:
             self._failed.inc()
             failure = FailedMessage(element, None, None, error.kind, str(error), 0)
-            yield pvalue.TaggedOutput(FAILED, WindowedValue(failure, timestamp, (window,)))
+            self._ready.append(pvalue.TaggedOutput(FAILED, WindowedValue(failure, timestamp, windows)))
             return
-        self._buffer.append(_Pending(element, message, timestamp, window))
+        self._buffer.append(_Pending(element, message, timestamp, windows))
         if len(self._buffer) >= self._batch_size:
-            yield from self._submit()
+            self._submit()
 
-    def _submit(self) -> Iterator[Any]:
+    def _submit(self) -> None:
         batch, self._buffer = self._buffer, []
         while len(self._outstanding) >= self._max_pending:
-            yield from self._complete_oldest()
+            self._complete_oldest()
         future = self._client.submit_batch([pending.message for pending in batch])
         self._outstanding.append((batch, future, time.monotonic()))
-        # Emit whatever has finished meanwhile, in order, without waiting.
         while self._outstanding and self._outstanding[0][1].done():
-            yield from self._complete_oldest()
+            self._complete_oldest()
 
-    def _complete_oldest(self) -> Iterator[Any]:
+    def _complete_oldest(self) -> None:
         batch, future, started = self._outstanding.popleft()
         results: list[PublishResult] = future.result()
         self._latency.update(int((time.monotonic() - started) * 1000))
+        ready = self._ready
         published = retried = 0
         for pending, result in zip(batch, results, strict=True):
             retried += result.attempts - 1
-            self._attempts.update(result.attempts)
             if result.error is None:
                 published += 1
-                yield WindowedValue(
-                    PublishedMessage(pending.element, pending.message.topic, result.message_id, result.attempts),
-                    pending.timestamp,
-                    (pending.window,),
-                )
+                record = PublishedMessage(pending.element, pending.message.topic, result.message_id, result.attempts)
+                ready.append(WindowedValue(record, pending.timestamp, pending.windows))
             else:
                 failure = failure_from_error(pending.element, pending.message.topic, result.error, result.attempts)
-                yield pvalue.TaggedOutput(FAILED, WindowedValue(failure, pending.timestamp, (pending.window,)))
+                ready.append(pvalue.TaggedOutput(FAILED, WindowedValue(failure, pending.timestamp, pending.windows)))
         self._published.inc(published)
         self._failed.inc(len(batch) - published)
         if retried:
@@ -167,22 +173,44 @@ class _PublishFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterable[Any]:
         if self._buffer:
-            yield from self._submit()
+            self._submit()
         while self._outstanding:
-            yield from self._complete_oldest()
+            self._complete_oldest()
         throttled = self._client.aio.throttled - self._throttled_before
         if throttled > 0:
             self._throttled.inc(throttled)
+        ready = self._ready
+        while ready:
+            yield ready.popleft()
 
     def teardown(self) -> None:
         self._client = None  # the last DoFn to let go closes the shared client
 
 
 class _AttachWindowing(beam.DoFn):
-    """Keys each element for `GroupIntoBatches` and keeps its timestamp and window with it."""
+    """Moves each element, once, into the global window keyed for `GroupIntoBatches`,
+    keeping its timestamp and windows with it.
 
-    def process(self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        yield 0, (element, timestamp, window)
+    An element in several windows is held to the bundle's end: emitted while
+    it is the current input, Beam would copy it once per window.
+    """
+
+    def start_bundle(self) -> None:
+        self._held: list[WindowedValue] = []
+
+    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam):
+        moved = WindowedValue((0, (element, windowed.timestamp, windowed.windows)), windowed.timestamp, _GLOBAL)
+        if len(windowed.windows) == 1:
+            yield moved
+        else:
+            self._held.append(moved)
+
+    def finish_bundle(self):
+        held, self._held = self._held, []
+        yield from held
+
+
+_GLOBAL = (window.GlobalWindow(),)
 
 
 @beam.typehints.with_input_types(Any)

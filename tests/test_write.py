@@ -374,3 +374,28 @@ def test_streaming_input_batches_across_bundles(emulator):
     assert "Batch" not in labels(False)
     assert "Batch" in labels(False, batching="sharded")
     assert "Batch" not in labels(True, batching="bundle")
+
+
+@pytest.mark.parametrize("batching", ["bundle", "sharded"])
+def test_an_element_in_several_windows_is_published_once(batching, paho, unique, tmp_path):
+    with TdmqEmulator() as emu:
+        topic = unique("sliding")
+        out_path = str(tmp_path / "windows.jsonl")
+
+        class Record(beam.DoFn):
+            def process(self, result, win=beam.DoFn.WindowParam):
+                with open(out_path, "a") as handle:
+                    handle.write(json.dumps([result.element.payload.decode(), float(win.start)]) + "\n")
+
+        with beam.Pipeline(options=PipelineOptions([])) as pipeline:
+            result = (
+                pipeline
+                | beam.Create([(MqttMessage(topic, f"m{i}"), 12 + i) for i in range(3)])
+                | beam.MapTuple(lambda message, ts: window.TimestampedValue(message, ts))
+                | beam.WindowInto(window.SlidingWindows(10, 5))
+                | WriteToTdmqMqtt(emu.connection(), batching=batching, max_buffering_duration_secs=0.2)
+            )
+            result.published | beam.ParDo(Record())
+        windows = sorted(tuple(json.loads(line)) for line in open(out_path))
+        assert windows == [("m0", 5), ("m0", 10), ("m1", 5), ("m1", 10), ("m2", 5), ("m2", 10)]
+        assert emu.stats()["requests"]["publish"] == {"200": 3}  # once per element, not per window
