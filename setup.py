@@ -17,6 +17,7 @@ setup(
     install_requires=[
         "apache-beam>=2.60",
         "aiohttp>=3.9",
+        "httptools>=0.6",
         "fastavro>=1.9",
         "paho-mqtt>=2.1",
         "uvloop>=0.19; platform_system != 'Windows'",

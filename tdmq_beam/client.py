@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
@@ -41,6 +41,7 @@ from tdmq_beam.errors import (
     TransportError,
     error_for_status,
 )
+from tdmq_beam.http_publisher import HttpPublisher
 from tdmq_beam.message import MqttMessage
 from tdmq_beam.token_bucket import TokenBucket
 
@@ -113,6 +114,7 @@ class AsyncTdmqClient:
         self.connection = connection
         self.cloud = cloud
         self._session: aiohttp.ClientSession | None = None
+        self._publisher: HttpPublisher | None = None
         self._cloud: CloudApiCaller | None = None
         self._bucket = TokenBucket(connection.tps) if connection.tps else None
         self._base = connection.endpoint
@@ -144,11 +146,23 @@ class AsyncTdmqClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=connection.timeout),
         )
+        endpoint = urlsplit(connection.endpoint)
+        self._publisher = HttpPublisher(
+            endpoint.hostname,
+            endpoint.port or (443 if connection.is_tls else 80),
+            ssl_context=ssl_context,
+            authorization=authorization,
+            timeout=connection.timeout,
+            max_connections=connection.max_in_flight,
+        )
         if self.cloud is not None:
             self._cloud = CloudApiCaller(self.cloud, self._session)
         return self
 
     async def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -232,24 +246,22 @@ class AsyncTdmqClient:
 
     async def _publish_once(self, message: MqttMessage) -> str:
         await self._throttle()
-        url = URL(self._base + message.request_target(), encoded=True)
         try:
-            async with self._session.post(url, data=message.payload) as response:
-                status = response.status
-                if status == 200:
-                    message_id = response.headers.get("X-Message-Id")
-                    if not message_id:
-                        raise ServerError("the service answered 200 without an X-Message-Id", status=200)
-                    if self._throttler is not None:
-                        self._throttler.successful_request(time.time() * 1000)
-                    return message_id
-                text = await response.text(errors="replace")
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _transport_error("publish", message.topic, exc) from None
+            answer = await self._publisher.post(message.request_target(), message.payload)
+        except TransportError as exc:
+            raise TransportError(f"publish {message.topic!r}: {exc.message}") from None
+        status = answer.status
+        if status == 200:
+            message_id = answer.headers.get("x-message-id")
+            if not message_id:
+                raise ServerError("the service answered 200 without an X-Message-Id", status=200)
+            if self._throttler is not None:
+                self._throttler.successful_request(time.time() * 1000)
+            return message_id
         if status == 429 and self._throttler is None and self.connection.adaptive_throttling:
             self._throttler = AdaptiveThrottler(window_ms=60_000, bucket_ms=1_000, overload_ratio=1.25)
-        raise error_for_status(status, _server_message(text), retry_after)
+        text = answer.body.decode("utf-8", "replace")
+        raise error_for_status(status, _server_message(text), _retry_after(answer.headers.get("retry-after")))
 
     # -- status and keep-alive ------------------------------------------------------
 

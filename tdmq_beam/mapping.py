@@ -270,7 +270,7 @@ class MessageDefaults:
         return MqttMessage(topic, payload, **values)
 
     def is_empty(self) -> bool:
-        return self == MessageDefaults()
+        return not self.user_properties and all(getattr(self, role) is None for role in PROPERTY_ROLES)
 
 
 @dataclass(frozen=True)
@@ -327,6 +327,10 @@ class MessageBuilder:
     defaults: MessageDefaults = field(default_factory=MessageDefaults)
     idempotency_key: IdempotencyKey | None = None
 
+    def __post_init__(self) -> None:
+        # Decided once: the per-element path only asks a bool.
+        object.__setattr__(self, "_no_defaults", self.defaults.is_empty())
+
     def build(self, element: Any) -> MqttMessage:
         if isinstance(element, MqttMessage):
             message = self._fill(element)
@@ -361,9 +365,9 @@ class MessageBuilder:
         return message
 
     def _fill(self, message: MqttMessage) -> MqttMessage:
-        defaults = self.defaults
-        if defaults.is_empty():
+        if self._no_defaults:
             return message
+        defaults = self.defaults
         updates: dict[str, Any] = {
             role: getattr(defaults, role)
             for role in PROPERTY_ROLES
