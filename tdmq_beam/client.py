@@ -69,11 +69,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """What became of one message: its id, or the error that stopped it, and the attempts made."""
+    """What became of one message: its id, or the error that stopped it, the attempts made,
+    and the seconds it took, retries included."""
 
     message_id: str | None
     attempts: int
     error: TdmqError | None = None
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -222,12 +224,14 @@ class AsyncTdmqClient:
         jobs = iter(enumerate(messages))
 
         async def worker() -> None:
+            clock = time.monotonic
             for index, message in jobs:
+                started = clock()
                 try:
                     message_id, attempts = await self.publish_with_attempts(message)
-                    results[index] = PublishResult(message_id, attempts)
+                    results[index] = PublishResult(message_id, attempts, None, clock() - started)
                 except TdmqError as error:
-                    results[index] = PublishResult(None, getattr(error, "attempts", 1), error)
+                    results[index] = PublishResult(None, getattr(error, "attempts", 1), error, clock() - started)
 
         workers = min(concurrency or self.connection.max_in_flight, len(messages))
         await asyncio.gather(*(worker() for _ in range(workers)))

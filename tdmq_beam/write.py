@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
@@ -106,16 +105,14 @@ class _PublishFn(beam.DoFn):
         self._failed = Metrics.counter(_NAMESPACE, "failed")
         self._retried = Metrics.counter(_NAMESPACE, "retried")
         self._throttled = Metrics.counter(_NAMESPACE, "throttled")
-        self._latency = Metrics.distribution(_NAMESPACE, "batch_latency_ms")
+        self._latency = Metrics.distribution(_NAMESPACE, "publish_latency_ms")
 
     def setup(self) -> None:
         self._client = acquire_client(self._connection, None, self._tag)
 
     def start_bundle(self) -> None:
         self._buffer: list[_Pending] = []
-        self._outstanding: collections.deque[tuple[list[_Pending], concurrent.futures.Future, float]] = (
-            collections.deque()
-        )
+        self._outstanding: collections.deque[tuple[list[_Pending], concurrent.futures.Future]] = collections.deque()
         self._ready: collections.deque[Any] = collections.deque()
         self._throttled_before = self._client.aio.throttled
 
@@ -147,17 +144,18 @@ class _PublishFn(beam.DoFn):
         while len(self._outstanding) >= self._max_pending:
             self._complete_oldest()
         future = self._client.submit_batch([pending.message for pending in batch])
-        self._outstanding.append((batch, future, time.monotonic()))
+        self._outstanding.append((batch, future))
         while self._outstanding and self._outstanding[0][1].done():
             self._complete_oldest()
 
     def _complete_oldest(self) -> None:
-        batch, future, started = self._outstanding.popleft()
+        batch, future = self._outstanding.popleft()
         results: list[PublishResult] = future.result()
-        self._latency.update(int((time.monotonic() - started) * 1000))
         ready = self._ready
+        latency = self._latency
         published = retried = 0
         for pending, result in zip(batch, results, strict=True):
+            latency.update(int(result.seconds * 1000))
             retried += result.attempts - 1
             if result.error is None:
                 published += 1

@@ -213,6 +213,19 @@ def test_429_from_the_tps_quota_then_success():
         assert emu.stats()["requests"]["publish"]["429"] > 0
 
 
+def test_429s_switch_on_adaptive_client_side_throttling():
+    with TdmqEmulator(tps=30) as emu:
+        policy = RetryPolicy(max_attempts=20, initial_backoff=0.05, max_backoff=0.5)
+        with TdmqClient(emu.connection(retry=policy)) as client:
+            results = client.publish_batch([MqttMessage("q", b"x") for _ in range(150)])
+            assert all(r.ok for r in results)
+            assert client.aio._throttler is not None
+            assert client.aio.throttled > 0  # requests held back before they could be refused
+        with TdmqClient(emu.connection(retry=policy, adaptive_throttling=False)) as client:
+            client.publish_batch([MqttMessage("q", b"x") for _ in range(60)])
+            assert client.aio._throttler is None and client.aio.throttled == 0
+
+
 def test_client_tps_cap_stays_under_the_quota():
     with TdmqEmulator(tps=20) as emu:
         with TdmqClient(emu.connection(tps=15, retry=RetryPolicy.none())) as client:

@@ -319,8 +319,8 @@ def test_metrics_and_display_data(emulator, tmp_path):
         for m in outcome.metrics().query(MetricsFilter().with_namespace("tdmq_beam.WriteToTdmqMqtt"))["counters"]
     }
     assert counters["published"] == 30 and counters["failed"] == 1
-    distributions = outcome.metrics().query(MetricsFilter().with_name("batch_latency_ms"))["distributions"]
-    assert distributions and distributions[0].committed.count >= 1
+    distributions = outcome.metrics().query(MetricsFilter().with_name("publish_latency_ms"))["distributions"]
+    assert distributions and distributions[0].committed.count == 30
 
 
 @pytest.mark.parametrize(
