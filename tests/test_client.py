@@ -164,10 +164,12 @@ def test_405_maps_to_invalid_request(emulator):
 @pytest.mark.parametrize("kind", ["500", "429", "reset", "delay"])
 def test_retries_succeed_after_injected_faults(kind, paho, unique):
     with TdmqEmulator() as emu:
-        emu.set_faults(0.5, (kind,), seed=3, delay_seconds=1.0, retry_after=0)
+        # 30% faults and 12 attempts: a message failing every attempt has odds 0.3**12 (5e-7).
+        emu.set_faults(0.3, (kind,), seed=3, delay_seconds=1.0, retry_after=0)
         subscriber = paho(unique("s"), port=emu.mqtt_port)
         subscriber.subscribe("f/#", 1)
-        connection = emu.connection(retry=FAST_RETRY, timeout=0.5)
+        policy = RetryPolicy(max_attempts=12, initial_backoff=0.01, max_backoff=0.05, deadline=60)
+        connection = emu.connection(retry=policy, timeout=0.5, adaptive_throttling=False)
         with TdmqClient(connection) as client:
             results = client.publish_batch([MqttMessage(f"f/{i}", b"x") for i in range(40)])
         assert all(r.ok for r in results), [str(r.error) for r in results if not r.ok]
