@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.transforms import window
 from apache_beam.transforms.display import DisplayDataItem
-from apache_beam.utils.windowed_value import WindowedValue
 
-from tdmq_beam.client import PublishResult, TdmqClient
+from tdmq_beam.batched_calls import BatchedCallsFn, sharded_batches
+from tdmq_beam.client import PublishResult
 from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.errors import InvalidMessageError
 from tdmq_beam.mapping import IdempotencyKey, MessageBuilder, MessageDefaults, MessageMapping
 from tdmq_beam.message import MqttMessage
 from tdmq_beam.results import FailedMessage, PublishedMessage, failure_from_error
-from tdmq_beam.worker_client import acquire_client
 
 __all__ = ["WriteToTdmqMqtt", "WriteToTdmqMqttResult"]
 
@@ -54,161 +51,52 @@ class WriteToTdmqMqttResult:
         return getattr(self, key)
 
 
-class _Pending:
-    """One element waiting for its publish, with the timestamp and windows its result goes to."""
+class _PublishFn(BatchedCallsFn):
+    """Maps elements to messages and publishes them in concurrent batches (see `BatchedCallsFn`)."""
 
-    __slots__ = ("element", "message", "timestamp", "windows")
-
-    def __init__(self, element: Any, message: MqttMessage, timestamp: Any, windows: Any) -> None:
-        self.element = element
-        self.message = message
-        self.timestamp = timestamp
-        self.windows = windows
-
-
-class _PublishFn(beam.DoFn):
-    """Maps elements to messages and publishes them in concurrent batches on the process's client.
-
-    Elements are buffered; every ``batch_size`` of them go to the shared
-    client as one batch, which runs while more elements arrive. At most
-    ``max_pending_batches`` batches are outstanding per DoFn instance; the
-    oldest is waited for before another starts. The bundle's end waits for all.
-
-    Each element is published once, whatever windows it is in, and its result
-    goes to the element's own timestamp and windows. Finished results are
-    emitted while the current input is in exactly one window (Beam multiplies
-    the windows of values emitted while processing a multi-window input), and
-    at the bundle's end.
-
-    With ``batched_input``, elements arrive as (key, [(element, timestamp,
-    windows), ...]) from `GroupIntoBatches` and keep the timestamp and windows
-    they had before batching.
-    """
-
-    def __init__(
-        self,
-        connection: TdmqConnection,
-        builder: MessageBuilder,
-        tag: str,
-        batch_size: int,
-        max_pending_batches: int,
-        batched_input: bool = False,
-    ) -> None:
-        self._connection = connection
+    def __init__(self, connection: TdmqConnection, builder: MessageBuilder, tag: str, **batching: Any) -> None:
+        super().__init__(connection, None, tag, **batching)
         self._builder = builder
-        self._tag = tag
-        self._batch_size = batch_size
-        self._max_pending = max_pending_batches
-        self._batched_input = batched_input
-        self._client: TdmqClient | None = None
         self._published = Metrics.counter(_NAMESPACE, "published")
         self._failed = Metrics.counter(_NAMESPACE, "failed")
         self._retried = Metrics.counter(_NAMESPACE, "retried")
         self._throttled = Metrics.counter(_NAMESPACE, "throttled")
         self._latency = Metrics.distribution(_NAMESPACE, "publish_latency_ms")
 
-    def setup(self) -> None:
-        self._client = acquire_client(self._connection, None, self._tag)
-
     def start_bundle(self) -> None:
-        self._buffer: list[_Pending] = []
-        self._outstanding: collections.deque[tuple[list[_Pending], concurrent.futures.Future]] = collections.deque()
-        self._ready: collections.deque[Any] = collections.deque()
-        self._throttled_before = self._client.aio.throttled
+        super().start_bundle()
+        self._throttled_before = self.client.aio.throttled
 
-    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
-        if self._batched_input:
-            for item, timestamp, windows in element[1]:
-                self._add(item, timestamp, windows)
+    def prepare(self, element: Any) -> MqttMessage:
+        return self._builder.build(element)
+
+    def reject(self, element: Any, error: InvalidMessageError):
+        self._failed.inc()
+        yield FAILED, FailedMessage(element, None, None, error.kind, str(error), 0)
+
+    def start(self, work: list[MqttMessage]) -> concurrent.futures.Future:
+        return self.client.submit_batch(work)
+
+    def outputs(self, element: Any, message: MqttMessage, result: PublishResult):
+        self._latency.update(int(result.seconds * 1000))
+        if result.error is None:
+            yield None, PublishedMessage(element, message.topic, result.message_id, result.attempts)
         else:
-            self._add(element, windowed.timestamp, windowed.windows)
-        if self._ready and len(windowed.windows) == 1:
-            ready = self._ready
-            while ready:
-                yield ready.popleft()
+            yield FAILED, failure_from_error(element, message.topic, result.error, result.attempts)
 
-    def _add(self, element: Any, timestamp: Any, windows: Any) -> None:
-        try:
-            message = self._builder.build(element)
-        except InvalidMessageError as error:
-            self._failed.inc()
-            failure = FailedMessage(element, None, None, error.kind, str(error), 0)
-            self._ready.append(pvalue.TaggedOutput(FAILED, WindowedValue(failure, timestamp, windows)))
-            return
-        self._buffer.append(_Pending(element, message, timestamp, windows))
-        if len(self._buffer) >= self._batch_size:
-            self._submit()
-
-    def _submit(self) -> None:
-        batch, self._buffer = self._buffer, []
-        while len(self._outstanding) >= self._max_pending:
-            self._complete_oldest()
-        future = self._client.submit_batch([pending.message for pending in batch])
-        self._outstanding.append((batch, future))
-        while self._outstanding and self._outstanding[0][1].done():
-            self._complete_oldest()
-
-    def _complete_oldest(self) -> None:
-        batch, future = self._outstanding.popleft()
-        results: list[PublishResult] = future.result()
-        ready = self._ready
-        latency = self._latency
-        published = retried = 0
-        for pending, result in zip(batch, results, strict=True):
-            latency.update(int(result.seconds * 1000))
-            retried += result.attempts - 1
-            if result.error is None:
-                published += 1
-                record = PublishedMessage(pending.element, pending.message.topic, result.message_id, result.attempts)
-                ready.append(WindowedValue(record, pending.timestamp, pending.windows))
-            else:
-                failure = failure_from_error(pending.element, pending.message.topic, result.error, result.attempts)
-                ready.append(pvalue.TaggedOutput(FAILED, WindowedValue(failure, pending.timestamp, pending.windows)))
+    def batch_done(self, results: list[PublishResult]) -> None:
+        published = sum(1 for result in results if result.error is None)
         self._published.inc(published)
-        self._failed.inc(len(batch) - published)
+        self._failed.inc(len(results) - published)
+        retried = sum(result.attempts - 1 for result in results)
         if retried:
             self._retried.inc(retried)
 
-    def finish_bundle(self) -> Iterable[Any]:
-        if self._buffer:
-            self._submit()
-        while self._outstanding:
-            self._complete_oldest()
-        throttled = self._client.aio.throttled - self._throttled_before
+    def finish_bundle(self):
+        yield from super().finish_bundle()
+        throttled = self.client.aio.throttled - self._throttled_before
         if throttled > 0:
             self._throttled.inc(throttled)
-        ready = self._ready
-        while ready:
-            yield ready.popleft()
-
-    def teardown(self) -> None:
-        self._client = None  # the last DoFn to let go closes the shared client
-
-
-class _AttachWindowing(beam.DoFn):
-    """Moves each element, once, into the global window keyed for `GroupIntoBatches`,
-    keeping its timestamp and windows with it.
-
-    An element in several windows is held to the bundle's end: emitted while
-    it is the current input, Beam would copy it once per window.
-    """
-
-    def start_bundle(self) -> None:
-        self._held: list[WindowedValue] = []
-
-    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam):
-        moved = WindowedValue((0, (element, windowed.timestamp, windowed.windows)), windowed.timestamp, _GLOBAL)
-        if len(windowed.windows) == 1:
-            yield moved
-        else:
-            self._held.append(moved)
-
-    def finish_bundle(self):
-        held, self._held = self._held, []
-        yield from held
-
-
-_GLOBAL = (window.GlobalWindow(),)
 
 
 @beam.typehints.with_input_types(Any)
@@ -324,17 +212,15 @@ class WriteToTdmqMqtt(beam.PTransform):
     def expand(self, pcoll: pvalue.PCollection) -> WriteToTdmqMqttResult:
         sharded = self._sharded(pcoll)
         publish = _PublishFn(
-            self._connection, self._builder, self._tag, self._batch_size, self._max_pending, batched_input=sharded
+            self._connection,
+            self._builder,
+            self._tag,
+            batch_size=self._batch_size,
+            max_pending_batches=self._max_pending,
+            batched_input=sharded,
         )
         if sharded:
-            pcoll = (
-                pcoll
-                | "KeepWindowing" >> beam.ParDo(_AttachWindowing()).with_output_types(beam.typehints.Tuple[int, Any])
-                | "Batch"
-                >> beam.GroupIntoBatches.WithShardedKey(
-                    self._batch_size, max_buffering_duration_secs=self._max_buffering
-                )
-            )
+            pcoll = sharded_batches(pcoll, self._batch_size, self._max_buffering)
         results = pcoll | "Publish" >> beam.ParDo(publish).with_outputs(FAILED, main="published")
         return WriteToTdmqMqttResult(results.published, results[FAILED])
 

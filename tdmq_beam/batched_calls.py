@@ -1,0 +1,193 @@
+"""The DoFn machinery the transforms share: calls in concurrent batches on the worker's client.
+
+`BatchedCallsFn` buffers elements, hands every ``batch_size`` of them to the
+worker process's shared client (its event loop runs the batch while more
+elements arrive), keeps at most ``max_pending_batches`` batches outstanding,
+and emits each element's outputs in the element's own timestamp and windows.
+Subclasses say how an element becomes a call (`prepare`), how a batch of
+calls runs (`start`) and what a result becomes (`outputs`).
+
+Two Beam details shape it. Each element is handled once, whatever windows it
+is in (``WindowedValueParam``, not per-window invocation). And finished
+outputs are emitted only while the current input is in exactly one window,
+or at the bundle's end: Beam multiplies the windows of values emitted while
+it processes a multi-window input.
+
+`AttachWindowing` prepares input for the sharded path: it moves each element,
+once, into the global window for `GroupIntoBatches`, with its timestamp and
+windows alongside, which `BatchedCallsFn(batched_input=True)` restores.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+
+from tdmq_beam.client import TdmqClient
+from tdmq_beam.cloud_api import CloudApiConfig
+from tdmq_beam.connection import TdmqConnection
+from tdmq_beam.errors import InvalidMessageError
+from tdmq_beam.worker_client import acquire_client
+
+__all__ = ["AttachWindowing", "BatchedCallsFn", "sharded_batches"]
+
+_GLOBAL = (window.GlobalWindow(),)
+
+Output = tuple[str | None, Any]
+"""(output tag or None for the main output, value)."""
+
+
+class _Pending:
+    __slots__ = ("element", "timestamp", "windows", "work")
+
+    def __init__(self, element: Any, work: Any, timestamp: Any, windows: Any) -> None:
+        self.element = element
+        self.work = work
+        self.timestamp = timestamp
+        self.windows = windows
+
+
+class BatchedCallsFn(beam.DoFn):
+    """Base DoFn: elements -> calls in concurrent batches on the shared client -> outputs."""
+
+    def __init__(
+        self,
+        connection: TdmqConnection,
+        cloud: CloudApiConfig | None,
+        tag: str,
+        batch_size: int,
+        max_pending_batches: int,
+        batched_input: bool = False,
+    ) -> None:
+        self._connection = connection
+        self._cloud = cloud
+        self._tag = tag
+        self._batch_size = batch_size
+        self._max_pending = max_pending_batches
+        self._batched_input = batched_input
+        self.client: TdmqClient | None = None
+
+    # -- for subclasses ----------------------------------------------------------
+
+    def prepare(self, element: Any) -> Any:
+        """The call to make for ``element``; raise `InvalidMessageError` to reject it at once."""
+        raise NotImplementedError
+
+    def reject(self, element: Any, error: InvalidMessageError) -> Iterable[Output]:
+        """Outputs for an element `prepare` rejected."""
+        raise NotImplementedError
+
+    def start(self, work: list[Any]) -> concurrent.futures.Future:
+        """Starts a batch of calls on ``self.client``; the future holds one result per call."""
+        raise NotImplementedError
+
+    def outputs(self, element: Any, work: Any, result: Any) -> Iterable[Output]:
+        """Outputs for one element whose call finished with ``result``."""
+        raise NotImplementedError
+
+    def batch_done(self, results: list[Any]) -> None:
+        """Called once per finished batch, on the DoFn's thread (for metrics)."""
+
+    # -- beam.DoFn ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.client = acquire_client(self._connection, self._cloud, self._tag)
+
+    def start_bundle(self) -> None:
+        self._buffer: list[_Pending] = []
+        self._outstanding: collections.deque[tuple[list[_Pending], concurrent.futures.Future]] = collections.deque()
+        self._ready: collections.deque[Any] = collections.deque()
+
+    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
+        if self._batched_input:
+            for item, timestamp, windows in element[1]:
+                self._add(item, timestamp, windows)
+        else:
+            self._add(element, windowed.timestamp, windowed.windows)
+        if self._ready and len(windowed.windows) == 1:
+            ready = self._ready
+            while ready:
+                yield ready.popleft()
+
+    def finish_bundle(self) -> Iterable[Any]:
+        if self._buffer:
+            self._submit()
+        while self._outstanding:
+            self._complete_oldest()
+        ready = self._ready
+        while ready:
+            yield ready.popleft()
+
+    def teardown(self) -> None:
+        self.client = None  # the last DoFn to let go closes the shared client
+
+    # -- machinery --------------------------------------------------------------------
+
+    def _add(self, element: Any, timestamp: Any, windows: Any) -> None:
+        try:
+            work = self.prepare(element)
+        except InvalidMessageError as error:
+            self._queue(self.reject(element, error), timestamp, windows)
+            return
+        self._buffer.append(_Pending(element, work, timestamp, windows))
+        if len(self._buffer) >= self._batch_size:
+            self._submit()
+
+    def _queue(self, outputs: Iterable[Output], timestamp: Any, windows: Any) -> None:
+        for tag, value in outputs:
+            windowed = WindowedValue(value, timestamp, windows)
+            self._ready.append(windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed))
+
+    def _submit(self) -> None:
+        batch, self._buffer = self._buffer, []
+        while len(self._outstanding) >= self._max_pending:
+            self._complete_oldest()
+        self._outstanding.append((batch, self.start([pending.work for pending in batch])))
+        while self._outstanding and self._outstanding[0][1].done():
+            self._complete_oldest()
+
+    def _complete_oldest(self) -> None:
+        batch, future = self._outstanding.popleft()
+        results = future.result()
+        for pending, result in zip(batch, results, strict=True):
+            self._queue(self.outputs(pending.element, pending.work, result), pending.timestamp, pending.windows)
+        self.batch_done(results)
+
+
+class AttachWindowing(beam.DoFn):
+    """Moves each element, once, into the global window keyed for `GroupIntoBatches`,
+    keeping its timestamp and windows with it.
+
+    An element in several windows is held to the bundle's end: emitted while
+    it is the current input, Beam would copy it once per window.
+    """
+
+    def start_bundle(self) -> None:
+        self._held: list[WindowedValue] = []
+
+    def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam):
+        moved = WindowedValue((0, (element, windowed.timestamp, windowed.windows)), windowed.timestamp, _GLOBAL)
+        if len(windowed.windows) == 1:
+            yield moved
+        else:
+            self._held.append(moved)
+
+    def finish_bundle(self):
+        held, self._held = self._held, []
+        yield from held
+
+
+def sharded_batches(pcoll: beam.PCollection, batch_size: int, max_buffering_duration_secs: float) -> beam.PCollection:
+    """Batches across bundles (for streaming): input for ``BatchedCallsFn(batched_input=True)``."""
+    return (
+        pcoll
+        | "KeepWindowing" >> beam.ParDo(AttachWindowing()).with_output_types(beam.typehints.Tuple[int, Any])
+        | "Batch"
+        >> beam.GroupIntoBatches.WithShardedKey(batch_size, max_buffering_duration_secs=max_buffering_duration_secs)
+    )
