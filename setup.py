@@ -19,6 +19,8 @@ setup(
         "aiohttp>=3.9",
         "httptools>=0.6",
         "fastavro>=1.9",
+        "cachetools>=5",
+        "google-api-core>=2",
         "paho-mqtt>=2.1",
         "uvloop>=0.19; platform_system != 'Windows'",
     ],

@@ -2,8 +2,11 @@
 
 from tdmq_beam.avro_mapping import avro_mapping
 from tdmq_beam.client import AsyncTdmqClient, PublishResult, TdmqClient
+from tdmq_beam.client_status import ClientStatus
 from tdmq_beam.cloud_api import ClientDetails, ClientSubscription, CloudApiConfig
 from tdmq_beam.connection import TdmqConnection
+from tdmq_beam.enrich import EnrichResult, EnrichWithClientStatus
+from tdmq_beam.enrichment_handler import TdmqClientStatusHandler
 from tdmq_beam.errors import (
     AuthenticationError,
     CloudApiError,
@@ -16,6 +19,7 @@ from tdmq_beam.errors import (
     TdmqError,
     TransportError,
 )
+from tdmq_beam.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive
 from tdmq_beam.mapping import IdempotencyKey, MessageMapping
 from tdmq_beam.message import MqttMessage
 from tdmq_beam.payload import AvroPayload, FieldPayload, JsonPayload
@@ -31,16 +35,21 @@ __all__ = [
     "AuthenticationError",
     "AvroPayload",
     "ClientDetails",
+    "ClientStatus",
     "ClientSubscription",
     "CloudApiConfig",
     "CloudApiError",
     "ConfigurationError",
+    "EnrichResult",
+    "EnrichWithClientStatus",
     "FailedMessage",
     "FieldPayload",
     "IdempotencyKey",
     "InvalidMessageError",
     "InvalidRequestError",
     "JsonPayload",
+    "KeepAliveResult",
+    "KeepAliveSet",
     "MessageMapping",
     "MqttMessage",
     "PermissionDeniedError",
@@ -50,7 +59,9 @@ __all__ = [
     "RetryPolicy",
     "Secret",
     "ServerError",
+    "SetClientKeepAlive",
     "TdmqClient",
+    "TdmqClientStatusHandler",
     "TdmqConnection",
     "TdmqError",
     "TransportError",

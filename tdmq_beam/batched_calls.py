@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -191,3 +192,10 @@ def sharded_batches(pcoll: beam.PCollection, batch_size: int, max_buffering_dura
         | "Batch"
         >> beam.GroupIntoBatches.WithShardedKey(batch_size, max_buffering_duration_secs=max_buffering_duration_secs)
     )
+
+
+def use_sharded_batching(pcoll: beam.PCollection, batching: str) -> bool:
+    """``sharded``: yes; ``bundle``: no; ``auto``: for streaming pipelines and unbounded input."""
+    if batching != "auto":
+        return batching == "sharded"
+    return bool(pcoll.pipeline.options.view_as(StandardOptions).streaming) or not pcoll.is_bounded

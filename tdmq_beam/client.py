@@ -180,6 +180,11 @@ class AsyncTdmqClient:
         """Cloud API requests sent so far."""
         return self._cloud.calls if self._cloud is not None else 0
 
+    @property
+    def cloud_throttled(self) -> int:
+        """Cloud API requests that waited for the cloud rate limit."""
+        return self._cloud.throttled if self._cloud is not None else 0
+
     def _count_retry(self, error: TdmqError) -> None:
         self.retries += 1
 
@@ -287,16 +292,20 @@ class AsyncTdmqClient:
             InvalidRequestError: ``seconds`` is outside 30..1200 (no call is
                 made), or the service refused (client offline, keep-alive-0 session).
         """
+        return (await self.set_keepalive_with_attempts(client_id, seconds))[0]
+
+    async def set_keepalive_with_attempts(self, client_id: str, seconds: int) -> tuple[int, int]:
+        """Like `set_keepalive`, also returning the number of attempts."""
         low, high = KEEPALIVE_RANGE
         if type(seconds) is not int or not low <= seconds <= high:
             raise InvalidRequestError(f"keep-alive must be an int within {low}..{high} seconds, got {seconds!r}")
         if not isinstance(client_id, str) or not client_id:
             raise InvalidRequestError("client_id must be a non-empty str")
         url = URL(f"{self._base}/keep-alive?client-id={quote(client_id, safe='')}&interval={seconds}", encoded=True)
-        document, _ = await self._with_retries(lambda: self._json_call("POST", url, "keep-alive", client_id))
+        document, attempts = await self._with_retries(lambda: self._json_call("POST", url, "keep-alive", client_id))
         if document.get("success") is not True:
             raise ServerError(f"keep-alive answer without success: {str(document)[:200]}")
-        return int(document.get("keepalive", seconds))
+        return int(document.get("keepalive", seconds)), attempts
 
     async def _json_call(self, method: str, url: URL, what: str, client_id: str) -> dict:
         await self._throttle()
@@ -386,8 +395,7 @@ class TdmqClient:
 
     def run(self, coroutine: Awaitable[T]) -> T:
         """Runs a coroutine on the client's loop and waits for its result."""
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return future.result()
+        return self.submit(coroutine).result()
 
     def publish(self, message: MqttMessage) -> str:
         return self.run(self.aio.publish(message))
@@ -395,9 +403,13 @@ class TdmqClient:
     def publish_batch(self, messages: Sequence[MqttMessage], concurrency: int | None = None) -> list[PublishResult]:
         return self.run(self.aio.publish_batch(messages, concurrency))
 
+    def submit(self, coroutine: Awaitable[T]) -> concurrent.futures.Future[T]:
+        """Starts a coroutine on the client's loop and returns at once; the future holds its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
     def submit_batch(self, messages: Sequence[MqttMessage]) -> concurrent.futures.Future[list[PublishResult]]:
         """Starts `publish_batch` and returns at once; the future holds the results."""
-        return asyncio.run_coroutine_threadsafe(self.aio.publish_batch(messages), self._loop)
+        return self.submit(self.aio.publish_batch(messages))
 
     def is_online(self, client_id: str) -> bool:
         return self.run(self.aio.is_online(client_id))

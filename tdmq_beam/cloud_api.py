@@ -224,6 +224,7 @@ class CloudApiCaller:
         self.action = "DescribeMQTTClient" if config.api == "auto" else config.api
         self._limits = {action: TokenBucket(config.rate) for action in _ACTIONS} if config.rate else {}
         self.calls = 0
+        self.throttled = 0
 
     async def describe_client(self, client_id: str) -> tuple[ClientDetails | None, int]:
         """The client's details (None when the service does not know it), and the attempts made."""
@@ -263,6 +264,7 @@ class CloudApiCaller:
         if limit is not None:
             wait = limit.reserve()
             if wait:
+                self.throttled += 1
                 await asyncio.sleep(wait)
         service, version, _ = _ACTIONS.get(action, ("trocket", "2023-03-08", ""))
         url, host = self.config.url_and_host(action if action in _ACTIONS else "DescribeMQTTClient")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.emulator.config import EmulatorConfig, FaultConfig
 from tdmq_beam.emulator.server import Emulator
 
-__all__ = ["TdmqEmulator"]
+__all__ = ["SimulatedClients", "TdmqEmulator"]
 
 T = TypeVar("T")
 
@@ -182,6 +183,87 @@ class TdmqEmulator:
 
         self.call(apply)
 
+    def simulated_clients(self) -> SimulatedClients:
+        """MQTT clients (paho-mqtt) to connect to this emulator; close them when done."""
+        return SimulatedClients(self.host, self.mqtt_port, self.username, self.password)
+
     def online_clients(self) -> set[str]:
         broker = self._emulator.broker
         return self.call(lambda: {cid for cid, s in broker.sessions.items() if s.connection is not None})
+
+
+class SimulatedClients:
+    """Simulated devices: MQTT 3.1.1 clients (paho-mqtt) that are online, or offline with a persistent session.
+
+    No thread per client: each is driven only while it connects, subscribes or
+    disconnects, so hundreds are cheap. Online clients use a long keep-alive
+    (600 s by default) and stay connected until `close`.
+
+    Usage::
+
+        with emulator.simulated_clients() as devices:
+            devices.online("dev-1", subscriptions=["devices/dev-1/commands"])
+            devices.offline("dev-2")   # a persistent session, disconnected
+    """
+
+    def __init__(self, host: str, port: int, username: str | None, password: str | None) -> None:
+        self._address = (host, port)
+        self._credentials = (username, password)
+        self._clients: dict[str, Any] = {}
+
+    def _connect(self, client_id: str, *, persistent: bool, keepalive: int, subscriptions) -> Any:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=not persistent
+        )
+        if self._credentials[0] is not None:
+            client.username_pw_set(*self._credentials)
+        acknowledged: list[Any] = []
+        client.on_connect = lambda c, u, flags, rc, props: acknowledged.append(rc)
+        client.on_subscribe = lambda c, u, mid, codes, props: acknowledged.append(codes)
+        client.connect(*self._address, keepalive=keepalive)
+        self._drive(client, acknowledged, 1, f"{client_id} was not accepted")
+        if acknowledged[0].is_failure:
+            raise RuntimeError(f"{client_id} was refused: {acknowledged[0]}")
+        for topic_filter in subscriptions:
+            client.subscribe(topic_filter, qos=1)
+            self._drive(client, acknowledged, len(acknowledged) + 1, f"{client_id} could not subscribe")
+        return client
+
+    @staticmethod
+    def _drive(client: Any, acknowledged: list[Any], count: int, problem: str) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while len(acknowledged) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(problem)
+            client.loop(timeout=0.05)
+
+    def online(self, client_id: str, *, persistent: bool = False, keepalive: int = 600, subscriptions=()) -> None:
+        """Connects ``client_id`` and keeps it connected."""
+        self._clients[client_id] = self._connect(
+            client_id, persistent=persistent, keepalive=keepalive, subscriptions=subscriptions
+        )
+
+    def offline(self, client_id: str, *, subscriptions=()) -> None:
+        """Leaves a persistent session for ``client_id``, disconnected."""
+        client = self._connect(client_id, persistent=True, keepalive=600, subscriptions=subscriptions)
+        client.disconnect()
+        client.loop(timeout=0.05)
+        client.socket() and client.socket().close()
+
+    def disconnect(self, client_id: str) -> None:
+        client = self._clients.pop(client_id)
+        client.disconnect()
+        client.loop(timeout=0.05)
+
+    def close(self) -> None:
+        for client_id in list(self._clients):
+            self.disconnect(client_id)
+
+    def __enter__(self) -> SimulatedClients:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

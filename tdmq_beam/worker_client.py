@@ -5,10 +5,11 @@ from __future__ import annotations
 from apache_beam.utils.shared import Shared
 
 from tdmq_beam.client import TdmqClient
+from tdmq_beam.client_status import LookupSettings, StatusLookup
 from tdmq_beam.cloud_api import CloudApiConfig
 from tdmq_beam.connection import TdmqConnection
 
-__all__ = ["acquire_client"]
+__all__ = ["acquire_client", "acquire_status_lookup"]
 
 _SHARED = Shared()
 
@@ -20,3 +21,10 @@ def acquire_client(connection: TdmqConnection, cloud: CloudApiConfig | None, tag
     DoFn holds it, and closes when the last one lets go.
     """
     return _SHARED.acquire(lambda: TdmqClient(connection, cloud), tag=tag)
+
+
+def acquire_status_lookup(
+    connection: TdmqConnection, cloud: CloudApiConfig | None, settings: LookupSettings, tag: str
+) -> StatusLookup:
+    """The process's status lookup (client and caches) for ``tag``, made on first use."""
+    return _SHARED.acquire(lambda: StatusLookup(TdmqClient(connection, cloud), settings), tag=tag)

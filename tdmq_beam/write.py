@@ -11,10 +11,9 @@ from typing import Any, Literal
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.display import DisplayDataItem
 
-from tdmq_beam.batched_calls import BatchedCallsFn, sharded_batches
+from tdmq_beam.batched_calls import BatchedCallsFn, sharded_batches, use_sharded_batching
 from tdmq_beam.client import PublishResult
 from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.errors import InvalidMessageError
@@ -203,14 +202,8 @@ class WriteToTdmqMqtt(beam.PTransform):
         self._max_buffering = max_buffering_duration_secs
         self._tag = f"WriteToTdmqMqtt-{uuid.uuid4()}"
 
-    def _sharded(self, pcoll: pvalue.PCollection) -> bool:
-        if self._batching != "auto":
-            return self._batching == "sharded"
-        streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
-        return bool(streaming) or not pcoll.is_bounded
-
     def expand(self, pcoll: pvalue.PCollection) -> WriteToTdmqMqttResult:
-        sharded = self._sharded(pcoll)
+        sharded = use_sharded_batching(pcoll, self._batching)
         publish = _PublishFn(
             self._connection,
             self._builder,
