@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tdmq_beam.cloud_api import CloudApiConfig
 from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.emulator.config import EmulatorConfig, FaultConfig
+from tdmq_beam.emulator.mqtt_codec import DISCONNECT, encode_connect, encode_subscribe
 from tdmq_beam.emulator.server import Emulator
 
 __all__ = ["SimulatedClients", "TdmqEmulator"]
@@ -184,7 +185,7 @@ class TdmqEmulator:
         self.call(apply)
 
     def simulated_clients(self) -> SimulatedClients:
-        """MQTT clients (paho-mqtt) to connect to this emulator; close them when done."""
+        """Simulated MQTT clients to connect to this emulator; close them when done."""
         return SimulatedClients(self.host, self.mqtt_port, self.username, self.password)
 
     def online_clients(self) -> set[str]:
@@ -193,11 +194,11 @@ class TdmqEmulator:
 
 
 class SimulatedClients:
-    """Simulated devices: MQTT 3.1.1 clients (paho-mqtt) that are online, or offline with a persistent session.
+    """Simulated devices: MQTT 3.1.1 clients that are online, or offline with a persistent session.
 
-    No thread per client: each is driven only while it connects, subscribes or
-    disconnects, so hundreds are cheap. Online clients use a long keep-alive
-    (600 s by default) and stay connected until `close`.
+    Each is a plain socket that sends CONNECT (and SUBSCRIBE) and then stays
+    quiet, so thousands are cheap; online clients use a long keep-alive (600 s
+    by default) and stay connected until `disconnect` or `close`.
 
     Usage::
 
@@ -209,57 +210,48 @@ class SimulatedClients:
     def __init__(self, host: str, port: int, username: str | None, password: str | None) -> None:
         self._address = (host, port)
         self._credentials = (username, password)
-        self._clients: dict[str, Any] = {}
+        self._sockets: dict[str, socket.socket] = {}
 
-    def _connect(self, client_id: str, *, persistent: bool, keepalive: int, subscriptions) -> Any:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=not persistent
+    def _connect(self, client_id: str, *, persistent: bool, keepalive: int, subscriptions) -> socket.socket:
+        sock = socket.create_connection(self._address, timeout=_START_TIMEOUT)
+        username, password = self._credentials
+        sock.sendall(
+            encode_connect(client_id, clean=not persistent, keepalive=keepalive, username=username, password=password)
         )
-        if self._credentials[0] is not None:
-            client.username_pw_set(*self._credentials)
-        acknowledged: list[Any] = []
-        client.on_connect = lambda c, u, flags, rc, props: acknowledged.append(rc)
-        client.on_subscribe = lambda c, u, mid, codes, props: acknowledged.append(codes)
-        client.connect(*self._address, keepalive=keepalive)
-        self._drive(client, acknowledged, 1, f"{client_id} was not accepted")
-        if acknowledged[0].is_failure:
-            raise RuntimeError(f"{client_id} was refused: {acknowledged[0]}")
-        for topic_filter in subscriptions:
-            client.subscribe(topic_filter, qos=1)
-            self._drive(client, acknowledged, len(acknowledged) + 1, f"{client_id} could not subscribe")
-        return client
-
-    @staticmethod
-    def _drive(client: Any, acknowledged: list[Any], count: int, problem: str) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while len(acknowledged) < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(problem)
-            client.loop(timeout=0.05)
+        connack = _read_exactly(sock, 4)
+        if connack[0] != 0x20 or connack[3] != 0:
+            sock.close()
+            raise RuntimeError(f"{client_id} was refused (CONNACK {connack.hex()})")
+        if subscriptions:
+            sock.sendall(encode_subscribe(1, [(topic_filter, 1) for topic_filter in subscriptions]))
+            header = _read_exactly(sock, 2)
+            granted = _read_exactly(sock, header[1])[2:]
+            if header[0] != 0x90 or 0x80 in granted:
+                sock.close()
+                raise RuntimeError(f"{client_id} could not subscribe to {list(subscriptions)}")
+        return sock
 
     def online(self, client_id: str, *, persistent: bool = False, keepalive: int = 600, subscriptions=()) -> None:
         """Connects ``client_id`` and keeps it connected."""
-        self._clients[client_id] = self._connect(
+        self._sockets[client_id] = self._connect(
             client_id, persistent=persistent, keepalive=keepalive, subscriptions=subscriptions
         )
 
     def offline(self, client_id: str, *, subscriptions=()) -> None:
         """Leaves a persistent session for ``client_id``, disconnected."""
-        client = self._connect(client_id, persistent=True, keepalive=600, subscriptions=subscriptions)
-        client.disconnect()
-        client.loop(timeout=0.05)
-        client.socket() and client.socket().close()
+        sock = self._connect(client_id, persistent=True, keepalive=600, subscriptions=subscriptions)
+        sock.sendall(DISCONNECT)
+        sock.close()
 
     def disconnect(self, client_id: str) -> None:
-        client = self._clients.pop(client_id)
-        client.disconnect()
-        client.loop(timeout=0.05)
+        sock = self._sockets.pop(client_id)
+        try:
+            sock.sendall(DISCONNECT)
+        finally:
+            sock.close()
 
     def close(self) -> None:
-        for client_id in list(self._clients):
+        for client_id in list(self._sockets):
             self.disconnect(client_id)
 
     def __enter__(self) -> SimulatedClients:
@@ -267,3 +259,13 @@ class SimulatedClients:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise RuntimeError("the emulator closed the connection")
+        data += chunk
+    return data

@@ -551,3 +551,28 @@ def encode_disconnect(reason_code: int, reason_string: str | None = None) -> byt
 
 
 PINGRESP = b"\xd0\x00"
+
+
+# -- client side (simulated devices, fuzzing): MQTT 3.1.1 only -----------------------
+
+
+def encode_connect(
+    client_id: str, *, clean: bool = True, keepalive: int = 60, username: str | None = None, password: str | None = None
+) -> bytes:
+    """An MQTT 3.1.1 CONNECT."""
+    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = _utf8("MQTT") + bytes((4, flags)) + _UINT16.pack(keepalive) + _utf8(client_id)
+    if username is not None:
+        body += _utf8(username)
+    if password is not None:
+        body += _utf8(password)
+    return _packet(0x10, body)
+
+
+def encode_subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
+    """An MQTT 3.1.1 SUBSCRIBE of (topic filter, qos) pairs."""
+    body = _UINT16.pack(packet_id) + b"".join(_utf8(topic_filter) + bytes((qos,)) for topic_filter, qos in filters)
+    return _packet(0x82, body)
+
+
+DISCONNECT = b"\xe0\x00"
