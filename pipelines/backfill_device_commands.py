@@ -41,7 +41,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from tdmq_beam import IdempotencyKey, RetryPolicy, Secret, TdmqConnection, WriteToTdmqMqtt, avro_mapping
+from pipelines.service_flags import add_connection_flags, connection_from_flags
+from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
 from tdmq_beam.avro_mapping import load_schema
 
 __all__ = ["build_pipeline", "generate_commands", "main"]
@@ -68,22 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--output", help="prefix of the result files (published and failed)")
     io.add_argument("--output-format", choices=("jsonl", "avro"), default="jsonl")
 
-    service = parser.add_argument_group("service")
-    service.add_argument("--endpoint", help="instance access point, http(s)://host[:port]")
-    service.add_argument("--username", help="Basic authentication user")
-    service.add_argument("--password-env", metavar="NAME", help="environment variable holding the password")
-    service.add_argument("--password-file", metavar="PATH", help="file holding the password")
-    service.add_argument("--client-cert", help="client certificate chain (PEM) for mTLS")
-    service.add_argument("--client-key", help="client private key (PEM) for mTLS")
-    service.add_argument("--key-password-env", metavar="NAME", help="environment variable holding the key passphrase")
-    service.add_argument("--ca-cert", help="CA bundle of the server certificate")
+    add_connection_flags(parser)
 
     behaviour = parser.add_argument_group("publishing")
     behaviour.add_argument("--qos", type=int, choices=(0, 1, 2), help="default QoS where a record sets none")
-    behaviour.add_argument("--tps", type=float, help="requests/s per worker process (instance quota / workers)")
-    behaviour.add_argument("--max-in-flight", type=int, default=64, help="requests in flight per worker process")
-    behaviour.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    behaviour.add_argument("--max-attempts", type=int, default=5, help="attempts per message, the first included")
     behaviour.add_argument("--idempotency-key", action="store_true", help="add an idempotency-key user property")
 
     demo = parser.add_argument_group("demo (no --endpoint: the embedded emulator)")
@@ -117,29 +106,6 @@ def generate_commands(count: int, devices: int, invalid: int, seed: int = 7) -> 
             }
         )
     return records
-
-
-def _connection(args: argparse.Namespace) -> TdmqConnection:
-    password = None
-    if args.password_env and args.password_file:
-        raise ValueError("give --password-env or --password-file, not both")
-    if args.password_env:
-        password = Secret.env(args.password_env)
-    elif args.password_file:
-        password = Secret.file(args.password_file)
-    return TdmqConnection(
-        args.endpoint,
-        username=args.username,
-        password=password,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        ca_cert=args.ca_cert,
-        key_password=Secret.env(args.key_password_env) if args.key_password_env else None,
-        timeout=args.timeout,
-        max_in_flight=args.max_in_flight,
-        tps=args.tps,
-        retry=RetryPolicy(max_attempts=args.max_attempts),
-    )
 
 
 class _CountFailures(beam.DoFn):
@@ -310,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.input or not args.output:
             raise SystemExit("--input and --output are required with --endpoint")
         try:
-            connection = _connection(args)
+            connection = connection_from_flags(args)
         except ValueError as exc:
             raise SystemExit(f"invalid connection settings: {exc}") from None
         summary = run(args, beam_args, connection)
