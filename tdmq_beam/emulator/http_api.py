@@ -86,6 +86,9 @@ class DataPlaneApi:
             except _Reset:
                 counts["reset"] += 1
                 raise web.HTTPInternalServerError() from None  # written to a closed transport: never seen
+            except ConnectionResetError:
+                counts["client_gone"] += 1  # the client closed first (e.g. timed out during a delay fault)
+                raise web.HTTPInternalServerError() from None
             except web.HTTPException as exc:
                 counts[str(exc.status)] += 1
                 raise
