@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -36,7 +37,18 @@ from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.errors import InvalidMessageError
 from tdmq_beam.worker_client import acquire_client
 
-__all__ = ["AttachWindowing", "BatchedCallsFn", "sharded_batches"]
+__all__ = [
+    "FAILED",
+    "AttachWindowing",
+    "BatchedCallsFn",
+    "BatchingOptions",
+    "CallResults",
+    "sharded_batches",
+    "use_sharded_batching",
+]
+
+FAILED = "failed"
+"""The tag of every transform's failed output."""
 
 _GLOBAL = (window.GlobalWindow(),)
 
@@ -199,3 +211,67 @@ def use_sharded_batching(pcoll: beam.PCollection, batching: str) -> bool:
     if batching != "auto":
         return batching == "sharded"
     return bool(pcoll.pipeline.options.view_as(StandardOptions).streaming) or not pcoll.is_bounded
+
+
+class CallResults:
+    """A transform's two outputs: the main one (named by ``MAIN``) and ``failed``."""
+
+    MAIN = "published"
+
+    def __init__(self, main: beam.PCollection, failed: beam.PCollection) -> None:
+        setattr(self, self.MAIN, main)
+        self.failed = failed
+
+    def __getitem__(self, key: str) -> beam.PCollection:
+        if key not in (self.MAIN, FAILED):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """How a transform batches its calls; see `WriteToTdmqMqtt` for each option."""
+
+    batch_size: int
+    max_pending_batches: int
+    batching: str
+    max_buffering_duration_secs: float
+
+    @classmethod
+    def resolve(
+        cls,
+        connection: TdmqConnection,
+        batch_size: int | None,
+        max_pending_batches: int,
+        batching: str,
+        max_buffering_duration_secs: float,
+    ) -> BatchingOptions:
+        """Checks a transform's connection and batching options (``ValueError`` naming the option)."""
+        if not isinstance(connection, TdmqConnection):
+            raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        if batch_size is None:
+            batch_size = max(4 * connection.max_in_flight, 256)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(max_pending_batches, int) or max_pending_batches < 1:
+            raise ValueError(f"max_pending_batches must be a positive int, got {max_pending_batches!r}")
+        if batching not in ("auto", "bundle", "sharded"):
+            raise ValueError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
+        if not max_buffering_duration_secs or max_buffering_duration_secs <= 0:
+            raise ValueError("max_buffering_duration_secs must be positive")
+        return cls(batch_size, max_pending_batches, batching, max_buffering_duration_secs)
+
+    def apply(
+        self, pcoll: beam.PCollection, label: str, make_fn: Callable[..., BatchedCallsFn], main: str
+    ) -> tuple[beam.PCollection, beam.PCollection]:
+        """Runs ``make_fn(batch_size=, max_pending_batches=, batched_input=)`` over ``pcoll``
+        (batched across bundles when sharded); returns its (main, failed) outputs."""
+        sharded = use_sharded_batching(pcoll, self.batching)
+        do_fn = make_fn(batch_size=self.batch_size, max_pending_batches=self.max_pending_batches, batched_input=sharded)
+        if sharded:
+            pcoll = sharded_batches(pcoll, self.batch_size, self.max_buffering_duration_secs)
+        results = pcoll | label >> beam.ParDo(do_fn).with_outputs(FAILED, main=main)
+        return results[main], results[FAILED]
+
+    def display_data(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "batching": self.batching}

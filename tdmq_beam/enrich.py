@@ -12,7 +12,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
 
-from tdmq_beam.batched_calls import BatchedCallsFn, sharded_batches, use_sharded_batching
+from tdmq_beam.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, CallResults
 from tdmq_beam.client_status import ClientStatus, LookupResults, LookupSettings
 from tdmq_beam.cloud_api import CloudApiConfig
 from tdmq_beam.connection import TdmqConnection
@@ -23,11 +23,10 @@ from tdmq_beam.worker_client import acquire_status_lookup
 
 __all__ = ["EnrichResult", "EnrichWithClientStatus", "client_id_getter", "default_join"]
 
-FAILED = "failed"
 _NAMESPACE = "tdmq_beam.EnrichWithClientStatus"
 
 
-class EnrichResult:
+class EnrichResult(CallResults):
     """What `EnrichWithClientStatus` returns.
 
     Attributes:
@@ -36,14 +35,7 @@ class EnrichResult:
             with ``on_failure="unknown"``) or whose client id is missing.
     """
 
-    def __init__(self, enriched: pvalue.PCollection, failed: pvalue.PCollection) -> None:
-        self.enriched = enriched
-        self.failed = failed
-
-    def __getitem__(self, key: str) -> pvalue.PCollection:
-        if key not in ("enriched", FAILED):
-            raise KeyError(key)
-        return getattr(self, key)
+    MAIN = "enriched"
 
 
 def client_id_getter(client_id: str | Callable[[Any], str]) -> Callable[[Any], str]:
@@ -210,19 +202,15 @@ class EnrichWithClientStatus(beam.PTransform):
         max_buffering_duration_secs: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(connection, TdmqConnection):
-            raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        self._batching = BatchingOptions.resolve(
+            connection, batch_size, max_pending_batches, batching, max_buffering_duration_secs
+        )
         if cloud is not None and not isinstance(cloud, CloudApiConfig):
             raise ValueError(f"cloud must be a CloudApiConfig or None, got {type(cloud).__name__}")
         if not (callable(client_id) or (isinstance(client_id, str) and client_id)):
             raise ValueError("client_id must name a field or be a callable")
         if on_failure not in ("failed", "unknown"):
             raise ValueError(f"on_failure must be 'failed' or 'unknown', got {on_failure!r}")
-        if batching not in ("auto", "bundle", "sharded"):
-            raise ValueError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
-        batch_size = batch_size if batch_size is not None else max(4 * connection.max_in_flight, 256)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self._settings = LookupSettings(status_ttl, details_ttl, negative_ttl, max_cached, status_qps)
         self._connection = connection
         self._cloud = cloud
@@ -230,30 +218,16 @@ class EnrichWithClientStatus(beam.PTransform):
         self._client_id_label = client_id if isinstance(client_id, str) else getattr(client_id, "__name__", "callable")
         self._join = join
         self._on_failure = on_failure
-        self._batch_size = batch_size
-        self._max_pending = max_pending_batches
-        self._batching = batching
-        self._max_buffering = max_buffering_duration_secs
         self._tag = f"EnrichWithClientStatus-{uuid.uuid4()}"
 
     def expand(self, pcoll: pvalue.PCollection) -> EnrichResult:
-        sharded = use_sharded_batching(pcoll, self._batching)
-        enrich = _EnrichFn(
-            self._connection,
-            self._cloud,
-            self._tag,
-            self._settings,
-            self._client_id,
-            self._join,
-            self._on_failure,
-            batch_size=self._batch_size,
-            max_pending_batches=self._max_pending,
-            batched_input=sharded,
-        )
-        if sharded:
-            pcoll = sharded_batches(pcoll, self._batch_size, self._max_buffering)
-        results = pcoll | "Lookup" >> beam.ParDo(enrich).with_outputs(FAILED, main="enriched")
-        return EnrichResult(results.enriched, results[FAILED])
+        def make_fn(**options: Any) -> _EnrichFn:
+            return _EnrichFn(
+                self._connection, self._cloud, self._tag, self._settings, self._client_id, self._join,
+                self._on_failure, **options,
+            )  # fmt: skip
+
+        return EnrichResult(*self._batching.apply(pcoll, "Lookup", make_fn, main="enriched"))
 
     def display_data(self) -> dict[str, Any]:
         data = {key: DisplayDataItem(value, label=key) for key, value in self._connection.display_data().items()}
@@ -263,4 +237,6 @@ class EnrichWithClientStatus(beam.PTransform):
         for name in ("status_ttl", "details_ttl", "negative_ttl", "max_cached"):
             data[name] = DisplayDataItem(getattr(self._settings, name), label=name)
         data["on_failure"] = DisplayDataItem(self._on_failure, label="On failure")
+        for key, value in self._batching.display_data().items():
+            data[key] = DisplayDataItem(value, label=key)
         return data

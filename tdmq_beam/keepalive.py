@@ -14,7 +14,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
 
-from tdmq_beam.batched_calls import BatchedCallsFn, sharded_batches, use_sharded_batching
+from tdmq_beam.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, CallResults
 from tdmq_beam.client import KEEPALIVE_RANGE, AsyncTdmqClient
 from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.enrich import client_id_getter
@@ -24,7 +24,6 @@ from tdmq_beam.results import FailedMessage, element_to_json, failure_from_error
 
 __all__ = ["KeepAliveResult", "KeepAliveSet", "SetClientKeepAlive"]
 
-FAILED = "failed"
 _NAMESPACE = "tdmq_beam.SetClientKeepAlive"
 
 
@@ -46,18 +45,9 @@ class KeepAliveSet:
         }
 
 
-class KeepAliveResult:
-    """What `SetClientKeepAlive` returns: ``published`` (`KeepAliveSet`) and ``failed`` (`FailedMessage`),
-    in the shape of `WriteToTdmqMqtt`'s result."""
-
-    def __init__(self, published: pvalue.PCollection, failed: pvalue.PCollection) -> None:
-        self.published = published
-        self.failed = failed
-
-    def __getitem__(self, key: str) -> pvalue.PCollection:
-        if key not in ("published", FAILED):
-            raise KeyError(key)
-        return getattr(self, key)
+class KeepAliveResult(CallResults):
+    """What `SetClientKeepAlive` returns: ``published`` (`KeepAliveSet`) and ``failed``
+    (`FailedMessage`), in the shape of `WriteToTdmqMqtt`'s result."""
 
 
 def _interval_getter(interval: str | int | Callable[[Any], int]) -> Callable[[Any], int]:
@@ -158,8 +148,9 @@ class SetClientKeepAlive(beam.PTransform):
         max_buffering_duration_secs: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(connection, TdmqConnection):
-            raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        self._batching = BatchingOptions.resolve(
+            connection, batch_size, max_pending_batches, batching, max_buffering_duration_secs
+        )
         low, high = KEEPALIVE_RANGE
         if isinstance(interval, int) and not isinstance(interval, bool) and not low <= interval <= high:
             raise ValueError(f"interval must be within {low}..{high} seconds, got {interval}")
@@ -167,35 +158,17 @@ class SetClientKeepAlive(beam.PTransform):
             raise ValueError("interval must name a field, be an int or a callable")
         if not (callable(client_id) or (isinstance(client_id, str) and client_id)):
             raise ValueError("client_id must name a field or be a callable")
-        if batching not in ("auto", "bundle", "sharded"):
-            raise ValueError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self._connection = connection
         self._client_id = client_id_getter(client_id)
         self._interval = _interval_getter(interval)
         self._interval_label = interval if isinstance(interval, (str, int)) else "callable"
-        self._batch_size = batch_size
-        self._max_pending = max_pending_batches
-        self._batching = batching
-        self._max_buffering = max_buffering_duration_secs
         self._tag = f"SetClientKeepAlive-{uuid.uuid4()}"
 
     def expand(self, pcoll: pvalue.PCollection) -> KeepAliveResult:
-        sharded = use_sharded_batching(pcoll, self._batching)
-        set_fn = _KeepAliveFn(
-            self._connection,
-            self._tag,
-            self._client_id,
-            self._interval,
-            batch_size=self._batch_size,
-            max_pending_batches=self._max_pending,
-            batched_input=sharded,
-        )
-        if sharded:
-            pcoll = sharded_batches(pcoll, self._batch_size, self._max_buffering)
-        results = pcoll | "SetKeepAlive" >> beam.ParDo(set_fn).with_outputs(FAILED, main="published")
-        return KeepAliveResult(results.published, results[FAILED])
+        def make_fn(**options: Any) -> _KeepAliveFn:
+            return _KeepAliveFn(self._connection, self._tag, self._client_id, self._interval, **options)
+
+        return KeepAliveResult(*self._batching.apply(pcoll, "SetKeepAlive", make_fn, main="published"))
 
     def display_data(self) -> dict[str, Any]:
         data = {key: DisplayDataItem(value, label=key) for key, value in self._connection.display_data().items()}

@@ -13,7 +13,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.display import DisplayDataItem
 
-from tdmq_beam.batched_calls import BatchedCallsFn, sharded_batches, use_sharded_batching
+from tdmq_beam.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, CallResults
 from tdmq_beam.client import PublishResult
 from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.errors import InvalidMessageError
@@ -25,11 +25,10 @@ __all__ = ["WriteToTdmqMqtt", "WriteToTdmqMqttResult"]
 
 _LOGGER = logging.getLogger(__name__)
 
-FAILED = "failed"
 _NAMESPACE = "tdmq_beam.WriteToTdmqMqtt"
 
 
-class WriteToTdmqMqttResult:
+class WriteToTdmqMqttResult(CallResults):
     """What `WriteToTdmqMqtt` returns.
 
     Attributes:
@@ -37,17 +36,8 @@ class WriteToTdmqMqttResult:
             for every element the service accepted.
         failed: a `FailedMessage` (element, topic, status, error kind, reason,
             attempts) for every other element. Together they account for every
-            input element, each in its own timestamp and window.
+            input element, each in its own timestamp and windows.
     """
-
-    def __init__(self, published: pvalue.PCollection, failed: pvalue.PCollection) -> None:
-        self.published = published
-        self.failed = failed
-
-    def __getitem__(self, key: str) -> pvalue.PCollection:
-        if key not in ("published", FAILED):
-            raise KeyError(key)
-        return getattr(self, key)
 
 
 class _PublishFn(BatchedCallsFn):
@@ -162,8 +152,9 @@ class WriteToTdmqMqtt(beam.PTransform):
         max_buffering_duration_secs: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(connection, TdmqConnection):
-            raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        self._batching = BatchingOptions.resolve(
+            connection, batch_size, max_pending_batches, batching, max_buffering_duration_secs
+        )
         if mapping is not None and not isinstance(mapping, MessageMapping):
             raise ValueError(f"mapping must be a MessageMapping, got {type(mapping).__name__}")
         if idempotency_key is True:
@@ -172,16 +163,6 @@ class WriteToTdmqMqtt(beam.PTransform):
             idempotency_key = None
         if idempotency_key is not None and not isinstance(idempotency_key, IdempotencyKey):
             raise ValueError("idempotency_key must be an IdempotencyKey, True or None")
-        if batch_size is None:
-            batch_size = max(4 * connection.max_in_flight, 256)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(max_pending_batches, int) or max_pending_batches < 1:
-            raise ValueError(f"max_pending_batches must be a positive int, got {max_pending_batches!r}")
-        if batching not in ("auto", "bundle", "sharded"):
-            raise ValueError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
-        if max_buffering_duration_secs <= 0:
-            raise ValueError("max_buffering_duration_secs must be positive")
         defaults = MessageDefaults(
             qos=qos,
             retained=retained,
@@ -196,26 +177,14 @@ class WriteToTdmqMqtt(beam.PTransform):
         )
         self._connection = connection
         self._builder = MessageBuilder(mapping, defaults, idempotency_key)
-        self._batch_size = batch_size
-        self._max_pending = max_pending_batches
-        self._batching = batching
-        self._max_buffering = max_buffering_duration_secs
         self._tag = f"WriteToTdmqMqtt-{uuid.uuid4()}"
 
     def expand(self, pcoll: pvalue.PCollection) -> WriteToTdmqMqttResult:
-        sharded = use_sharded_batching(pcoll, self._batching)
-        publish = _PublishFn(
-            self._connection,
-            self._builder,
-            self._tag,
-            batch_size=self._batch_size,
-            max_pending_batches=self._max_pending,
-            batched_input=sharded,
-        )
-        if sharded:
-            pcoll = sharded_batches(pcoll, self._batch_size, self._max_buffering)
-        results = pcoll | "Publish" >> beam.ParDo(publish).with_outputs(FAILED, main="published")
-        return WriteToTdmqMqttResult(results.published, results[FAILED])
+        published, failed = self._batching.apply(
+            pcoll, "Publish", lambda **options: _PublishFn(self._connection, self._builder, self._tag, **options),
+            main="published",
+        )  # fmt: skip
+        return WriteToTdmqMqttResult(published, failed)
 
     def display_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -224,6 +193,6 @@ class WriteToTdmqMqtt(beam.PTransform):
         }
         for key, value in self._builder.describe().items():
             data[key] = DisplayDataItem(value if isinstance(value, (str, int, float, bool)) else repr(value), label=key)
-        data["batch_size"] = DisplayDataItem(self._batch_size, label="Batch size")
-        data["batching"] = DisplayDataItem(self._batching, label="Batching")
+        for key, value in self._batching.display_data().items():
+            data[key] = DisplayDataItem(value, label=key.replace("_", " ").capitalize())
         return data
