@@ -4,6 +4,7 @@
 worker process's shared client (its event loop runs the batch while more
 elements arrive), keeps at most ``max_pending_batches`` batches outstanding,
 and emits each element's outputs in the element's own timestamp and windows.
+Batches finish in any order: one slow call holds up only its own batch.
 Subclasses say how an element becomes a call (`prepare`), how a batch of
 calls runs (`start`) and what a result becomes (`outputs`).
 
@@ -114,7 +115,7 @@ class BatchedCallsFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._buffer: list[_Pending] = []
-        self._outstanding: collections.deque[tuple[list[_Pending], concurrent.futures.Future]] = collections.deque()
+        self._outstanding: dict[concurrent.futures.Future, list[_Pending]] = {}
         self._ready: collections.deque[Any] = collections.deque()
 
     def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
@@ -132,7 +133,7 @@ class BatchedCallsFn(beam.DoFn):
         if self._buffer:
             self._submit()
         while self._outstanding:
-            self._complete_oldest()
+            self._complete(block=True)
         ready = self._ready
         while ready:
             yield ready.popleft()
@@ -160,17 +161,26 @@ class BatchedCallsFn(beam.DoFn):
     def _submit(self) -> None:
         batch, self._buffer = self._buffer, []
         while len(self._outstanding) >= self._max_pending:
-            self._complete_oldest()
-        self._outstanding.append((batch, self.start([pending.work for pending in batch])))
-        while self._outstanding and self._outstanding[0][1].done():
-            self._complete_oldest()
+            self._complete(block=True)
+        self._outstanding[self.start([pending.work for pending in batch])] = batch
+        self._complete(block=False)
 
-    def _complete_oldest(self) -> None:
-        batch, future = self._outstanding.popleft()
-        results = future.result()
-        for pending, result in zip(batch, results, strict=True):
-            self._queue(self.outputs(pending.element, pending.work, result), pending.timestamp, pending.windows)
-        self.batch_done(results)
+    def _complete(self, block: bool) -> None:
+        """Takes in the batches that are done; with ``block``, waits for at least one.
+
+        Whichever finishes first: a batch held up by one slow call (a timeout,
+        a Retry-After) does not hold up the others, which keep the pipe full.
+        """
+        if block:
+            done, _ = concurrent.futures.wait(self._outstanding, return_when=concurrent.futures.FIRST_COMPLETED)
+        else:
+            done = [future for future in self._outstanding if future.done()]
+        for future in done:
+            batch = self._outstanding.pop(future)
+            results = future.result()
+            for pending, result in zip(batch, results, strict=True):
+                self._queue(self.outputs(pending.element, pending.work, result), pending.timestamp, pending.windows)
+            self.batch_done(results)
 
 
 class AttachWindowing(beam.DoFn):
@@ -250,7 +260,7 @@ class BatchingOptions:
         if not isinstance(connection, TdmqConnection):
             raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
         if batch_size is None:
-            batch_size = max(4 * connection.max_in_flight, 256)
+            batch_size = max(2 * connection.max_in_flight, 128)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(max_pending_batches, int) or max_pending_batches < 1:

@@ -179,7 +179,7 @@ class EnrichWithClientStatus(beam.PTransform):
         max_cached: entries per cache before the least recently used go. Default 100,000.
         status_qps: status API requests/s per worker process; None (default)
             leaves only ``connection.tps``.
-        batch_size: elements per concurrent batch. Default 4 x max_in_flight (at least 256).
+        batch_size: elements per concurrent batch. Default 2 x max_in_flight (at least 128).
         batching, max_buffering_duration_secs: as in `WriteToTdmqMqtt`.
     """
 
@@ -197,7 +197,7 @@ class EnrichWithClientStatus(beam.PTransform):
         max_cached: int = 100_000,
         status_qps: float | None = None,
         batch_size: int | None = None,
-        max_pending_batches: int = 2,
+        max_pending_batches: int = 32,
         batching: Literal["auto", "bundle", "sharded"] = "auto",
         max_buffering_duration_secs: float = 1.0,
     ) -> None:

@@ -142,8 +142,8 @@ class SetClientKeepAlive(beam.PTransform):
         *,
         client_id: str | Callable[[Any], str] = "client_id",
         interval: str | int | Callable[[Any], int] = "interval",
-        batch_size: int = 256,
-        max_pending_batches: int = 2,
+        batch_size: int | None = None,
+        max_pending_batches: int = 32,
         batching: Literal["auto", "bundle", "sharded"] = "auto",
         max_buffering_duration_secs: float = 1.0,
     ) -> None:

@@ -119,9 +119,10 @@ class WriteToTdmqMqtt(beam.PTransform):
             service's defaults: QoS 1, not retained). ``user_properties`` are
             sent before the element's own.
         idempotency_key: add a deterministic user property (see `IdempotencyKey`).
-        batch_size: elements per concurrent batch. Defaults to 4 x max_in_flight
-            (at least 256).
-        max_pending_batches: batches in flight per DoFn instance. Defaults to 2.
+        batch_size: elements per concurrent batch. Defaults to 2 x max_in_flight
+            (at least 128).
+        max_pending_batches: batches in flight per DoFn instance; they finish in
+            any order, so a slow call holds up only its own batch. Defaults to 32.
         batching: ``bundle`` batches within bundles; ``sharded`` batches across
             bundles with `GroupIntoBatches.WithShardedKey` (for streaming, where
             bundles are small); ``auto`` (default) picks sharded for unbounded
@@ -147,7 +148,7 @@ class WriteToTdmqMqtt(beam.PTransform):
         correlation_data: bytes | str | None = None,
         idempotency_key: IdempotencyKey | bool | None = None,
         batch_size: int | None = None,
-        max_pending_batches: int = 2,
+        max_pending_batches: int = 32,
         batching: Literal["auto", "bundle", "sharded"] = "auto",
         max_buffering_duration_secs: float = 1.0,
     ) -> None:
