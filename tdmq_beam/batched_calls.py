@@ -98,8 +98,16 @@ class BatchedCallsFn(beam.DoFn):
         raise NotImplementedError
 
     def start(self, work: list[Any]) -> concurrent.futures.Future:
-        """Starts a batch of calls on ``self.client``; the future holds one result per call."""
+        """Starts a batch of calls on ``self.client``, ``self.concurrency`` at a time; the future
+        holds one result per call."""
         raise NotImplementedError
+
+    @property
+    def concurrency(self) -> int:
+        """Calls at once per batch: all batches together run about twice the connection's
+        ``max_in_flight``, enough to keep every connection busy while some calls wait out a
+        backoff, few enough that idle workers do not crowd the event loop."""
+        return max(2, -(-2 * self._connection.max_in_flight // self._max_pending))
 
     def outputs(self, element: Any, work: Any, result: Any) -> Iterable[Output]:
         """Outputs for one element whose call finished with ``result``."""

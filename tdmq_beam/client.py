@@ -407,10 +407,6 @@ class TdmqClient:
         """Starts a coroutine on the client's loop and returns at once; the future holds its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
-    def submit_batch(self, messages: Sequence[MqttMessage]) -> concurrent.futures.Future[list[PublishResult]]:
-        """Starts `publish_batch` and returns at once; the future holds the results."""
-        return self.submit(self.aio.publish_batch(messages))
-
     def is_online(self, client_id: str) -> bool:
         return self.run(self.aio.is_online(client_id))
 

@@ -115,12 +115,15 @@ class StatusLookup:
     def aio(self) -> AsyncTdmqClient:
         return self.client.aio
 
-    def submit_batch(self, client_ids: Sequence[str]):
+    def submit_batch(self, client_ids: Sequence[str], concurrency: int | None = None):
         """Starts `lookup_batch` on the client's loop; returns a concurrent future."""
-        return self.client.submit(self.lookup_batch(client_ids))
+        return self.client.submit(self.lookup_batch(client_ids, concurrency))
 
-    async def lookup_batch(self, client_ids: Sequence[str]) -> LookupResults:
-        """One result per id (a `ClientStatus`, or the error that stopped it), in order."""
+    async def lookup_batch(self, client_ids: Sequence[str], concurrency: int | None = None) -> LookupResults:
+        """One result per id (a `ClientStatus`, or the error that stopped it), in order.
+
+        ``concurrency`` lookups run at once (default: the connection's ``max_in_flight``).
+        """
         results = LookupResults([None] * len(client_ids))
         results.stats = stats = collections.Counter()
         jobs = iter(enumerate(client_ids))
@@ -132,7 +135,7 @@ class StatusLookup:
                 except TdmqError as error:
                     results[index] = error
 
-        workers = min(self.client.connection.max_in_flight, len(client_ids))
+        workers = min(concurrency or self.client.connection.max_in_flight, len(client_ids))
         throttled_before = self.aio.cloud_throttled
         await asyncio.gather(*(worker() for _ in range(workers)))
         stats["throttled"] += self.aio.cloud_throttled - throttled_before

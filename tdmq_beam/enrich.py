@@ -124,7 +124,7 @@ class _EnrichFn(BatchedCallsFn):
         yield FAILED, FailedMessage(element, None, None, error.kind, str(error), 0)
 
     def start(self, client_ids: list[str]) -> concurrent.futures.Future:
-        return self.lookup.submit_batch(client_ids)
+        return self.lookup.submit_batch(client_ids, self.concurrency)
 
     def outputs(self, element: Any, client_id: str, result: ClientStatus | TdmqError):
         if isinstance(result, ClientStatus):

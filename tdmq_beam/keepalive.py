@@ -86,7 +86,7 @@ class _KeepAliveFn(BatchedCallsFn):
         yield FAILED, FailedMessage(element, None, None, error.kind, str(error), 0)
 
     def start(self, work: list[tuple[str, int]]) -> concurrent.futures.Future:
-        return self.client.submit(_set_all(self.client.aio, work))
+        return self.client.submit(_set_all(self.client.aio, work, self.concurrency))
 
     def outputs(self, element: Any, work: tuple[str, int], result: tuple[int, int] | TdmqError):
         client_id, _ = work
@@ -103,7 +103,9 @@ class _KeepAliveFn(BatchedCallsFn):
             yield None, KeepAliveSet(element, client_id, keepalive, attempts)
 
 
-async def _set_all(client: AsyncTdmqClient, work: list[tuple[str, int]]) -> list[tuple[int, int] | TdmqError]:
+async def _set_all(
+    client: AsyncTdmqClient, work: list[tuple[str, int]], concurrency: int
+) -> list[tuple[int, int] | TdmqError]:
     results: list[Any] = [None] * len(work)
     jobs = iter(enumerate(work))
 
@@ -114,7 +116,7 @@ async def _set_all(client: AsyncTdmqClient, work: list[tuple[str, int]]) -> list
             except TdmqError as error:
                 results[index] = error
 
-    await asyncio.gather(*(worker() for _ in range(min(client.connection.max_in_flight, len(work)))))
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(work)))))
     return results
 
 

@@ -64,7 +64,7 @@ class _PublishFn(BatchedCallsFn):
         yield FAILED, FailedMessage(element, None, None, error.kind, str(error), 0)
 
     def start(self, work: list[MqttMessage]) -> concurrent.futures.Future:
-        return self.client.submit_batch(work)
+        return self.client.submit(self.client.aio.publish_batch(work, self.concurrency))
 
     def outputs(self, element: Any, message: MqttMessage, result: PublishResult):
         self._latency.update(int(result.seconds * 1000))
