@@ -176,11 +176,6 @@ class AsyncTdmqClient:
         await self.close()
 
     @property
-    def cloud_calls(self) -> int:
-        """Cloud API requests sent so far."""
-        return self._cloud.calls if self._cloud is not None else 0
-
-    @property
     def cloud_throttled(self) -> int:
         """Cloud API requests that waited for the cloud rate limit."""
         return self._cloud.throttled if self._cloud is not None else 0

@@ -223,7 +223,6 @@ class CloudApiCaller:
         self._token = config.token.resolve() if config.token is not None else None
         self.action = "DescribeMQTTClient" if config.api == "auto" else config.api
         self._limits = {action: TokenBucket(config.rate) for action in _ACTIONS} if config.rate else {}
-        self.calls = 0
         self.throttled = 0
 
     async def describe_client(self, client_id: str) -> tuple[ClientDetails | None, int]:
@@ -287,7 +286,6 @@ class CloudApiCaller:
         }  # fmt: skip
         if self._token:
             headers["X-TC-Token"] = self._token
-        self.calls += 1
         try:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.config.timeout)

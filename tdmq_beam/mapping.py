@@ -26,7 +26,6 @@ __all__ = [
     "MessageDefaults",
     "MessageMapping",
     "as_record",
-    "mapping_from_fields",
 ]
 
 # Roles a single field can play, beside topic, payload and user properties.
@@ -393,17 +392,3 @@ class MessageBuilder:
         if self.idempotency_key is not None:
             data["idempotency_key"] = self.idempotency_key.property_name
         return data
-
-
-def mapping_from_fields(
-    topic: str | Callable[[Mapping[str, Any]], str],
-    payload: str | PayloadEncoder | Callable[[Mapping[str, Any]], bytes | str],
-    roles: Mapping[str, str] | None = None,
-    user_properties: str | Mapping[str, str] | None = None,
-) -> MessageMapping:
-    """A `MessageMapping` from role -> field pairs (as mapping files write them)."""
-    roles = dict(roles or {})
-    unknown = set(roles) - set(PROPERTY_ROLES)
-    if unknown:
-        raise ValueError(f"unknown role(s) {sorted(unknown)}; roles are {', '.join(PROPERTY_ROLES)}")
-    return MessageMapping(topic=topic, payload=payload, user_properties=user_properties, **roles)
