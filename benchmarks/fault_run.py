@@ -93,9 +93,9 @@ def _write(pcoll, path: str, label: str) -> None:
     pcoll | f"{label}Json" >> beam.Map(as_json) | f"{label}Write" >> beam.io.WriteToText(path)
 
 
-def run(n: int, fault_rate: float, timeout: float, delay: float, seed: int) -> dict[str, int]:
+def run(n: int, fault_rate: float, kinds: str, timeout: float, delay: float, seed: int) -> dict[str, int]:
     with emulator_server(
-        "--fault-rate", str(fault_rate), "--fault-kinds", "500,429,reset,delay",
+        "--fault-rate", str(fault_rate), "--fault-kinds", kinds,
         "--fault-seed", str(seed), "--fault-delay", str(delay),
     ) as emulator:  # fmt: skip
         subscriber = _Subscriber(emulator.mqtt_port)
@@ -130,18 +130,15 @@ def run(n: int, fault_rate: float, timeout: float, delay: float, seed: int) -> d
         problems.append(f"published + failed = {len(published) + len(failed)}, not {n}")
     if len(set(elements)) != len(elements):
         problems.append(f"{len(elements) - len(set(elements))} elements appear twice in the results")
-    exhausted = [
-        r
-        for r in failed
-        if r.attempts == MAX_ATTEMPTS and r.error_kind in ("server_error", "rate_limited", "transport")
-    ]
+    transient = ("server_error", "rate_limited", "transport")
+    exhausted = [r for r in failed if r["attempts"] == MAX_ATTEMPTS and r["error_kind"] in transient]
     if len(exhausted) != len(failed):
         problems.append(f"{len(failed) - len(exhausted)} failed entries did not exhaust their retries")
     lost = len(published_payloads - subscriber.payloads)
     if lost:
         problems.append(f"{lost} published messages were never delivered")
     retries = sum(r["attempts"] - 1 for r in published + failed)
-    print(f"{n} messages, {fault_rate:.0%} faults (500, 429, reset, delay {delay:g}s vs timeout {timeout:g}s), "
+    print(f"{n} messages, {fault_rate:.0%} faults ({kinds}; delay {delay:g}s vs timeout {timeout:g}s), "
           f"{MAX_ATTEMPTS} attempts: {seconds:.1f} s, {retries} retries, "
           f"{subscriber.received - len(published_payloads)} extra deliveries (at least once)")  # fmt: skip
     for problem in problems:
@@ -160,11 +157,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="messages (default 100,000)")
     parser.add_argument("--fault-rate", type=float, default=0.1, help="share of publishes that fail (default 0.1)")
+    parser.add_argument("--fault-kinds", default="500,429,reset,delay", help="faults drawn from (default: all)")
     parser.add_argument("--timeout", type=float, default=2.0, help="client timeout in seconds (default 2)")
     parser.add_argument("--delay", type=float, default=3.0, help="seconds a delay fault holds a request (default 3)")
     parser.add_argument("--seed", type=int, default=7, help="fault seed (default 7)")
     args = parser.parse_args()
-    figures = run(args.n, args.fault_rate, args.timeout, args.delay, args.seed)
+    figures = run(args.n, args.fault_rate, args.fault_kinds, args.timeout, args.delay, args.seed)
     print(
         f"RESULT fault_run input={figures['input']} published={figures['published']} failed={figures['failed']} "
         f"delivered={figures['delivered']} lost={figures['lost']}"
