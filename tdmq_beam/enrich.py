@@ -18,7 +18,7 @@ from tdmq_beam.cloud_api import CloudApiConfig
 from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.errors import InvalidMessageError, TdmqError
 from tdmq_beam.mapping import MappingError, as_record
-from tdmq_beam.results import FailedMessage, failure_from_error
+from tdmq_beam.results import failure_from_error
 from tdmq_beam.worker_client import acquire_status_lookup
 
 __all__ = ["EnrichResult", "EnrichWithClientStatus", "client_id_getter", "default_join"]
@@ -121,7 +121,7 @@ class _EnrichFn(BatchedCallsFn):
 
     def reject(self, element: Any, error: InvalidMessageError):
         self._counters["failed"].inc()
-        yield FAILED, FailedMessage(element, None, None, error.kind, str(error), 0)
+        yield FAILED, failure_from_error(element, None, error, attempts=0)
 
     def start(self, client_ids: list[str]) -> concurrent.futures.Future:
         return self.lookup.submit_batch(client_ids, self.concurrency)
@@ -133,11 +133,7 @@ class _EnrichFn(BatchedCallsFn):
             yield None, self._joined(element, ClientStatus(client_id, None))
         else:
             self._counters["failed"].inc()
-            failure = failure_from_error(element, None, result, getattr(result, "attempts", 1))
-            yield FAILED, FailedMessage(
-                failure.element, None, failure.status, failure.error_kind,
-                f"looking up client {client_id!r}: {failure.reason}", failure.attempts,
-            )  # fmt: skip
+            yield FAILED, failure_from_error(element, None, result, context=f"looking up client {client_id!r}")
 
     def batch_done(self, results: LookupResults) -> None:
         for name, count in results.stats.items():

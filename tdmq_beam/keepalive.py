@@ -20,7 +20,7 @@ from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.enrich import client_id_getter
 from tdmq_beam.errors import InvalidMessageError, TdmqError
 from tdmq_beam.mapping import MappingError, as_record
-from tdmq_beam.results import FailedMessage, element_to_json, failure_from_error
+from tdmq_beam.results import element_to_json, failure_from_error
 
 __all__ = ["KeepAliveResult", "KeepAliveSet", "SetClientKeepAlive"]
 
@@ -83,7 +83,7 @@ class _KeepAliveFn(BatchedCallsFn):
 
     def reject(self, element: Any, error: InvalidMessageError):
         self._failed.inc()
-        yield FAILED, FailedMessage(element, None, None, error.kind, str(error), 0)
+        yield FAILED, failure_from_error(element, None, error, attempts=0)
 
     def start(self, work: list[tuple[str, int]]) -> concurrent.futures.Future:
         return self.client.submit(_set_all(self.client.aio, work, self.concurrency))
@@ -92,11 +92,8 @@ class _KeepAliveFn(BatchedCallsFn):
         client_id, _ = work
         if isinstance(result, TdmqError):
             self._failed.inc()
-            failure = failure_from_error(element, None, result, getattr(result, "attempts", 1))
-            yield FAILED, FailedMessage(
-                element, None, failure.status, failure.error_kind,
-                f"setting the keep-alive of {client_id!r}: {failure.reason}", failure.attempts,
-            )  # fmt: skip
+            context = f"setting the keep-alive of {client_id!r}"
+            yield FAILED, failure_from_error(element, None, result, context=context)
         else:
             self._set.inc()
             keepalive, attempts = result

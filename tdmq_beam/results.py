@@ -91,9 +91,20 @@ class FailedMessage:
         }
 
 
-def failure_from_error(element: Any, topic: str | None, error: TdmqError, attempts: int) -> FailedMessage:
-    """The failure record for an error, the reason saying whether retries ran out."""
+def failure_from_error(
+    element: Any, topic: str | None, error: TdmqError, attempts: int | None = None, context: str | None = None
+) -> FailedMessage:
+    """The failure record for an error, the reason saying whether retries ran out.
+
+    Args:
+        attempts: requests made; defaults to the error's own count (1 if it has none).
+        context: what was being done, put before the reason (``looking up client 'x'``).
+    """
+    if attempts is None:
+        attempts = getattr(error, "attempts", 1)
     reason = str(error)
     if attempts > 1:
         reason = f"gave up after {attempts} attempts: {reason}"
+    if context:
+        reason = f"{context}: {reason}"
     return FailedMessage(element, topic, error.status, error.kind, reason, attempts)

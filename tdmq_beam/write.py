@@ -19,7 +19,7 @@ from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.errors import InvalidMessageError
 from tdmq_beam.mapping import IdempotencyKey, MessageBuilder, MessageDefaults, MessageMapping
 from tdmq_beam.message import MqttMessage
-from tdmq_beam.results import FailedMessage, PublishedMessage, failure_from_error
+from tdmq_beam.results import PublishedMessage, failure_from_error
 
 __all__ = ["WriteToTdmqMqtt", "WriteToTdmqMqttResult"]
 
@@ -61,7 +61,7 @@ class _PublishFn(BatchedCallsFn):
 
     def reject(self, element: Any, error: InvalidMessageError):
         self._failed.inc()
-        yield FAILED, FailedMessage(element, None, None, error.kind, str(error), 0)
+        yield FAILED, failure_from_error(element, None, error, attempts=0)
 
     def start(self, work: list[MqttMessage]) -> concurrent.futures.Future:
         return self.client.submit(self.client.aio.publish_batch(work, self.concurrency))
