@@ -201,10 +201,9 @@ class AsyncTdmqClient:
 
     async def publish_with_attempts(self, message: MqttMessage) -> tuple[str, int]:
         """Like `publish`, also returning the number of attempts."""
-        if len(message.payload) > self.connection.max_payload_bytes:
-            error = InvalidMessageError(
-                f"payload is {len(message.payload)} bytes; the limit is {self.connection.max_payload_bytes}"
-            )
+        problem = message.payload_problem(self.connection.max_payload_bytes)
+        if problem:
+            error = InvalidMessageError(problem)
             error.attempts = 0
             raise error
         return await self._with_retries(lambda: self._publish_once(message))
@@ -249,7 +248,8 @@ class AsyncTdmqClient:
                 await asyncio.sleep(wait)
 
     async def _publish_once(self, message: MqttMessage) -> str:
-        await self._throttle()
+        if self._throttler is not None or self._bucket is not None:
+            await self._throttle()
         try:
             answer = await self._publisher.post(message.request_target(), message.payload)
         except TransportError as exc:

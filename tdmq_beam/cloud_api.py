@@ -258,15 +258,15 @@ class CloudApiCaller:
         return None
 
     async def call(self, action: str, params: dict) -> dict:
-        """One signed request; returns ``Response`` or raises `CloudApiError`."""
+        """One signed request for a known action; returns ``Response`` or raises `CloudApiError`."""
         limit = self._limits.get(action)
         if limit is not None:
             wait = limit.reserve()
             if wait:
                 self.throttled += 1
                 await asyncio.sleep(wait)
-        service, version, _ = _ACTIONS.get(action, ("trocket", "2023-03-08", ""))
-        url, host = self.config.url_and_host(action if action in _ACTIONS else "DescribeMQTTClient")
+        service, version, _ = _ACTIONS[action]
+        url, host = self.config.url_and_host(action)
         body = json.dumps(params, separators=(",", ":")).encode()
         timestamp = int(time.time())
         signed = {"Content-Type": "application/json", "Host": host}

@@ -145,7 +145,14 @@ class MqttMessage:
                 self.correlation_data.decode("utf-8")
             except UnicodeDecodeError:
                 return "correlation_data must be UTF-8: the HTTP publish API carries it as text"
-        if max_payload_bytes is not None and len(self.payload) > max_payload_bytes:
+        if max_payload_bytes is not None:
+            return self.payload_problem(max_payload_bytes)
+        return None
+
+    def payload_problem(self, max_payload_bytes: int) -> str | None:
+        """Why the payload is too large for ``max_payload_bytes``, or None (the one check a
+        publish repeats: the rest were made when the message was created)."""
+        if len(self.payload) > max_payload_bytes:
             return f"payload is {len(self.payload)} bytes; the limit is {max_payload_bytes}"
         return None
 
