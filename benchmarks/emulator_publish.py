@@ -18,43 +18,29 @@ import argparse
 import asyncio
 import base64
 import os
-import re
 import socket
-import struct
 import subprocess
 import sys
 import time
 
 import aiohttp
 
+sys.path.insert(0, os.path.dirname(__file__))
+
+from servers import CLIENT_CPU, cpu_seconds, emulator_server, pin
+
+from tdmq_beam.emulator.mqtt_codec import PacketType, decode_fixed_header, encode_connect, encode_subscribe
+
 TOPIC = "bench/emulator"
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _pin(pid: int, cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(pid, {cpu})
 
 
 def subscriber_main(port: int, expected: int, timeout: float) -> None:
     """Subprocess: subscribe at QoS 0 and print how many PUBLISH packets arrived."""
     sock = socket.create_connection(("127.0.0.1", port))
-
-    def utf8(text: str) -> bytes:
-        return struct.pack(">H", len(text)) + text.encode()
-
-    body = utf8("MQTT") + bytes((4, 0xC2)) + struct.pack(">H", 0) + utf8("bench-sub") + utf8("user0") + utf8("secret0")
-    sock.sendall(bytes((0x10, len(body))) + body)
-    sub = struct.pack(">H", 1) + utf8(TOPIC) + b"\x00"
-    sock.sendall(bytes((0x82, len(sub))) + sub)
-    buffer = b""
+    sock.sendall(encode_connect("bench-sub", keepalive=0, username="user0", password="secret0"))
+    sock.sendall(encode_subscribe(1, [(TOPIC, 0)]))
+    buffer = bytearray()
     count = 0
-    acks = 0
     print("ready", flush=True)
     sock.settimeout(timeout)
     try:
@@ -64,26 +50,13 @@ def subscriber_main(port: int, expected: int, timeout: float) -> None:
                 break
             buffer += chunk
             pos = 0
-            while len(buffer) - pos >= 2:
-                length, shift, index = 0, 0, pos + 1
-                while index < len(buffer):
-                    byte = buffer[index]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    index += 1
-                    if not byte & 0x80:
-                        break
-                else:
+            while (header := decode_fixed_header(buffer, pos)) is not None:
+                first, length, body = header
+                if body + length > len(buffer):
                     break
-                if index + length > len(buffer):
-                    break
-                kind = buffer[pos] >> 4
-                if kind == 3:
-                    count += 1
-                else:
-                    acks += 1
-                pos = index + length
-            buffer = buffer[pos:]
+                count += first >> 4 == PacketType.PUBLISH
+                pos = body + length
+            del buffer[:pos]
     except TimeoutError:
         pass
     print(count, flush=True)
@@ -123,23 +96,14 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop publishing after this long")
     args = parser.parse_args()
 
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "tdmq_beam.emulator", "--http-port", "0", "--mqtt-port", "0"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        line = emulator.stdout.readline()
-        match = re.search(r"http=(\S+) mqtt=mqtt://[\d.]+:(\d+)", line)
-        if not match:
-            raise SystemExit(f"emulator did not start: {line!r}")
-        http_url, mqtt_port = match[1], int(match[2])
-        _pin(emulator.pid, 0)
-        _pin(0, 1)
+    with emulator_server() as emulator:
+        pin(0, CLIENT_CPU)
         subscriber = subprocess.Popen(
-            [sys.executable, __file__, "--subscriber", str(mqtt_port), str(args.n), str(args.max_seconds + 30)],
+            [sys.executable, __file__, "--subscriber", str(emulator.mqtt_port), str(args.n),
+             str(args.max_seconds + 30)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        _pin(subscriber.pid, 1)
+        pin(subscriber.pid, CLIENT_CPU)
         assert subscriber.stdout.readline().strip() == "ready"
         time.sleep(0.3)
 
@@ -149,17 +113,14 @@ def main() -> None:
             runner = uvloop.run
         except ImportError:
             runner = asyncio.run
-        cpu_before = _cpu_seconds(emulator.pid)
+        cpu_before = cpu_seconds(emulator.pid)
         ok, failed, elapsed = runner(
-            _load(f"{http_url}/topics/bench%2Femulator?qos=0", args.n, args.concurrency,
+            _load(f"{emulator.http_url}/topics/bench%2Femulator?qos=0", args.n, args.concurrency,
                   time.monotonic() + args.max_seconds)
         )  # fmt: skip
-        cpu_used = _cpu_seconds(emulator.pid) - cpu_before
+        cpu_used = cpu_seconds(emulator.pid) - cpu_before
         delivered = int(subscriber.stdout.readline() or 0)
         subscriber.wait(timeout=30)
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=30)
 
     rate = ok / elapsed
     us_per_msg = cpu_used / max(ok, 1) * 1e6
