@@ -306,12 +306,11 @@ def test_metrics_and_display_data(emulator, tmp_path):
     assert "endpoint" in shown and "m/{k}" in shown and secret not in shown
 
     pipeline = beam.Pipeline()
-    result = (
+    _ = (
         pipeline
         | beam.Create([{"k": i} for i in range(30)] + [{"x": 1}])
         | WriteToTdmqMqtt(emulator.connection(), mapping=MessageMapping(topic="m/{k}", payload=JsonPayload()))
     )
-    del result
     outcome = pipeline.run()
     outcome.wait_until_finish()
     counters = {
