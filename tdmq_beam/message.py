@@ -8,12 +8,11 @@ from dataclasses import KW_ONLY, dataclass
 from urllib.parse import quote
 
 from tdmq_beam.errors import InvalidMessageError
-from tdmq_beam.topics import topic_name_error
+from tdmq_beam.topics import topic_name_error, utf8_string_error
 
 __all__ = ["MAX_UINT32", "MqttMessage", "UserProperties"]
 
 MAX_UINT32 = 0xFFFFFFFF
-_MAX_STRING_BYTES = 65535
 
 UserProperties = Iterable[tuple[str, str]] | Mapping[str, str]
 
@@ -21,20 +20,6 @@ UserProperties = Iterable[tuple[str, str]] | Mapping[str, str]
 @functools.lru_cache(maxsize=65536)
 def _quote(text: str) -> str:
     return quote(text, safe="")
-
-
-def _string_error(name: str, value: object) -> str | None:
-    if not isinstance(value, str):
-        return f"{name} must be a str, got {type(value).__name__}"
-    if "\x00" in value:
-        return f"{name} contains the null character U+0000"
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        return f"{name} is not valid UTF-8"
-    if size > _MAX_STRING_BYTES:
-        return f"{name} is {size} bytes of UTF-8; MQTT allows at most {_MAX_STRING_BYTES}"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +42,8 @@ class MqttMessage:
         user_properties: MQTT 5 user properties, in order; keys may repeat.
             A mapping or an iterable of (key, value) pairs.
         message_expiry_interval: MQTT 5 message expiry, seconds (uint32).
+            0 means "now or never": the message reaches the subscribers that
+            can take it at once and is neither queued nor retained.
         content_type: MQTT 5 content type.
         payload_format_indicator: MQTT 5: 0 bytes, 1 UTF-8 (checked).
         response_topic: MQTT 5 response topic (a topic name).
@@ -112,7 +99,7 @@ class MqttMessage:
             return f"retained must be a bool, got {self.retained!r}"
         for name in ("client_id", "username", "content_type"):
             value = getattr(self, name)
-            if value is not None and (problem := _string_error(name, value)):
+            if value is not None and (problem := utf8_string_error(name, value)):
                 return problem
         if self.client_id == "":
             return "client_id is empty; leave it None for the service's default"
@@ -120,7 +107,7 @@ class MqttMessage:
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 return f"user property {index} is not a (key, value) pair: {pair!r}"
             for part, text in zip(("key", "value"), pair, strict=True):
-                if problem := _string_error(f"user property {index} {part}", text):
+                if problem := utf8_string_error(f"user property {index} {part}", text):
                     return problem
         expiry = self.message_expiry_interval
         if expiry is not None and (type(expiry) is not int or not 0 <= expiry <= MAX_UINT32):

@@ -128,6 +128,21 @@ class TdmqEmulator:
         return self._emulator.mqtt_port
 
     @property
+    def mqtts_port(self) -> int:
+        """MQTT over TLS, when ``mqtts_port`` was given (0 asks for a free port)."""
+        return self._emulator.mqtts_port
+
+    @property
+    def ws_port(self) -> int:
+        """MQTT over WebSocket (path ``/mqtt``), when ``ws_port`` was given."""
+        return self._emulator.ws_port
+
+    @property
+    def wss_port(self) -> int:
+        """MQTT over secure WebSocket (path ``/mqtt``), when ``wss_port`` was given."""
+        return self._emulator.wss_port
+
+    @property
     def cloud_endpoint(self) -> str:
         """``host:port`` of the cloud API, as the official SDK's HttpProfile takes it."""
         return f"{self.host}:{self.http_port}"

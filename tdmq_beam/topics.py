@@ -8,13 +8,17 @@ from __future__ import annotations
 
 __all__ = [
     "MAX_TOPIC_BYTES",
+    "SHARE_PREFIX",
     "filter_covers",
+    "split_shared",
     "topic_filter_error",
     "topic_matches",
     "topic_name_error",
+    "utf8_string_error",
 ]
 
 MAX_TOPIC_BYTES = 65535
+SHARE_PREFIX = "$share/"
 
 
 def topic_name_error(topic: str) -> str | None:
@@ -38,6 +42,25 @@ def topic_name_error(topic: str) -> str | None:
     return None
 
 
+def utf8_string_error(name: str, value: object) -> str | None:
+    """Returns why ``value`` is not an MQTT UTF-8 string (MQTT 5 section 1.5.4), or None.
+
+    An MQTT string is valid UTF-8 (no lone surrogates), has no U+0000 and is at
+    most 65,535 bytes. ``name`` says what the value is, in the reason.
+    """
+    if not isinstance(value, str):
+        return f"{name} must be a str, got {type(value).__name__}"
+    if "\x00" in value:
+        return f"{name} contains the null character U+0000"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{name} is not valid UTF-8"
+    if size > MAX_TOPIC_BYTES:
+        return f"{name} is {size} bytes of UTF-8; MQTT allows at most {MAX_TOPIC_BYTES}"
+    return None
+
+
 def topic_filter_error(topic_filter: str) -> str | None:
     """Returns why ``topic_filter`` is not a valid subscription filter, or None."""
     if not topic_filter:
@@ -53,6 +76,27 @@ def topic_filter_error(topic_filter: str) -> str | None:
         if "+" in level and level != "+":
             return "'+' must be a whole level of a topic filter"
     return None
+
+
+def split_shared(topic_filter: str) -> tuple[str, str] | None:
+    """``(group, filter)`` of a shared subscription ``$share/{group}/{filter}``, or None for any other filter.
+
+    Raises:
+        ValueError: the filter starts with ``$share/`` but is not a valid shared
+            subscription (MQTT 5 section 4.8.2): an empty group, a group with
+            ``+`` or ``#``, or no valid filter after it.
+    """
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return None
+    group, sep, inner = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    if not group or "+" in group or "#" in group:
+        raise ValueError(f"shared subscription group {group!r} must be non-empty, without '+' or '#'")
+    if not sep or not inner:
+        raise ValueError("a shared subscription needs a topic filter after $share/{group}/")
+    problem = topic_filter_error(inner)
+    if problem:
+        raise ValueError(problem)
+    return group, inner
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

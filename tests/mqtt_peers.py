@@ -202,6 +202,13 @@ class RawClient:
                 return None
             self.buffer += chunk
 
+    def quiet(self, wait: float = 0.5) -> bool:
+        """Whether nothing arrives (and the connection stays open) for ``wait`` seconds."""
+        try:
+            return self.read(timeout=wait) is None and False
+        except TimeoutError:
+            return True
+
     def closed_by_server(self, timeout: float = WAIT) -> bool:
         """Whether the server closes the connection (reading and dropping packets) within ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -217,3 +224,97 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- MQTT 5 on raw sockets: properties packed and read by paho, not by the code under test ----------
+
+
+def properties(packet_type: int, **values) -> Properties:
+    props = Properties(packet_type)
+    for name, value in values.items():
+        if name == "UserProperty":
+            for pair in value:
+                props.UserProperty = pair
+        else:
+            setattr(props, name, value)
+    return props
+
+
+def connect5_packet(
+    client_id: str,
+    *,
+    clean: bool = True,
+    keepalive: int = 60,
+    username: str | None = "user0",
+    password: str | None = "secret0",
+    will: tuple[str, bytes, dict] | None = None,
+    **props,
+) -> bytes:
+    """An MQTT 5 CONNECT; ``props`` are CONNECT properties by paho's names, ``will`` (topic, payload, properties)."""
+    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    payload = _utf8(client_id)
+    if will is not None:
+        flags |= 0x04
+        topic, body, will_props = will
+        payload += properties(PacketTypes.WILLMESSAGE, **will_props).pack() + _utf8(topic)
+        payload += struct.pack(">H", len(body)) + body
+    if username is not None:
+        payload += _utf8(username)
+    if password is not None:
+        payload += _utf8(password)
+    header = _utf8("MQTT") + bytes((5, flags)) + struct.pack(">H", keepalive)
+    return packet(0x10, header + properties(PacketTypes.CONNECT, **props).pack() + payload)
+
+
+def subscribe5_packet(packet_id: int, filters: list[tuple[str, int]], **props) -> bytes:
+    """An MQTT 5 SUBSCRIBE of (topic filter, options byte) pairs."""
+    body = struct.pack(">H", packet_id) + properties(PacketTypes.SUBSCRIBE, **props).pack()
+    body += b"".join(_utf8(topic_filter) + bytes((options,)) for topic_filter, options in filters)
+    return packet(0x82, body)
+
+
+def publish5_packet(topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 0, retain: bool = False, **props):
+    body = _utf8(topic) + (struct.pack(">H", packet_id) if qos else b"")
+    body += properties(PacketTypes.PUBLISH, **props).pack() + payload
+    return packet(0x30 | (qos << 1) | int(retain), body)
+
+
+def ack_packet(packet_type: int, packet_id: int) -> bytes:
+    """PUBACK (4), PUBREC (5), PUBREL (6) or PUBCOMP (7)."""
+    return packet((packet_type << 4) | (0x02 if packet_type == 6 else 0), struct.pack(">H", packet_id))
+
+
+@dataclass
+class Publish5:
+    topic: str
+    packet_id: int
+    qos: int
+    dup: bool
+    retain: bool
+    properties: Properties
+    payload: bytes
+
+
+def read_publish5(raw: RawPacket) -> Publish5:
+    """Reads an MQTT 5 PUBLISH the broker sent, with paho's property reader."""
+    assert raw.type == 3, f"expected PUBLISH, got packet type {raw.type}"
+    body = raw.body
+    (length,) = struct.unpack(">H", body[:2])
+    topic = body[2 : 2 + length].decode()
+    pos = 2 + length
+    qos = (raw.first >> 1) & 3
+    packet_id = 0
+    if qos:
+        (packet_id,) = struct.unpack(">H", body[pos : pos + 2])
+        pos += 2
+    props = Properties(PacketTypes.PUBLISH)
+    _, used = props.unpack(body[pos:])
+    return Publish5(topic, packet_id, qos, bool(raw.first & 0x08), bool(raw.first & 0x01), props, body[pos + used :])
+
+
+def read_reason(raw: RawPacket, packet_type: int, offset: int) -> tuple[int, Properties]:
+    """The reason code at ``offset`` of a packet's body and the properties after it."""
+    props = Properties(packet_type)
+    if len(raw.body) > offset + 1:
+        props.unpack(raw.body[offset + 1 :])
+    return raw.body[offset], props

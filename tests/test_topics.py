@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tdmq_beam.emulator.subscription_tree import Subscription, SubscriptionTree
-from tdmq_beam.topics import filter_covers, topic_filter_error, topic_matches, topic_name_error
+from tdmq_beam.topics import filter_covers, split_shared, topic_filter_error, topic_matches, topic_name_error
 
 
 @pytest.mark.parametrize(
@@ -54,18 +54,52 @@ def test_matching(topic_filter, topic, expected):
     assert topic_matches(topic_filter, topic) is expected
     tree = SubscriptionTree()
     tree.add("c", Subscription(topic_filter, 1))
-    assert ("c" in tree.match(topic)) is expected
+    subscribers, _groups = tree.match(topic)
+    assert ("c" in subscribers) is expected
 
 
 def test_tree_removal_prunes_and_keeps_others():
     tree = SubscriptionTree()
     tree.add("a", Subscription("x/+/z", 0))
     tree.add("b", Subscription("x/+/z", 1))
-    tree.remove("a", "x/+/z")
-    assert set(tree.match("x/y/z")) == {"b"}
-    tree.remove("b", "x/+/z")
-    assert tree.match("x/y/z") == {}
+    tree.remove("a", Subscription("x/+/z", 0))
+    assert set(tree.match("x/y/z")[0]) == {"b"}
+    tree.remove("b", Subscription("x/+/z", 1))
+    assert tree.match("x/y/z") == ({}, [])
     assert tree._root.children == {}
+
+
+def test_tree_shared_groups_match_apart_and_go_with_their_last_member():
+    tree = SubscriptionTree()
+    shared = Subscription("$share/g/x/#", 1, share_group="g", filter="x/#")
+    group = tree.add("a", shared)
+    assert tree.add("b", Subscription("$share/g/x/#", 0, share_group="g", filter="x/#")) is group
+    tree.add("c", Subscription("x/y", 0))
+    subscribers, groups = tree.match("x/y")
+    assert set(subscribers) == {"c"} and groups == [group]
+    assert set(group.members) == {"a", "b"} and group.topic_filter == "$share/g/x/#"
+    assert tree.remove("a", shared) is None  # b is still a member
+    assert tree.remove("b", shared) is group  # the group is gone with its last member
+    assert tree.match("x/y")[1] == []
+
+
+@pytest.mark.parametrize(
+    "topic_filter, expected",
+    [
+        ("$share/g/a/+", ("g", "a/+")),
+        ("$share/g/#", ("g", "#")),
+        ("a/b", None),
+        ("$sharex/g/a", None),
+    ],
+)
+def test_split_shared(topic_filter, expected):
+    assert split_shared(topic_filter) == expected
+
+
+@pytest.mark.parametrize("topic_filter", ["$share//a", "$share/g", "$share/g/", "$share/g+/a", "$share/g/a/#/b"])
+def test_split_shared_refuses_malformed(topic_filter):
+    with pytest.raises(ValueError):
+        split_shared(topic_filter)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""The broker's state: sessions, subscriptions, retained messages, delivery and events.
+"""The broker: session lifecycle, subscriptions, retained messages, delivery and events.
 
 Everything here runs on the emulator's one event loop; nothing is locked. MQTT
-connections (`mqtt_server.MqttConnection`) and the HTTP APIs both publish
-through `Broker.publish`.
+connections and the HTTP APIs both publish through `Broker.publish`; a
+connection hands its CONNECT to `Broker.open_session` and its end to
+`Broker.close_session`, and the broker decides what happens to the session
+(takeover, clean start, resumption, expiry, wills).
 """
 
 from __future__ import annotations
@@ -11,138 +13,27 @@ import asyncio
 import json
 import logging
 import math
-import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from tdmq_beam.emulator.config import EmulatorConfig
-from tdmq_beam.emulator.mqtt_codec import PacketType, Prop, encode_ack, encode_publish, encode_utf8
-from tdmq_beam.emulator.subscription_tree import Match, Subscription, SubscriptionTree
+from tdmq_beam.emulator.mqtt_codec import PacketType, Prop, ReasonCode, Will, encode_ack, encode_publish
+from tdmq_beam.emulator.session import (
+    NEVER_EXPIRES,
+    ClientConnection,
+    Delivery,
+    Inflight,
+    Message,
+    Session,
+    now_ms,
+)
+from tdmq_beam.emulator.subscription_tree import Match, SharedGroup, Subscription, SubscriptionTree
 from tdmq_beam.topics import topic_matches
-
-if TYPE_CHECKING:
-    from tdmq_beam.emulator.mqtt_server import MqttConnection
 
 __all__ = ["NEVER_EXPIRES", "Broker", "Message", "Session"]
 
 _LOGGER = logging.getLogger(__name__)
 
-NEVER_EXPIRES = 0xFFFFFFFF
-"""Session expiry interval of a session that never expires (MQTT 3.x clean session 0)."""
-
-# The properties of a PUBLISH that travel with the message to every subscriber.
-_FORWARDED = (
-    Prop.PAYLOAD_FORMAT_INDICATOR,
-    Prop.CONTENT_TYPE,
-    Prop.RESPONSE_TOPIC,
-    Prop.CORRELATION_DATA,
-    Prop.USER_PROPERTY,
-)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class Message:
-    """An application message inside the broker.
-
-    Attributes:
-        properties: the forwarded MQTT 5 properties, without Message Expiry
-            Interval, which is computed at each send from ``expires_at``.
-        expires_at: the loop time at which the message expires, or None.
-    """
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    properties: dict
-    expires_at: float | None = None
-    publisher: str | None = None
-    topic_bytes: bytes = b""
-
-    @classmethod
-    def create(
-        cls,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        properties: dict,
-        publisher: str | None,
-        loop_time: float,
-    ) -> Message:
-        forwarded = {key: properties[key] for key in _FORWARDED if key in properties}
-        expiry = properties.get(Prop.MESSAGE_EXPIRY_INTERVAL)
-        return cls(
-            topic,
-            payload,
-            qos,
-            retain,
-            forwarded,
-            loop_time + expiry if expiry is not None else None,
-            publisher,
-            encode_utf8(topic),
-        )
-
-
-@dataclass(slots=True)
-class Delivery:
-    """A message on its way to one session, at the QoS that session gets it."""
-
-    message: Message
-    qos: int
-    retain: bool
-    identifiers: list[int]
-
-
-@dataclass
-class Session:
-    """A client's session; it outlives its connections when the client asks for that."""
-
-    client_id: str
-    created_ms: int
-    expiry_interval: int = 0
-    clean_start: bool = True
-    protocol_level: int = 4
-    keepalive: int = 0
-    username: str | None = None
-    address: str = ""
-    connected_ms: int = 0
-    disconnected_ms: int = 0
-    connection: MqttConnection | None = None
-    subscriptions: dict[str, Subscription] = field(default_factory=dict)
-    queue: deque[Delivery] = field(default_factory=deque)
-    # packet id -> [delivery, waiting for PUBCOMP]
-    inflight: dict[int, list] = field(default_factory=dict)
-    awaiting_release: set[int] = field(default_factory=set)
-    window: int = 16
-    max_packet_size: int = 0
-    next_packet_id: int = 1
-    # (direction, packet type, qos) -> count; direction "in" = server to client.
-    packet_counts: dict[tuple[str, int, int], int] = field(default_factory=dict)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    expiry_handle: asyncio.TimerHandle | None = None
-
-    def count(self, direction: str, first_byte: int, size: int) -> None:
-        key = (direction, first_byte >> 4, (first_byte >> 1) & 0x03)
-        self.packet_counts[key] = self.packet_counts.get(key, 0) + 1
-        if direction == "in":
-            self.bytes_in += size
-        else:
-            self.bytes_out += size
-
-    def allocate_packet_id(self) -> int:
-        packet_id = self.next_packet_id
-        while packet_id in self.inflight:
-            packet_id = packet_id % 65535 + 1
-        self.next_packet_id = packet_id % 65535 + 1
-        return packet_id
+_ALIAS_ONLY = b"\x00\x00"  # an empty topic name: the topic alias says which
 
 
 class Broker:
@@ -157,36 +48,209 @@ class Broker:
         self.node = ""  # "ip:port" of the MQTT listener, set when it is bound
         self.counters: dict[str, int] = {
             "messages_received": 0,
+            "events_published": 0,
             "messages_delivered": 0,
             "messages_dropped_expired": 0,
             "messages_dropped_queue_full": 0,
             "messages_dropped_too_large": 0,
+            "messages_dropped_no_subscriber": 0,
         }
 
-    # -- publishing ---------------------------------------------------------
+    # -- sessions -------------------------------------------------------------
 
-    def publish(self, message: Message) -> int:
-        """Routes one message to every matching session; returns how many got it."""
-        self.counters["messages_received"] += 1
+    def open_session(
+        self,
+        connection: ClientConnection,
+        *,
+        client_id: str,
+        clean_start: bool,
+        expiry_interval: int,
+        username: str | None,
+        address: str,
+        keepalive: int,
+        window: int,
+        max_packet_size: int = 0,
+        alias_maximum: int = 0,
+    ) -> tuple[Session, bool]:
+        """Attaches a new connection to its session: takes over a live one, starts clean or resumes.
+
+        Returns:
+            (the session, whether an existing session was resumed).
+        """
+        session = self.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            session.connection.close("takeovered", ReasonCode.SESSION_TAKEN_OVER)
+            session = self.sessions.get(client_id)  # the old one may have ended with its connection
+        if session is not None and clean_start:
+            self.end_session(session)
+            session = None
+        present = session is not None
+        if session is None:
+            session = self.sessions[client_id] = Session(client_id, created_ms=now_ms())
+        else:
+            if session.expiry_handle is not None:
+                session.expiry_handle.cancel()
+                session.expiry_handle = None
+            if session.delayed_will is not None:  # back in time: the will is not sent
+                session.delayed_will[1].cancel()
+                session.delayed_will = None
+        session.expiry_interval = expiry_interval
+        session.clean_start = clean_start
+        session.protocol_level = connection.level
+        session.keepalive = keepalive
+        session.username = username
+        session.address = address
+        session.connected_ms = now_ms()
+        session.disconnected_ms = 0
+        session.connection = connection
+        session.window = window
+        session.max_packet_size = max_packet_size
+        session.alias_maximum = alias_maximum
+        session.aliases = {}
+        return session, present
+
+    def session_started(self, session: Session, present: bool) -> None:
+        """After CONNACK: announce the client, resend what is unacknowledged, send what waits."""
+        self.emit_event(
+            "client_connected",
+            {
+                "clientid": session.client_id,
+                "username": session.username,
+                "clean_start": session.clean_start,
+                "connected_at": session.connected_ms,
+                "event": "client.connected",
+                "keepalive": session.keepalive,
+                "node": self.node,
+                "peername": session.address,
+                "proto_ver": session.protocol_level,
+                "timestamp": session.connected_ms,
+            },
+        )
+        if present:
+            self._resend_inflight(session)
+        self.drain(session)
+
+    def close_session(self, session: Session, reason: str, will: Will | None) -> None:
+        """The session's connection is gone: publish or delay the will, keep the session for its expiry."""
+        if session.connection is None:
+            return
+        session.connection = None
+        session.disconnected_ms = now_ms()
+        if session.resend_handle is not None:
+            session.resend_handle.cancel()
+            session.resend_handle = None
+        self._release_shared(session)
+        if will is not None:
+            delay = will.properties.get(Prop.WILL_DELAY_INTERVAL, 0)
+            if delay and session.expiry_interval:
+                handle = self.loop.call_later(delay, self._delayed_will_due, session)
+                session.delayed_will = (will, handle)
+            else:
+                self._publish_will(session, will)
+        self.emit_event(
+            "client_disconnected",
+            {
+                "clientid": session.client_id,
+                "username": session.username,
+                "event": "client.disconnected",
+                "reason": reason,
+                "node": self.node,
+                "peername": session.address,
+                "disconnected_at": session.disconnected_ms,
+                "timestamp": session.disconnected_ms,
+            },
+        )
+        if session.expiry_interval == 0:
+            self.end_session(session)
+        elif session.expiry_interval != NEVER_EXPIRES:
+            session.expiry_handle = self.loop.call_later(session.expiry_interval, self._expire, session)
+
+    def end_session(self, session: Session) -> None:
+        """Ends a session: its subscriptions go, and a will still waiting for its delay is sent now."""
+        for handle in (session.expiry_handle, session.resend_handle):
+            if handle is not None:
+                handle.cancel()
+        session.expiry_handle = session.resend_handle = None
+        if session.delayed_will is not None:
+            will, handle = session.delayed_will
+            handle.cancel()
+            session.delayed_will = None
+            self._publish_will(session, will)
+        self._release_shared(session)
+        for subscription in list(session.subscriptions.values()):
+            self._remove_subscription(session, subscription)
+        session.subscriptions.clear()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+
+    def _expire(self, session: Session) -> None:
+        if self.sessions.get(session.client_id) is session and session.connection is None:
+            self.end_session(session)
+
+    def _delayed_will_due(self, session: Session) -> None:
+        if session.delayed_will is not None:
+            will = session.delayed_will[0]
+            session.delayed_will = None
+            self._publish_will(session, will)
+
+    def _publish_will(self, session: Session, will: Will) -> None:
+        if not self.config.acl.allows(session.username, "publish", will.topic, client_id=session.client_id):
+            return
+        props = dict(will.properties)
+        props.pop(Prop.WILL_DELAY_INTERVAL, None)
+        self.publish(
+            Message.create(will.topic, will.payload, will.qos, will.retain, props, session.client_id, self.loop.time())
+        )
+
+    def set_keepalive(self, client_id: str, seconds: int) -> str | None:
+        """Changes a live client's enforced keep-alive at once; returns why it cannot, or None."""
+        session = self.sessions.get(client_id)
+        if session is None or session.connection is None:
+            return f"client {client_id!r} is not online"
+        if session.connection.connect_keepalive == 0:
+            return f"client {client_id!r} connected with keep-alive 0, which cannot be changed"
+        session.connection.set_keepalive(seconds)
+        session.keepalive = seconds
+        return None
+
+    def connected_count(self) -> int:
+        return sum(1 for session in self.sessions.values() if session.connection is not None)
+
+    def new_client_id(self) -> str:
+        return f"auto-{uuid.uuid4().hex}"
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, message: Message, *, event: bool = False) -> int:
+        """Routes one message to every matching session and shared group; returns how many took it."""
+        self.counters["events_published" if event else "messages_received"] += 1
         if message.retain:
-            if message.payload:
+            if message.payload and not message.immediate:
                 self.retained[message.topic] = message
             else:
                 self.retained.pop(message.topic, None)
-        matches = self.tree.match(message.topic, message.publisher)
+        matches, groups = self.tree.match(message.topic, message.publisher)
+        sessions = self.sessions
         for client_id, match in matches.items():
-            session = self.sessions.get(client_id)
+            session = sessions.get(client_id)
             if session is not None:
                 self._deliver(session, message, match)
-        return len(matches)
+        for group in groups:
+            self._dispatch_shared(group, message)
+        return len(matches) + len(groups)
 
     def _deliver(self, session: Session, message: Message, match: Match) -> None:
         qos = min(message.qos, match.qos)
-        retain = message.retain and match.retain_as_published
-        delivery = Delivery(message, qos, retain, match.identifiers)
+        delivery = Delivery(message, qos, message.retain and match.retain_as_published, match.identifiers)
         if qos == 0:
             if session.connection is not None:
                 self._send_publish(session, delivery, 0, False)
+            return
+        if message.immediate:
+            if session.has_room():
+                self._send_inflight(session, delivery)
+            else:
+                self.counters["messages_dropped_expired"] += 1
             return
         if len(session.queue) >= self.config.max_queued:
             session.queue.popleft()
@@ -196,122 +260,238 @@ class Broker:
             self.drain(session)
 
     def drain(self, session: Session) -> None:
-        """Sends queued QoS 1/2 messages while the session's in-flight window has room."""
-        while session.queue and len(session.inflight) < session.window:
-            delivery = session.queue.popleft()
-            packet_id = session.allocate_packet_id()
-            if self._send_publish(session, delivery, packet_id, False):
-                session.inflight[packet_id] = [delivery, False]
+        """Sends what waits for the session (its queue, then its shared groups' backlogs)
+        while its in-flight window has room (flow control: MQTT 5 Receive Maximum)."""
+        queue = session.queue
+        inflight = session.inflight
+        while queue and len(inflight) < session.window:
+            self._send_inflight(session, queue.popleft())
+        for group in session.groups:
+            while group.backlog and session.has_room():
+                self._send_shared(session, group, group.backlog.popleft())
+
+    def _send_inflight(self, session: Session, delivery: Delivery) -> None:
+        packet_id = session.allocate_packet_id()
+        if self._send_publish(session, delivery, packet_id, False):
+            session.inflight[packet_id] = Inflight(delivery, False, self.loop.time())
+            if session.resend_handle is None and self.config.retry_interval:
+                self._arm_resend(session)
 
     def _send_publish(self, session: Session, delivery: Delivery, packet_id: int, dup: bool) -> bool:
         message = delivery.message
-        props = None
         connection = session.connection
+        assert connection is not None
         level = connection.level
-        if level == 5:
-            props = message.properties
-            if message.expires_at is not None or delivery.identifiers:
-                props = dict(props)
-                if delivery.identifiers:
-                    props[Prop.SUBSCRIPTION_IDENTIFIER] = delivery.identifiers
+        props = message.properties if level == 5 else None
+        topic_bytes = message.topic_bytes
+        new_alias = None
+        if props is not None and (message.expires_at is not None or delivery.identifiers or session.alias_maximum):
+            props = dict(props)
+            if delivery.identifiers:
+                props[Prop.SUBSCRIPTION_IDENTIFIER] = delivery.identifiers
+            if session.alias_maximum:
+                alias = session.aliases.get(message.topic)
+                if alias is not None:
+                    topic_bytes = _ALIAS_ONLY
+                elif len(session.aliases) < session.alias_maximum:
+                    alias = new_alias = len(session.aliases) + 1
+                if alias is not None:
+                    props[Prop.TOPIC_ALIAS] = alias
         if message.expires_at is not None:
-            # Rounded to milliseconds first: (t + 3600) - t may be 3600.0000001 in floating point.
-            remaining = math.ceil(round(message.expires_at - self.loop.time(), 3))
-            if remaining <= 0 and not dup:
-                self.counters["messages_dropped_expired"] += 1
-                return False
+            if message.immediate:
+                remaining = 0
+            else:
+                # Rounded to milliseconds first: (t + 3600) - t may be 3600.0000001 in floating point.
+                remaining = math.ceil(round(message.expires_at - self.loop.time(), 3))
+                if remaining <= 0 and not dup:
+                    self.counters["messages_dropped_expired"] += 1
+                    return False
+                remaining = max(remaining, 1)
             if props is not None:
-                props[Prop.MESSAGE_EXPIRY_INTERVAL] = max(remaining, 1)
+                props[Prop.MESSAGE_EXPIRY_INTERVAL] = remaining
         packet = encode_publish(
-            message.topic_bytes, message.payload, delivery.qos, delivery.retain, dup, packet_id, level, props
+            topic_bytes, message.payload, delivery.qos, delivery.retain, dup, packet_id, level, props
         )
         if session.max_packet_size and len(packet) > session.max_packet_size:
             self.counters["messages_dropped_too_large"] += 1
             return False
+        if new_alias is not None:
+            session.aliases[message.topic] = new_alias
         connection.send(packet)
         self.counters["messages_delivered"] += 1
         return True
 
-    def resend_inflight(self, session: Session) -> None:
-        """On a resumed session: every unacknowledged PUBLISH again with DUP, every
-        unfinished QoS 2 exchange with its PUBREL, then the queue."""
-        for packet_id, (delivery, released) in list(session.inflight.items()):
-            if released:
-                session.connection.send(encode_ack(PacketType.PUBREL, packet_id, 0, session.connection.level))
-            else:
-                self._send_publish(session, delivery, packet_id, True)
-        self.drain(session)
+    # -- acknowledgements and resending -------------------------------------------
 
     def acknowledge(self, session: Session, packet_type: int, packet_id: int, reason_code: int) -> None:
         """Handles PUBACK, PUBREC and PUBCOMP from a subscriber."""
+        connection = session.connection
+        assert connection is not None
         entry = session.inflight.get(packet_id)
         if entry is None:
             if packet_type == PacketType.PUBREC:
                 # MQTT 5 4.3.3: answer a PUBREC we do not know with PUBREL "not found".
-                session.connection.send(encode_ack(PacketType.PUBREL, packet_id, 0x92, session.connection.level))
+                connection.send(
+                    encode_ack(PacketType.PUBREL, packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND, connection.level)
+                )
             return
         if packet_type == PacketType.PUBREC and reason_code < 0x80:
-            entry[1] = True
-            session.connection.send(encode_ack(PacketType.PUBREL, packet_id, 0, session.connection.level))
+            entry.released = True
+            entry.sent_at = self.loop.time()
+            connection.send(encode_ack(PacketType.PUBREL, packet_id, 0, connection.level))
             return
         del session.inflight[packet_id]
         self.drain(session)
 
-    # -- subscriptions ------------------------------------------------------
+    def _resend_inflight(self, session: Session) -> None:
+        """Every unacknowledged PUBLISH again with DUP, every unfinished QoS 2 exchange with its PUBREL."""
+        connection = session.connection
+        assert connection is not None
+        now = self.loop.time()
+        for packet_id, entry in list(session.inflight.items()):
+            if entry.released:
+                connection.send(encode_ack(PacketType.PUBREL, packet_id, 0, connection.level))
+            elif not self._send_publish(session, entry.delivery, packet_id, True):
+                del session.inflight[packet_id]  # now too large for this connection
+                continue
+            entry.sent_at = now
+        if session.inflight and self.config.retry_interval:
+            self._arm_resend(session)
+
+    def _arm_resend(self, session: Session) -> None:
+        if session.resend_handle is not None or not session.inflight:
+            return
+        oldest = min(entry.sent_at for entry in session.inflight.values())
+        session.resend_handle = self.loop.call_at(oldest + self.config.retry_interval, self._resend_due, session)
+
+    def _resend_due(self, session: Session) -> None:
+        """The service resends an unacknowledged message while connected after its retry interval."""
+        session.resend_handle = None
+        connection = session.connection
+        if connection is None:
+            return
+        now = self.loop.time()
+        due = now - self.config.retry_interval
+        for packet_id, entry in list(session.inflight.items()):
+            if entry.sent_at > due:
+                continue
+            if entry.released:
+                connection.send(encode_ack(PacketType.PUBREL, packet_id, 0, connection.level))
+            elif not self._send_publish(session, entry.delivery, packet_id, True):
+                del session.inflight[packet_id]
+                continue
+            entry.sent_at = now
+        self._arm_resend(session)
+
+    # -- shared subscriptions --------------------------------------------------------
+
+    def _dispatch_shared(self, group: SharedGroup, message: Message) -> None:
+        """One member gets the message: round robin over connected members with room in their window."""
+        sessions = self.sessions
+        for client_id in group.rotation():
+            session = sessions[client_id]
+            if session.connection is not None and (message.qos == 0 or session.has_room()):
+                group.served(client_id)
+                self._send_shared(session, group, message)
+                return
+        if message.qos == 0 or message.immediate:
+            self.counters["messages_dropped_no_subscriber"] += 1
+            return
+        if len(group.backlog) >= self.config.max_queued:
+            group.backlog.popleft()
+            self.counters["messages_dropped_queue_full"] += 1
+        group.backlog.append(message)
+
+    def _send_shared(self, session: Session, group: SharedGroup, message: Message) -> None:
+        subscription = group.members[session.client_id]
+        qos = min(message.qos, subscription.qos)
+        identifiers = [subscription.identifier] if subscription.identifier else []
+        delivery = Delivery(message, qos, message.retain and subscription.retain_as_published, identifiers, group)
+        if qos == 0:
+            self._send_publish(session, delivery, 0, False)
+        else:
+            self._send_inflight(session, delivery)
+
+    def _release_shared(self, session: Session) -> None:
+        """A member went away: what it got through a group and did not acknowledge goes back to the
+        group, first in line, for another member (or for it, when it comes back first)."""
+        returned: dict[int, tuple[SharedGroup, list[Message]]] = {}
+        for packet_id, entry in list(session.inflight.items()):
+            group = entry.delivery.group
+            if group is None or entry.released:
+                continue
+            del session.inflight[packet_id]
+            returned.setdefault(id(group), (group, []))[1].append(entry.delivery.message)
+        for group, messages in returned.values():
+            group.backlog.extendleft(reversed(messages))
+            self._drain_group(group)
+
+    def _drain_group(self, group: SharedGroup) -> None:
+        for client_id in group.rotation():
+            session = self.sessions[client_id]
+            while group.backlog and session.has_room():
+                self._send_shared(session, group, group.backlog.popleft())
+            if not group.backlog:
+                return
+
+    # -- subscriptions ------------------------------------------------------------------
 
     def subscribe(self, session: Session, subscription: Subscription) -> None:
         existed = subscription.topic_filter in session.subscriptions
         session.subscriptions[subscription.topic_filter] = subscription
-        self.tree.add(session.client_id, subscription)
+        group = self.tree.add(session.client_id, subscription)
+        self._emit_subscription_event("session_subscribed", session, subscription)
+        if group is not None:
+            if group not in session.groups:
+                session.groups.append(group)
+            self.drain(session)
+            return  # retained messages are not sent on a shared subscription (MQTT 5 4.8.2)
         handling = subscription.retain_handling
         if handling == 2 or (handling == 1 and existed):
             return
+        identifiers = [subscription.identifier] if subscription.identifier else []
         for topic, message in list(self.retained.items()):
-            if topic_matches(subscription.topic_filter, topic):
-                match = Match(subscription.qos, True, [subscription.identifier] if subscription.identifier else [])
-                self._deliver(session, message, match)
+            if topic_matches(subscription.filter, topic):
+                self._deliver(session, message, Match(subscription.qos, True, list(identifiers)))
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
-        if session.subscriptions.pop(topic_filter, None) is None:
+        subscription = session.subscriptions.pop(topic_filter, None)
+        if subscription is None:
             return False
-        self.tree.remove(session.client_id, topic_filter)
+        self._remove_subscription(session, subscription)
+        self._emit_subscription_event("session_unsubscribed", session, subscription)
         return True
 
-    # -- sessions -----------------------------------------------------------
+    def _remove_subscription(self, session: Session, subscription: Subscription) -> None:
+        emptied = self.tree.remove(session.client_id, subscription)
+        if subscription.share_group is None:
+            return
+        for group in session.groups:
+            if group.name == subscription.share_group and group.filter == subscription.filter:
+                session.groups.remove(group)
+                break
+        if emptied is not None and emptied.backlog:
+            self.counters["messages_dropped_no_subscriber"] += len(emptied.backlog)
+            emptied.backlog.clear()
 
-    def end_session(self, session: Session) -> None:
-        if session.expiry_handle is not None:
-            session.expiry_handle.cancel()
-        for topic_filter in list(session.subscriptions):
-            self.tree.remove(session.client_id, topic_filter)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
+    # -- events ---------------------------------------------------------------------------
 
-    def detach(self, session: Session) -> None:
-        """The session's connection is gone: keep the session for its expiry interval."""
-        session.connection = None
-        session.disconnected_ms = now_ms()
-        if session.expiry_interval == 0:
-            self.end_session(session)
-        elif session.expiry_interval != NEVER_EXPIRES:
-            session.expiry_handle = self.loop.call_later(
-                session.expiry_interval, self._expire, session.client_id, session
-            )
-
-    def _expire(self, client_id: str, session: Session) -> None:
-        if self.sessions.get(client_id) is session and session.connection is None:
-            self.end_session(session)
-
-    def connected_count(self) -> int:
-        return sum(1 for session in self.sessions.values() if session.connection is not None)
-
-    # -- events -------------------------------------------------------------
+    def _emit_subscription_event(self, name: str, session: Session, subscription: Subscription) -> None:
+        fields = {
+            "clientid": session.client_id,
+            "username": session.username,
+            "topic": subscription.topic_filter,
+            "event": name.replace("_", ".", 1),
+            "timestamp": now_ms(),
+        }
+        if name == "session_subscribed":
+            fields["subopts"] = {"qos": subscription.qos}
+            if subscription.share_group is not None:
+                fields["subopts"]["share"] = subscription.share_group
+        self.emit_event(name, fields)
 
     def emit_event(self, name: str, fields: dict) -> None:
         """Publishes a client event as QoS 0 JSON on ``$events/{name}``."""
         topic = f"$events/{name}"
         payload = json.dumps(fields, separators=(",", ":")).encode()
-        self.publish(Message.create(topic, payload, 0, False, {}, None, self.loop.time()))
-
-    def new_client_id(self) -> str:
-        return f"auto-{uuid.uuid4().hex}"
+        self.publish(Message.create(topic, payload, 0, False, {}, None, self.loop.time()), event=True)

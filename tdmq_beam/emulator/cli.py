@@ -53,16 +53,41 @@ def _build_parser() -> argparse.ArgumentParser:
         "--offline-action", action="append", default=[], metavar="ACTION",
         help="answer this cloud API action with ActionOffline (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--deny-action", action="append", default=[], metavar="ACTION",
+        help="answer this cloud API action with AuthFailure.UnauthorizedOperation (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--max-packet-size", type=int, default=1024 * 1024, help="largest MQTT packet in bytes")
     parser.add_argument("--max-payload", type=int, default=1024 * 1024, help="largest HTTP publish body in bytes")
-    parser.add_argument("--max-inflight", type=int, default=16, help="QoS 1/2 window per MQTT 3.x client")
+    parser.add_argument(
+        "--max-inflight", type=int, default=16,
+        help="QoS 1/2 window per MQTT 3.x client, and the Receive Maximum announced to MQTT 5 clients (default 16)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-interval", type=float, default=120.0,
+        help="seconds before an unacknowledged QoS 1/2 message is resent while connected (default 120; 0: never)",
+    )  # fmt: skip
+    parser.add_argument("--max-subscriptions", type=int, default=30, help="topic filters per client (default 30)")
+    parser.add_argument(
+        "--topic-alias-maximum", type=int, default=64, help="topic aliases a client may use (default 64)"
+    )
+    parser.add_argument(
+        "--max-keepalive", type=int, default=0,
+        help="cap on client keep-alive, imposed on MQTT 5 clients with Server Keep Alive (default 0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-cloud-body", type=int, default=10 * 1024 * 1024, help="largest cloud API request body in bytes"
+    )
+    parser.add_argument("--mqtts-port", type=int, help="MQTT over TLS port (needs --tls-cert), 0 for a free one")
+    parser.add_argument("--ws-port", type=int, help="MQTT over WebSocket port (path /mqtt), 0 for a free one")
+    parser.add_argument("--wss-port", type=int, help="MQTT over secure WebSocket port (needs --tls-cert)")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of HTTP publishes that fail (0..1)")
     parser.add_argument(
         "--fault-kinds", default=",".join(FAULT_KINDS), help=f"comma-separated, among {','.join(FAULT_KINDS)}"
     )
     parser.add_argument("--fault-seed", type=int, default=None, help="seed for repeatable faults")
     parser.add_argument("--fault-delay", type=float, default=30.0, help="seconds a 'delay' fault holds a request")
-    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-cert", help="serve HTTPS (and MQTTS, WSS) with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--client-ca", help="with TLS: verify client certificates against this CA (mTLS)")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
@@ -90,6 +115,15 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
             max_packet_size=args.max_packet_size,
             max_payload=args.max_payload,
             max_inflight=args.max_inflight,
+            retry_interval=args.retry_interval,
+            max_subscriptions=args.max_subscriptions,
+            topic_alias_maximum=args.topic_alias_maximum,
+            max_keepalive=args.max_keepalive,
+            max_cloud_body=args.max_cloud_body,
+            mqtts_port=args.mqtts_port,
+            ws_port=args.ws_port,
+            wss_port=args.wss_port,
+            cloud_denied_actions=frozenset(args.deny_action),
             faults=FaultConfig(
                 rate=args.fault_rate,
                 kinds=tuple(kind.strip() for kind in args.fault_kinds.split(",") if kind.strip()),
@@ -108,7 +142,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
 async def _serve(config: EmulatorConfig) -> None:
     emulator = Emulator(config)
     await emulator.start()
-    print(f"tdmq-emulator serving http={emulator.http_url} mqtt={emulator.mqtt_url}", flush=True)
+    listeners = " ".join(f"{name}={url}" for name, url in emulator.urls().items())
+    print(f"tdmq-emulator serving {listeners}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -17,8 +17,10 @@ from collections import defaultdict
 from aiohttp import web
 
 from tdmq_beam import tc3
-from tdmq_beam.emulator.broker import Broker, Session
+from tdmq_beam.emulator.broker import Broker
+from tdmq_beam.emulator.http_api import RequestError, parse_query
 from tdmq_beam.emulator.mqtt_codec import PacketType
+from tdmq_beam.emulator.session import Session
 from tdmq_beam.token_bucket import TokenBucket
 
 __all__ = ["ACTIONS", "SIGNATURE_WINDOW", "CloudApi"]
@@ -27,6 +29,11 @@ __all__ = ["ACTIONS", "SIGNATURE_WINDOW", "CloudApi"]
 ACTIONS = {
     "DescribeMQTTClient": ("trocket", "2023-03-08"),
     "DescribeClientList": ("mqtt", "2024-05-16"),
+}
+# Action -> the parameters it takes (anything else is UnknownParameter, as the service answers).
+PARAMETERS = {
+    "DescribeMQTTClient": frozenset(("InstanceId", "ClientId")),
+    "DescribeClientList": frozenset(("InstanceId", "ClientId", "Number", "OnlineStatus", "MaxTimestamp")),
 }
 SIGNATURE_WINDOW = 300
 """Seconds a signature's timestamp may be from the server's clock."""
@@ -65,12 +72,17 @@ class CloudApi:
         app.router.add_route("*", "/", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.method != "POST":
-            return web.Response(status=405, headers={"Allow": "POST"})
+        if request.method not in ("POST", "GET"):
+            return web.Response(status=405, headers={"Allow": "GET, POST"})
         request_id = str(uuid.uuid4())
-        body = await request.read()
         action = request.headers.get("X-TC-Action", "")
         try:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise _CloudError(
+                    "RequestSizeLimitExceeded", f"the request body exceeds {self.config.max_cloud_body} bytes"
+                ) from None
             result = self._dispatch(request, action, body)
         except _CloudError as error:
             self.requests[f"cloud:{action or '?'}"][error.code] += 1
@@ -88,15 +100,19 @@ class CloudApi:
         version = request.headers.get("X-TC-Version", "")
         if version != ACTIONS[action][1]:
             raise _CloudError("NoSuchVersion", f"{action} has no version {version!r}; use {ACTIONS[action][1]}")
+        if action in self.config.cloud_denied_actions:
+            raise _CloudError(
+                "AuthFailure.UnauthorizedOperation", f"the credential is not authorized to call {action} (CAM)"
+            )
+        if not request.headers.get("X-TC-Region", "").strip():
+            raise _CloudError("MissingParameter", "the request is missing the required parameter Region")
         limit = self._limits.get(action)
         if limit is not None and not limit.try_take():
             raise _CloudError("RequestLimitExceeded", f"{action} is limited to {self.config.cloud_rate:g} requests/s")
-        try:
-            params = json.loads(body or b"{}")
-        except ValueError:
-            raise _CloudError("InvalidParameter", "the request body is not JSON") from None
-        if not isinstance(params, dict):
-            raise _CloudError("InvalidParameter", "the request body is not a JSON object")
+        params = self._parameters(request, body)
+        unknown = sorted(set(params) - PARAMETERS[action])
+        if unknown:
+            raise _CloudError("UnknownParameter", f"the parameter {unknown[0]} is not recognized by {action}")
         instance_id = params.get("InstanceId")
         if not instance_id:
             raise _CloudError("MissingParameter", "the parameter InstanceId is required")
@@ -105,6 +121,22 @@ class CloudApi:
         if action == "DescribeMQTTClient":
             return self._describe_mqtt_client(params)
         return self._describe_client_list(params)
+
+    @staticmethod
+    def _parameters(request: web.Request, body: bytes) -> dict:
+        """The action's parameters: the JSON body of a POST, the query of a GET."""
+        if request.method == "GET":
+            try:
+                return parse_query(request.raw_path.partition("?")[2])
+            except RequestError as exc:
+                raise _CloudError("InvalidParameter", str(exc)) from None
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            raise _CloudError("InvalidParameter", "the request body is not JSON") from None
+        if not isinstance(params, dict):
+            raise _CloudError("InvalidParameter", "the request body is not a JSON object")
+        return params
 
     def _verify(self, request: web.Request, action: str, body: bytes) -> None:
         headers = request.headers
@@ -117,6 +149,8 @@ class CloudApi:
         timestamp = int(timestamp_text)
         if abs(time.time() - timestamp) > SIGNATURE_WINDOW:
             raise _CloudError("AuthFailure.SignatureExpire", "the signature's timestamp is more than 5 minutes off")
+        if not match["secret_id"].startswith("AKID"):
+            raise _CloudError("AuthFailure.InvalidSecretId", "the SecretId is not a cloud API key (AKID...)")
         if match["secret_id"] != self.config.secret_id:
             raise _CloudError("AuthFailure.SecretIdNotFound", "the SecretId does not exist")
         signed = match["signed"].split(";")
@@ -136,6 +170,8 @@ class CloudApi:
             timestamp=timestamp,
             headers={name: headers.get(name, "") for name in signed},
             payload=body,
+            method=request.method,
+            query=request.raw_path.partition("?")[2] if request.method == "GET" else "",
             unsigned_payload=headers.get("X-TC-Content-SHA256") == tc3.UNSIGNED_PAYLOAD,
         )
         if not hmac.compare_digest(signature, match["signature"]):
@@ -158,12 +194,12 @@ class CloudApi:
 
     def _describe_client_list(self, params: dict) -> dict:
         prefix = params.get("ClientId") or ""
-        try:
-            number = min(int(params.get("Number") or MAX_CLIENT_LIST), MAX_CLIENT_LIST)
-            online_status = int(params.get("OnlineStatus") or 0)
-            max_timestamp = int(params.get("MaxTimestamp") or 0)
-        except (TypeError, ValueError):
-            raise _CloudError("InvalidParameterValue", "Number, OnlineStatus and MaxTimestamp are integers") from None
+        number = _integer(params, "Number", MAX_CLIENT_LIST)
+        online_status = _integer(params, "OnlineStatus", 0)
+        max_timestamp = _integer(params, "MaxTimestamp", 0)
+        if number < 1:
+            raise _CloudError("InvalidParameterValue", f"Number must be 1..{MAX_CLIENT_LIST}, got {number}")
+        number = min(number, MAX_CLIENT_LIST)
         if online_status not in (0, 1, 2):
             raise _CloudError("InvalidParameterValue", "OnlineStatus must be 0, 1 or 2")
         clients = []
@@ -196,6 +232,19 @@ class CloudApi:
 
     def snapshot(self) -> dict:
         return {api: dict(counts) for api, counts in self.requests.items()}
+
+
+def _integer(params: dict, name: str, default: int) -> int:
+    """An integer parameter, sent as a JSON number or as a string of digits (as the SDK's
+    string fields are): ``5`` and ``"5"`` mean the same."""
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value))
+    ):
+        raise _CloudError("InvalidParameterValue", f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def _client_fields(session: Session) -> dict:

@@ -36,15 +36,18 @@ FAULT_KINDS = ("500", "429", "reset", "delay")
 
 @dataclass(frozen=True)
 class AclRule:
-    """One ACL rule: who (user or ``*``), what action, which topic filter, allow or deny."""
+    """One ACL rule: who (user and client id, each or ``*``), what action, which topic filter, allow or deny."""
 
     user: str
     action: Literal["connect", "publish", "subscribe", "all"]
     topic: str
     permission: Literal["allow", "deny"]
+    client_id: str = "*"
 
-    def applies(self, user: str | None, action: Action, topic: str | None) -> bool:
+    def applies(self, user: str | None, action: Action, topic: str | None, client_id: str | None = None) -> bool:
         if self.user != "*" and self.user != user:
+            return False
+        if self.client_id != "*" and self.client_id != client_id:
             return False
         if self.action != "all" and self.action != action:
             return False
@@ -61,15 +64,20 @@ class Acl:
 
     rules: tuple[AclRule, ...] = ()
 
-    def allows(self, user: str | None, action: Action, topic: str | None = None) -> bool:
+    def allows(
+        self, user: str | None, action: Action, topic: str | None = None, *, client_id: str | None = None
+    ) -> bool:
         for rule in self.rules:
-            if rule.applies(user, action, topic):
+            if rule.applies(user, action, topic, client_id):
                 return rule.permission == "allow"
         return True
 
     @classmethod
     def from_json(cls, document: dict) -> Acl:
-        """Reads ``{"rules": [{"user", "action", "topic", "permission"}, ...]}``.
+        """Reads ``{"rules": [{"user", "clientid", "action", "topic", "permission"}, ...]}``.
+
+        ``user`` and ``clientid`` default to ``*`` (anyone), ``action`` to ``all``,
+        ``topic`` to ``#``.
 
         Raises:
             ValueError: naming the first rule that is not well formed.
@@ -88,7 +96,10 @@ class Acl:
                 raise ValueError(f"{where}: permission must be allow or deny")
             if topic_filter_error(topic):
                 raise ValueError(f"{where}: {topic_filter_error(topic)}")
-            rules.append(AclRule(str(raw.get("user", "*")), action, topic, permission))
+            unknown = set(raw) - {"user", "clientid", "action", "topic", "permission"}
+            if unknown:
+                raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+            rules.append(AclRule(str(raw.get("user", "*")), action, topic, permission, str(raw.get("clientid", "*"))))
         return cls(tuple(rules))
 
     @classmethod
@@ -156,16 +167,37 @@ class EmulatorConfig:
             ``RequestLimitExceeded``. Defaults to 20, as the service documents.
         offline_actions: cloud API actions answered with ``ActionOffline``
             (to rehearse DescribeMQTTClient's retirement).
+        cloud_denied_actions: cloud API actions the credential is not
+            authorized for (answered ``AuthFailure.UnauthorizedOperation``, as
+            a CAM policy would).
         max_packet_size: largest MQTT packet accepted, in bytes. Defaults to 1 MiB.
         max_payload: largest HTTP publish body, in bytes. Defaults to 1 MiB.
         max_inflight: outgoing QoS 1/2 window per MQTT 3.x client (MQTT 5
-            clients set theirs with Receive Maximum). Defaults to 16.
+            clients set theirs with Receive Maximum), and the Receive Maximum
+            the broker announces to MQTT 5 clients. Defaults to 16, as the
+            service documents.
+        retry_interval: seconds after which an unacknowledged QoS 1/2 message
+            is sent again (with DUP) while its client stays connected; 0 only
+            on reconnection. Defaults to 120, as the service documents.
+        max_subscriptions: topic filters per client. Defaults to 30, as the
+            service documents.
+        topic_alias_maximum: topic aliases an MQTT 5 client may use towards
+            the broker (announced in CONNACK). Defaults to 64.
+        max_keepalive: the longest keep-alive the broker accepts (MQTT 5:
+            imposed with Server Keep Alive, also on clients asking for 0);
+            0 for no cap.
+        max_cloud_body: largest cloud API request body, in bytes. Defaults to
+            10 MiB, the limit of Tencent Cloud API 3.0.
         max_queued: messages queued per session before the oldest are dropped.
         faults: faults injected into HTTP publish requests.
-        tls_cert, tls_key: serve HTTPS with this certificate instead of HTTP.
+        tls_cert, tls_key: serve HTTPS with this certificate instead of HTTP,
+            and MQTT over TLS and secure WebSocket where those ports are given.
         client_ca: with TLS, ask for client certificates signed by this CA
             (mTLS); a verified certificate authenticates, its Common Name is
             the client id.
+        mqtts_port: MQTT over TLS (the service's 8883); None for none, 0 for a free port.
+        ws_port, wss_port: MQTT over WebSocket on path ``/mqtt``, plain and
+            TLS (the service's 80 and 443); None for none, 0 for a free port.
     """
 
     host: str = "127.0.0.1"
@@ -180,20 +212,35 @@ class EmulatorConfig:
     instance_id: str = DEFAULT_INSTANCE_ID
     cloud_rate: float = 20.0
     offline_actions: frozenset[str] = frozenset()
+    cloud_denied_actions: frozenset[str] = frozenset()
     max_packet_size: int = 1024 * 1024
     max_payload: int = 1024 * 1024
     max_inflight: int = 16
     max_queued: int = 100_000
+    retry_interval: float = 120.0
+    max_subscriptions: int = 30
+    topic_alias_maximum: int = 64
+    max_keepalive: int = 0
+    max_cloud_body: int = 10 * 1024 * 1024
+    mqtts_port: int | None = None
+    ws_port: int | None = None
+    wss_port: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
     tls_cert: str | None = None
     tls_key: str | None = None
     client_ca: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("http_port", "mqtt_port"):
+        for name in ("http_port", "mqtt_port", "mqtts_port", "ws_port", "wss_port"):
             port = getattr(self, name)
-            if not 0 <= port <= 65535:
+            if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be within 0..65535, got {port}")
+        if (self.mqtts_port is not None or self.wss_port is not None) and not self.tls_cert:
+            raise ValueError("mqtts_port and wss_port need tls_cert and tls_key")
+        if self.retry_interval < 0 or self.max_keepalive < 0 or not 0 <= self.topic_alias_maximum <= 65535:
+            raise ValueError("retry_interval and max_keepalive must not be negative, topic_alias_maximum 0..65535")
+        if not 1 <= self.max_inflight <= 65535 or self.max_subscriptions < 1:
+            raise ValueError("max_inflight must be within 1..65535 and max_subscriptions at least 1")
         if self.tps < 0 or self.cloud_rate < 0:
             raise ValueError("tps and cloud_rate must not be negative")
         if bool(self.tls_cert) != bool(self.tls_key):

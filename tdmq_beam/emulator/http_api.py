@@ -2,7 +2,9 @@
 
 Routes, parameters and status codes follow ``tdmq-api.md`` section 1. Handlers
 return their error responses instead of raising, so one wrapper counts every
-answer by API and status for ``/emulator/stats``.
+answer by API and status for ``/emulator/stats``. Requests are read strictly:
+an ambiguous request (a parameter given twice, bad percent-encoding, a number
+written loosely) is refused with 400 and a reason rather than guessed at.
 """
 
 from __future__ import annotations
@@ -14,24 +16,161 @@ import itertools
 import json
 import logging
 import os
-from collections import defaultdict
+import re
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from tdmq_beam.emulator.broker import Broker, Message
+from tdmq_beam.emulator.broker import Broker
 from tdmq_beam.emulator.mqtt_codec import Prop
+from tdmq_beam.emulator.mqtt_server import certificate_common_name
+from tdmq_beam.emulator.session import Message
 from tdmq_beam.token_bucket import TokenBucket
-from tdmq_beam.topics import topic_name_error
+from tdmq_beam.topics import topic_name_error, utf8_string_error
 
-__all__ = ["KEEPALIVE_RANGE", "DataPlaneApi"]
+__all__ = ["KEEPALIVE_RANGE", "DataPlaneApi", "RequestError", "decode_component", "parse_query"]
 
 _LOGGER = logging.getLogger(__name__)
 
 KEEPALIVE_RANGE = (30, 1200)
+MAX_UINT32 = 0xFFFFFFFF
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Publish parameters by every spelling the documentation uses -> the one name used here.
+_PUBLISH_PARAMETERS = {
+    "qos": "qos",
+    "QoS": "qos",
+    "retained": "retained",
+    "Retained": "retained",
+    "client_id": "client_id",
+    "username": "username",
+    "ResponseTopic": "ResponseTopic",
+    "CorrelationData": "CorrelationData",
+    "ContentType": "ContentType",
+    "PayloadFormatIndicator": "PayloadFormatIndicator",
+    "MessageExpiryInterval": "MessageExpiryInterval",
+}
+_USER_PROPERTY = re.compile(r"UserProp\.([1-9][0-9]{0,8})\.(Key|Value)")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_DIGITS = re.compile(r"[0-9]+")
+_REMEMBERED_CONNECTIONS = 65536
+_UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="tdmq-emulator"'}
+
+
+class RequestError(ValueError):
+    """A request the API refuses with 400; the message says why."""
+
+
+def decode_component(text: str, what: str, *, plus_is_space: bool = False) -> str:
+    """Percent-decodes one URL component strictly: every ``%`` starts a valid escape and
+    the result is valid UTF-8.
+
+    Raises:
+        RequestError: naming ``what``.
+    """
+    if _BAD_PERCENT.search(text):
+        raise RequestError(f"{what} has a '%' that is not followed by two hex digits")
+    if plus_is_space:
+        text = text.replace("+", " ")
+    try:
+        return unquote_to_bytes(text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(f"{what} is not valid UTF-8 once percent-decoded") from None
+
+
+def parse_query(raw_query: str, spellings: dict[str, str] | None = None) -> dict[str, str]:
+    """The parameters of a query string, by name, each given at most once.
+
+    Args:
+        raw_query: the query as sent, without ``?``.
+        spellings: other accepted spellings of a parameter's name -> its name.
+
+    Raises:
+        RequestError: a parameter given twice (under any spelling), or a name or
+            value that does not decode.
+    """
+    spellings = spellings or {}
+    params: dict[str, str] = {}
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition("=")
+        name = decode_component(raw_name, "a parameter name", plus_is_space=True)
+        value = decode_component(raw_value, f"parameter {name}", plus_is_space=True)
+        canonical = spellings.get(name, name)
+        if canonical in params:
+            raise RequestError(f"parameter {name} is given more than once")
+        params[canonical] = value
+    return params
+
+
+def _uint(params: dict[str, str], name: str, maximum: int) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    if not _DIGITS.fullmatch(text) or int(text) > maximum:
+        raise RequestError(f"invalid {name} {text!r}: must be a whole number within 0..{maximum}, digits only")
+    return int(text)
+
+
+def _string(params: dict[str, str], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and (problem := utf8_string_error(name, value)):
+        raise RequestError(problem)
+    return value
+
+
+def publish_properties(params: dict[str, str]) -> dict:
+    """The MQTT 5 properties of a publish request's parameters.
+
+    Raises:
+        RequestError: naming the first parameter that is not valid.
+    """
+    props: dict = {}
+    indicator = params.get("PayloadFormatIndicator")
+    if indicator is not None:
+        if indicator not in ("0", "1"):
+            raise RequestError(f"invalid PayloadFormatIndicator {indicator!r}: must be 0 or 1")
+        props[Prop.PAYLOAD_FORMAT_INDICATOR] = int(indicator)
+    expiry = _uint(params, "MessageExpiryInterval", MAX_UINT32)
+    if expiry is not None:
+        props[Prop.MESSAGE_EXPIRY_INTERVAL] = expiry
+    content_type = _string(params, "ContentType")
+    if content_type is not None:
+        props[Prop.CONTENT_TYPE] = content_type
+    response_topic = params.get("ResponseTopic")
+    if response_topic is not None:
+        problem = topic_name_error(response_topic)
+        if problem:
+            raise RequestError(f"invalid ResponseTopic: {problem}")
+        props[Prop.RESPONSE_TOPIC] = response_topic
+    correlation = _string(params, "CorrelationData")
+    if correlation is not None:
+        props[Prop.CORRELATION_DATA] = correlation.encode("utf-8")
+    pairs: dict[int, dict[str, str]] = {}
+    for name, value in params.items():
+        if not name.startswith("UserProp"):
+            continue
+        match = _USER_PROPERTY.fullmatch(name)
+        if match is None:
+            raise RequestError(
+                f"invalid user property parameter {name!r}: expected UserProp.N.Key or UserProp.N.Value, N = 1, 2, ..."
+            )
+        if problem := utf8_string_error(name, value):
+            raise RequestError(problem)
+        pairs.setdefault(int(match[1]), {})[match[2]] = value
+    if pairs:
+        user_properties = []
+        for index in sorted(pairs):
+            pair = pairs[index]
+            if len(pair) != 2:
+                raise RequestError(f"UserProp.{index} needs both Key and Value")
+            user_properties.append((pair["Key"], pair["Value"]))
+        props[Prop.USER_PROPERTY] = user_properties
+    return props
 
 
 def _json(status: int, document: dict, headers: dict | None = None) -> web.Response:
@@ -44,9 +183,6 @@ def _json(status: int, document: dict, headers: dict | None = None) -> web.Respo
 
 def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
     return _json(status, {"error": message}, headers)
-
-
-_UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="tdmq-emulator"'}
 
 
 class _Reset(Exception):
@@ -70,12 +206,20 @@ class DataPlaneApi:
         self._quota = TokenBucket(self.config.tps) if self.config.tps else None
         self._id_prefix = os.urandom(8).hex().upper()
         self._ids = itertools.count(1)
-        self._http_connections = itertools.count(1)
+        # One default client id per HTTP connection, http-{connection-id} as documented, keyed by the
+        # peer address (unique among open connections; TLS transports cannot be weakly referenced).
+        self._connection_ids: OrderedDict[object, str] = OrderedDict()
+        self._next_connection = itertools.count(1)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/topics/{topic:.*}", self._counted("publish", self.publish))
-        app.router.add_route("*", "/client-id/{client_id:.+}/status", self._counted("status", self.status))
+        app.router.add_route("*", "/client-id/{client_id:.*}/status", self._counted("status", self.status))
         app.router.add_route("*", "/keep-alive", self._counted("keep_alive", self.keep_alive))
+
+    def add_fallback_route(self, app: web.Application) -> None:
+        """Every other path answers 400, as the service documents for an incorrect URL path.
+        Added last, after every other API's routes."""
+        app.router.add_route("*", "/{path:.*}", self._counted("other", self.incorrect_path))
 
     def _counted(self, api: str, handler: Handler) -> Handler:
         counts = self.requests[api]
@@ -101,33 +245,53 @@ class DataPlaneApi:
 
         return counted
 
+    async def incorrect_path(self, request: web.Request) -> web.StreamResponse:
+        return _error(400, f"incorrect URL path {request.path!r}: see the publish, status and keep-alive APIs")
+
     # -- shared checks --------------------------------------------------------
 
-    def _authenticate(self, request: web.Request, *, connect_denied_status: int) -> tuple[str | None, str | None]:
-        """Returns (username, certificate common name) or raises `_Denied`.
+    def _identify(self, request: web.Request) -> tuple[str, str | None]:
+        """Returns (the authenticated user, certificate common name) or raises `_Denied`.
 
-        A client certificate verified by the instance CA authenticates; its
-        Common Name is the client id and the user for ACL checks.
+        Basic credentials, when sent, must be right whatever else is presented,
+        and name the user. Otherwise a client certificate verified by the
+        instance CA authenticates; its Common Name is the user and client id.
         """
-        common_name = _certificate_common_name(request)
-        if common_name is not None:
-            username = common_name
-        else:
-            header = request.headers.get("Authorization", "")
-            scheme, _, encoded = header.partition(" ")
-            if scheme.lower() != "basic" or not encoded:
+        common_name = certificate_common_name(request.transport)
+        header = request.headers.get("Authorization")
+        if header is None:
+            if common_name is None:
                 raise _Denied(_error(401, "missing Basic credentials", headers=_UNAUTHORIZED_HEADERS))
-            try:
-                username, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise _Denied(_error(401, "malformed Basic credentials")) from None
-            if not sep or not self.config.check_password(username, password):
-                raise _Denied(_error(401, "bad username or password", headers=_UNAUTHORIZED_HEADERS))
-        if not self.config.acl.allows(username, "connect"):
+            return common_name, common_name
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic" or not encoded:
+            raise _Denied(_error(401, "the Authorization header is not Basic credentials", _UNAUTHORIZED_HEADERS))
+        try:
+            username, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise _Denied(_error(401, "malformed Basic credentials")) from None
+        if not sep or not self.config.check_password(username, password):
+            raise _Denied(_error(401, "bad username or password", headers=_UNAUTHORIZED_HEADERS))
+        return username, common_name
+
+    def _admit(self, username: str, client_id: str | None, *, connect_denied_status: int) -> None:
+        """The CONNECT permission and the instance quota; raises `_Denied`."""
+        if not self.config.acl.allows(username, "connect", client_id=client_id):
             raise _Denied(_error(connect_denied_status, f"user {username!r} lacks CONNECT permission"))
         if self._quota is not None and not self._quota.try_take():
             raise _Denied(_error(429, "instance TPS quota exceeded", headers={"Retry-After": "1"}))
-        return username, common_name
+
+    def _connection_client_id(self, request: web.Request) -> str:
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        ids = self._connection_ids
+        client_id = ids.get(peer) if peer is not None else None
+        if client_id is None:
+            client_id = f"http-{next(self._next_connection)}"
+            if peer is not None:
+                ids[peer] = client_id
+                if len(ids) > _REMEMBERED_CONNECTIONS:
+                    ids.popitem(last=False)
+        return client_id
 
     # -- publish --------------------------------------------------------------
 
@@ -140,43 +304,41 @@ class DataPlaneApi:
             if injected is not None:
                 return injected
         try:
-            username, common_name = self._authenticate(request, connect_denied_status=401)
+            username, common_name = self._identify(request)
         except _Denied as denied:
             return denied.response
-
-        raw_topic = request.raw_path.partition("?")[0][len("/topics/") :]
+        path, _, raw_query = request.raw_path.partition("?")
         try:
-            topic = unquote(raw_topic, errors="strict")
-        except UnicodeDecodeError:
-            return _error(400, "topic is not valid percent-encoded UTF-8")
-        problem = topic_name_error(topic)
-        if problem:
-            return _error(400, problem)
-
-        query = request.query
-        qos_text = query.get("qos", "1")
-        if qos_text not in ("0", "1", "2"):
-            return _error(400, f"invalid qos {qos_text!r}: must be 0, 1 or 2")
-        retained_text = query.get("retained", "false").lower()
-        if retained_text not in ("true", "false"):
-            return _error(400, f"invalid retained {query.get('retained')!r}: must be true or false")
-        properties, problem = _publish_properties(query)
-        if problem:
-            return _error(400, problem)
-
-        if common_name is not None and "username" in query:
-            username = query["username"]  # Basic credentials name the user; a certificate does not
-        client_id = common_name or query.get("client_id") or f"http-{next(self._http_connections)}"
-        if not self.config.acl.allows(username, "publish", topic):
+            topic = decode_component(path[len("/topics/") :], "the topic")
+            params = parse_query(raw_query, _PUBLISH_PARAMETERS)
+            problem = topic_name_error(topic)
+            if problem:
+                raise RequestError(problem)
+            if topic.startswith("$"):
+                raise RequestError(f"topic {topic!r} starts with '$': those topics belong to the service")
+            qos_text = params.get("qos", "1")
+            if qos_text not in ("0", "1", "2"):
+                raise RequestError(f"invalid qos {qos_text!r}: must be 0, 1 or 2")
+            retained_text = params.get("retained", "false")
+            if retained_text.lower() not in ("true", "false"):
+                raise RequestError(f"invalid retained {retained_text!r}: must be true or false")
+            properties = publish_properties(params)
+            _string(params, "client_id")
+            _string(params, "username")
+        except RequestError as exc:
+            return _error(400, str(exc))
+        # The ACL identity is the authenticated one; a 'username' parameter never replaces it.
+        client_id = common_name or params.get("client_id") or self._connection_client_id(request)
+        try:
+            self._admit(username, client_id, connect_denied_status=401)
+        except _Denied as denied:
+            return denied.response
+        if not self.config.acl.allows(username, "publish", topic, client_id=client_id):
             return _error(401, f"user {username!r} is not allowed to publish to {topic!r}")
 
-        limit = self.config.max_payload
-        if request.content_length is not None and request.content_length > limit:
-            return _error(400, f"payload of {request.content_length} bytes exceeds the maximum of {limit}")
-        try:
-            payload = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(400, f"payload exceeds the maximum of {limit} bytes")
+        payload = await self._read_body(request, self.config.max_payload)
+        if payload is None:
+            return _error(400, f"payload exceeds the maximum of {self.config.max_payload} bytes")
         if properties.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
             try:
                 payload.decode("utf-8")
@@ -186,10 +348,28 @@ class DataPlaneApi:
         broker = self.broker
         broker.publish(
             Message.create(
-                topic, payload, int(qos_text), retained_text == "true", properties, client_id, broker.loop.time()
+                topic,
+                payload,
+                int(qos_text),
+                retained_text.lower() == "true",
+                properties,
+                client_id,
+                broker.loop.time(),
             )
         )
         return web.Response(headers={"X-Message-Id": f"{self._id_prefix}{next(self._ids):016X}"})
+
+    @staticmethod
+    async def _read_body(request: web.Request, limit: int) -> bytes | None:
+        """The request body, or None when it is longer than ``limit`` (declared or, chunked, as read)."""
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                return None
+        return bytes(body)
 
     async def _inject(self, request: web.Request, fault: str) -> web.StreamResponse | None:
         if fault == "500":
@@ -209,14 +389,17 @@ class DataPlaneApi:
         if request.method not in ("GET", "POST"):
             return _error(405, "status takes GET or POST", headers={"Allow": "GET, POST"})
         try:
-            self._authenticate(request, connect_denied_status=403)
+            username, _ = self._identify(request)
+            self._admit(username, None, connect_denied_status=403)
         except _Denied as denied:
             return denied.response
         raw = request.raw_path.partition("?")[0][len("/client-id/") : -len("/status")]
         try:
-            client_id = unquote(raw, errors="strict")
-        except UnicodeDecodeError:
-            return _error(400, "client id is not valid percent-encoded UTF-8")
+            client_id = decode_component(raw, "the client id")
+        except RequestError as exc:
+            return _error(400, str(exc))
+        if not client_id:
+            return _error(400, "incorrect URL path: the client id is empty")
         session = self.broker.sessions.get(client_id)
         online = session is not None and session.connection is not None
         return web.Response(body=b'{"online":true}' if online else b'{"online":false}', content_type="application/json")
@@ -227,32 +410,30 @@ class DataPlaneApi:
         if request.method != "POST":
             return _error(405, "keep-alive takes POST", headers={"Allow": "POST"})
         try:
-            self._authenticate(request, connect_denied_status=403)
+            username, _ = self._identify(request)
+            self._admit(username, None, connect_denied_status=403)
         except _Denied as denied:
             return denied.response
 
         def refuse(message: str) -> web.Response:
             return _json(400, {"success": False, "error": message})
 
-        client_id = request.query.get("client-id")
-        interval_text = request.query.get("interval")
-        if not client_id:
-            return refuse("client-id is required")
-        if interval_text is None:
-            return refuse("interval is required")
         try:
-            interval = int(interval_text)
-        except ValueError:
-            return refuse(f"interval {interval_text!r} is not an integer")
+            params = parse_query(request.raw_path.partition("?")[2])
+            client_id = params.get("client-id")
+            if not client_id:
+                return refuse("client-id is required")
+            if "interval" not in params:
+                return refuse("interval is required")
+            interval = _uint(params, "interval", MAX_UINT32)
+        except RequestError as exc:
+            return refuse(str(exc))
         low, high = KEEPALIVE_RANGE
         if not low <= interval <= high:
             return refuse(f"interval {interval} is outside {low}..{high} seconds")
-        session = self.broker.sessions.get(client_id)
-        if session is None or session.connection is None:
-            return refuse(f"client {client_id!r} is not online")
-        if session.connection.connect_keepalive == 0:
-            return refuse(f"client {client_id!r} connected with keep-alive 0, which cannot be changed")
-        session.connection.set_keepalive(interval)
+        problem = self.broker.set_keepalive(client_id, interval)
+        if problem:
+            return refuse(problem)
         return _json(200, {"success": True, "keepalive": interval})
 
     # -- observability --------------------------------------------------------------
@@ -268,59 +449,3 @@ class DataPlaneApi:
                 "retained_messages": len(broker.retained),
             },
         }
-
-
-def _publish_properties(query) -> tuple[dict, str | None]:
-    """The MQTT 5 properties of a publish request's query, or a reason they are invalid."""
-    props: dict = {}
-    if "PayloadFormatIndicator" in query:
-        value = query["PayloadFormatIndicator"]
-        if value not in ("0", "1"):
-            return props, f"invalid PayloadFormatIndicator {value!r}: must be 0 or 1"
-        props[Prop.PAYLOAD_FORMAT_INDICATOR] = int(value)
-    if "MessageExpiryInterval" in query:
-        value = query["MessageExpiryInterval"]
-        if not value.isdigit() or int(value) > 0xFFFFFFFF:
-            return props, f"invalid MessageExpiryInterval {value!r}: must be 0..4294967295"
-        props[Prop.MESSAGE_EXPIRY_INTERVAL] = int(value)
-    for name, prop_id in (("ContentType", Prop.CONTENT_TYPE), ("ResponseTopic", Prop.RESPONSE_TOPIC)):
-        if name in query:
-            props[prop_id] = query[name]
-    if "ResponseTopic" in query:
-        problem = topic_name_error(query["ResponseTopic"])
-        if problem:
-            return props, f"invalid ResponseTopic: {problem}"
-    if "CorrelationData" in query:
-        props[Prop.CORRELATION_DATA] = query["CorrelationData"].encode("utf-8")
-    pairs: dict[int, dict[str, str]] = {}
-    for name, value in query.items():
-        if not name.startswith("UserProp."):
-            continue
-        parts = name.split(".")
-        index, part = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
-        if not index.isdigit() or int(index) < 1 or part not in ("Key", "Value"):
-            return props, f"invalid user property parameter {name!r}: expected UserProp.N.Key or UserProp.N.Value"
-        pairs.setdefault(int(index), {})[part] = value
-    if pairs:
-        user_properties = []
-        for index in sorted(pairs):
-            pair = pairs[index]
-            if len(pair) != 2:
-                return props, f"UserProp.{index} needs both Key and Value"
-            user_properties.append((pair["Key"], pair["Value"]))
-        props[Prop.USER_PROPERTY] = user_properties
-    return props, None
-
-
-def _certificate_common_name(request: web.Request) -> str | None:
-    transport = request.transport
-    if transport is None:
-        return None
-    certificate = transport.get_extra_info("peercert")
-    if not certificate:
-        return None
-    for rdn in certificate.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return value
-    return None

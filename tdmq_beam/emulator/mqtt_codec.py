@@ -15,13 +15,17 @@ from typing import Any
 
 __all__ = [
     "PINGRESP",
+    "PROPERTIES",
     "Connect",
     "Disconnect",
     "MalformedPacket",
     "PacketId",
     "PacketType",
     "Prop",
+    "PropertySpec",
+    "ProtocolError",
     "Publish",
+    "ReasonCode",
     "Subscribe",
     "Unsubscribe",
     "Will",
@@ -35,9 +39,11 @@ __all__ = [
     "encode_ack",
     "encode_connack",
     "encode_disconnect",
+    "encode_properties",
     "encode_publish",
     "encode_suback",
     "encode_unsuback",
+    "encode_utf8",
     "encode_varint",
 ]
 
@@ -98,24 +104,105 @@ class Prop:
     SHARED_SUBSCRIPTION_AVAILABLE = 0x2A
 
 
-# Property id -> wire type: b byte, h uint16, i uint32, v varint, s UTF-8 string,
-# d binary data, p UTF-8 string pair.
-_PROP_TYPES = {
-    0x01: "b", 0x02: "i", 0x03: "s", 0x08: "s", 0x09: "d", 0x0B: "v", 0x11: "i", 0x12: "s",
-    0x13: "h", 0x15: "s", 0x16: "d", 0x17: "b", 0x18: "i", 0x19: "b", 0x1A: "s", 0x1C: "s",
-    0x1F: "s", 0x21: "h", 0x22: "h", 0x23: "h", 0x24: "b", 0x25: "b", 0x26: "p", 0x27: "i",
-    0x28: "b", 0x29: "b", 0x2A: "b",
-}  # fmt: skip
-_REPEATABLE = frozenset((Prop.USER_PROPERTY, Prop.SUBSCRIPTION_IDENTIFIER))
+class ReasonCode:
+    """MQTT 5 reason codes the broker sends (MQTT 5 section 2.4); MQTT 3.1.1 CONNACK codes apart."""
 
-# Properties a client may send in each packet it sends (MQTT 5 table 2-4).
-_ALLOWED_IN_CONNECT = frozenset((0x11, 0x15, 0x16, 0x17, 0x19, 0x21, 0x22, 0x26, 0x27))
-_ALLOWED_IN_WILL = frozenset((0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26))
-_ALLOWED_IN_PUBLISH = frozenset((0x01, 0x02, 0x03, 0x08, 0x09, 0x23, 0x26))
-_ALLOWED_IN_ACK = frozenset((0x1F, 0x26))
-_ALLOWED_IN_SUBSCRIBE = frozenset((0x0B, 0x26))
-_ALLOWED_IN_UNSUBSCRIBE = frozenset((0x26,))
-_ALLOWED_IN_DISCONNECT = frozenset((0x11, 0x1C, 0x1F, 0x26))
+    SUCCESS = 0x00
+    NO_MATCHING_SUBSCRIBERS = 0x10
+    NO_SUBSCRIPTION_EXISTED = 0x11
+    UNSPECIFIED_ERROR = 0x80
+    MALFORMED_PACKET = 0x81
+    PROTOCOL_ERROR = 0x82
+    UNSUPPORTED_PROTOCOL_VERSION = 0x84
+    CLIENT_IDENTIFIER_NOT_VALID = 0x85
+    BAD_USER_NAME_OR_PASSWORD = 0x86
+    NOT_AUTHORIZED = 0x87
+    SERVER_SHUTTING_DOWN = 0x8B
+    KEEP_ALIVE_TIMEOUT = 0x8D
+    SESSION_TAKEN_OVER = 0x8E
+    TOPIC_FILTER_INVALID = 0x8F
+    TOPIC_NAME_INVALID = 0x90
+    PACKET_IDENTIFIER_NOT_FOUND = 0x92
+    RECEIVE_MAXIMUM_EXCEEDED = 0x93
+    TOPIC_ALIAS_INVALID = 0x94
+    PACKET_TOO_LARGE = 0x95
+    QUOTA_EXCEEDED = 0x97
+    SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = 0x9E
+    # MQTT 3.1.1 CONNACK return codes (section 3.2.2.3) and its SUBACK failure.
+    V3_UNACCEPTABLE_PROTOCOL_VERSION = 0x01
+    V3_IDENTIFIER_REJECTED = 0x02
+    V3_BAD_USER_NAME_OR_PASSWORD = 0x04
+    V3_NOT_AUTHORIZED = 0x05
+    V3_SUBSCRIBE_FAILURE = 0x80
+
+
+@dataclass(frozen=True, slots=True)
+class PropertySpec:
+    """One MQTT 5 property: its wire type and the packets that may carry it.
+
+    ``kind``: b byte, h uint16, i uint32, v varint, s UTF-8 string, d binary
+    data, p UTF-8 string pair. ``packets``: packet names, ``WILL`` for the
+    will properties of CONNECT.
+    """
+
+    name: str
+    kind: str
+    packets: frozenset[str]
+    repeatable: bool = False
+
+
+def _spec(name: str, kind: str, packets: str, repeatable: bool = False) -> PropertySpec:
+    return PropertySpec(name, kind, frozenset(packets.split()), repeatable)
+
+
+_ACKS = "PUBACK PUBREC PUBREL PUBCOMP SUBACK UNSUBACK"
+_MESSAGE = "PUBLISH WILL"
+
+# The one table of MQTT 5 properties (MQTT 5 table 2-4): everything below derives from it.
+PROPERTIES: dict[int, PropertySpec] = {
+    Prop.PAYLOAD_FORMAT_INDICATOR: _spec("PayloadFormatIndicator", "b", _MESSAGE),
+    Prop.MESSAGE_EXPIRY_INTERVAL: _spec("MessageExpiryInterval", "i", _MESSAGE),
+    Prop.CONTENT_TYPE: _spec("ContentType", "s", _MESSAGE),
+    Prop.RESPONSE_TOPIC: _spec("ResponseTopic", "s", _MESSAGE),
+    Prop.CORRELATION_DATA: _spec("CorrelationData", "d", _MESSAGE),
+    Prop.SUBSCRIPTION_IDENTIFIER: _spec("SubscriptionIdentifier", "v", "PUBLISH SUBSCRIBE", repeatable=True),
+    Prop.SESSION_EXPIRY_INTERVAL: _spec("SessionExpiryInterval", "i", "CONNECT CONNACK DISCONNECT"),
+    Prop.ASSIGNED_CLIENT_IDENTIFIER: _spec("AssignedClientIdentifier", "s", "CONNACK"),
+    Prop.SERVER_KEEP_ALIVE: _spec("ServerKeepAlive", "h", "CONNACK"),
+    Prop.AUTHENTICATION_METHOD: _spec("AuthenticationMethod", "s", "CONNECT CONNACK AUTH"),
+    Prop.AUTHENTICATION_DATA: _spec("AuthenticationData", "d", "CONNECT CONNACK AUTH"),
+    Prop.REQUEST_PROBLEM_INFORMATION: _spec("RequestProblemInformation", "b", "CONNECT"),
+    Prop.WILL_DELAY_INTERVAL: _spec("WillDelayInterval", "i", "WILL"),
+    Prop.REQUEST_RESPONSE_INFORMATION: _spec("RequestResponseInformation", "b", "CONNECT"),
+    Prop.RESPONSE_INFORMATION: _spec("ResponseInformation", "s", "CONNACK"),
+    Prop.SERVER_REFERENCE: _spec("ServerReference", "s", "CONNACK DISCONNECT"),
+    Prop.REASON_STRING: _spec("ReasonString", "s", f"CONNACK DISCONNECT AUTH {_ACKS}"),
+    Prop.RECEIVE_MAXIMUM: _spec("ReceiveMaximum", "h", "CONNECT CONNACK"),
+    Prop.TOPIC_ALIAS_MAXIMUM: _spec("TopicAliasMaximum", "h", "CONNECT CONNACK"),
+    Prop.TOPIC_ALIAS: _spec("TopicAlias", "h", "PUBLISH"),
+    Prop.MAXIMUM_QOS: _spec("MaximumQoS", "b", "CONNACK"),
+    Prop.RETAIN_AVAILABLE: _spec("RetainAvailable", "b", "CONNACK"),
+    Prop.USER_PROPERTY: _spec(
+        "UserProperty", "p", f"CONNECT CONNACK PUBLISH WILL DISCONNECT AUTH SUBSCRIBE UNSUBSCRIBE {_ACKS}", True
+    ),
+    Prop.MAXIMUM_PACKET_SIZE: _spec("MaximumPacketSize", "i", "CONNECT CONNACK"),
+    Prop.WILDCARD_SUBSCRIPTION_AVAILABLE: _spec("WildcardSubscriptionAvailable", "b", "CONNACK"),
+    Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: _spec("SubscriptionIdentifierAvailable", "b", "CONNACK"),
+    Prop.SHARED_SUBSCRIPTION_AVAILABLE: _spec("SharedSubscriptionAvailable", "b", "CONNACK"),
+}
+
+
+def _allowed_in(packet: str) -> frozenset[int]:
+    return frozenset(prop_id for prop_id, spec in PROPERTIES.items() if packet in spec.packets)
+
+
+_ALLOWED_IN_CONNECT = _allowed_in("CONNECT")
+_ALLOWED_IN_WILL = _allowed_in("WILL")
+_ALLOWED_IN_PUBLISH = _allowed_in("PUBLISH") - {Prop.SUBSCRIPTION_IDENTIFIER}  # only the server sends it
+_ALLOWED_IN_ACK = _allowed_in("PUBACK")
+_ALLOWED_IN_SUBSCRIBE = _allowed_in("SUBSCRIBE")
+_ALLOWED_IN_UNSUBSCRIBE = _allowed_in("UNSUBSCRIBE")
+_ALLOWED_IN_DISCONNECT = _allowed_in("DISCONNECT")
 
 Properties = dict[int, Any]
 """Decoded properties: id -> value; repeatable ones (user property, subscription
@@ -123,7 +210,19 @@ identifier) -> list of values, user properties as (key, value) pairs in order.""
 
 
 class MalformedPacket(ValueError):
-    """A packet breaks the MQTT specification; its connection must be closed."""
+    """A packet cannot be parsed as the specification says; its connection must be closed.
+
+    Attributes:
+        reason_code: the DISCONNECT reason code an MQTT 5 client is sent.
+    """
+
+    reason_code = ReasonCode.MALFORMED_PACKET
+
+
+class ProtocolError(MalformedPacket):
+    """A packet parses but breaks a rule of the protocol (MQTT 5 reason code 0x82)."""
+
+    reason_code = ReasonCode.PROTOCOL_ERROR
 
 
 @dataclass(slots=True)
@@ -252,9 +351,10 @@ class _Reader:
         props: Properties = {}
         while self.pos < end:
             prop_id = self.varint()
-            kind = _PROP_TYPES.get(prop_id)
-            if kind is None or prop_id not in allowed:
-                raise MalformedPacket(f"property 0x{prop_id:02X} is not allowed here")
+            spec = PROPERTIES.get(prop_id)
+            if spec is None or prop_id not in allowed:
+                raise ProtocolError(f"property 0x{prop_id:02X} is not allowed here")
+            kind = spec.kind
             if kind == "b":
                 value: Any = self.byte()
             elif kind == "h":
@@ -269,10 +369,10 @@ class _Reader:
                 value = self.binary()
             else:
                 value = (self.utf8(), self.utf8())
-            if prop_id in _REPEATABLE:
+            if spec.repeatable:
                 props.setdefault(prop_id, []).append(value)
             elif prop_id in props:
-                raise MalformedPacket(f"property 0x{prop_id:02X} appears twice")
+                raise ProtocolError(f"property {spec.name} appears twice")
             else:
                 props[prop_id] = value
         if self.pos != end:
@@ -462,8 +562,9 @@ def _binary(data: bytes) -> bytes:
 def encode_properties(props: Properties) -> bytes:
     out = bytearray()
     for prop_id, value in props.items():
-        kind = _PROP_TYPES[prop_id]
-        values = value if prop_id in _REPEATABLE else (value,)
+        spec = PROPERTIES[prop_id]
+        kind = spec.kind
+        values = value if spec.repeatable else (value,)
         for item in values:
             out += encode_varint(prop_id)
             if kind == "b":
@@ -524,30 +625,36 @@ def encode_utf8(text: str) -> bytes:
     return _utf8(text)
 
 
-def encode_ack(packet_type: int, packet_id: int, reason_code: int, level: int) -> bytes:
-    """Encodes PUBACK, PUBREC, PUBREL, PUBCOMP."""
+def encode_ack(
+    packet_type: int, packet_id: int, reason_code: int, level: int, props: Properties | None = None
+) -> bytes:
+    """Encodes PUBACK, PUBREC, PUBREL, PUBCOMP (MQTT 5: with a reason code and properties when needed)."""
     first = (packet_type << 4) | (0x02 if packet_type == PacketType.PUBREL else 0)
     body = _UINT16.pack(packet_id)
-    if level == 5 and reason_code:
+    if level == 5 and (reason_code or props):
         body += bytes((reason_code,))
+        if props:
+            body += encode_properties(props)
     return _packet(first, body)
 
 
-def encode_suback(packet_id: int, codes: list[int], level: int) -> bytes:
-    body = _UINT16.pack(packet_id) + (_EMPTY_PROPERTIES if level == 5 else b"") + bytes(codes)
-    return _packet(0x90, body)
-
-
-def encode_unsuback(packet_id: int, codes: list[int], level: int) -> bytes:
+def encode_suback(packet_id: int, codes: list[int], level: int, props: Properties | None = None) -> bytes:
+    header = _UINT16.pack(packet_id)
     if level == 5:
-        return _packet(0xB0, _UINT16.pack(packet_id) + _EMPTY_PROPERTIES + bytes(codes))
+        header += encode_properties(props) if props else _EMPTY_PROPERTIES
+    return _packet(0x90, header + bytes(codes))
+
+
+def encode_unsuback(packet_id: int, codes: list[int], level: int, props: Properties | None = None) -> bytes:
+    if level == 5:
+        properties = encode_properties(props) if props else _EMPTY_PROPERTIES
+        return _packet(0xB0, _UINT16.pack(packet_id) + properties + bytes(codes))
     return _packet(0xB0, _UINT16.pack(packet_id))
 
 
-def encode_disconnect(reason_code: int, reason_string: str | None = None) -> bytes:
+def encode_disconnect(reason_code: int, props: Properties | None = None) -> bytes:
     """MQTT 5 DISCONNECT sent by the server."""
-    props: Properties = {Prop.REASON_STRING: reason_string} if reason_string else {}
-    return _packet(0xE0, bytes((reason_code,)) + encode_properties(props))
+    return _packet(0xE0, bytes((reason_code,)) + encode_properties(props or {}))
 
 
 PINGRESP = b"\xd0\x00"

@@ -1,4 +1,10 @@
-"""One MQTT client connection: reads packets, answers them, and enforces keep-alive."""
+"""One MQTT client connection: reads packets, answers them, and enforces keep-alive.
+
+The connection knows the protocol (packets, flow control, topic aliases, reason
+codes and strings, keep-alive); the broker (`broker.Broker`) knows sessions and
+routing. The same connection serves TCP, TLS and WebSocket: it needs only an
+asyncio transport.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,45 @@ import asyncio
 import logging
 
 from tdmq_beam.emulator import mqtt_codec as codec
-from tdmq_beam.emulator.broker import NEVER_EXPIRES, Broker, Message, Session, now_ms
-from tdmq_beam.emulator.mqtt_codec import MalformedPacket, PacketType, Prop
+from tdmq_beam.emulator.broker import Broker
+from tdmq_beam.emulator.mqtt_codec import MalformedPacket, PacketType, Prop, ProtocolError, ReasonCode
+from tdmq_beam.emulator.session import NEVER_EXPIRES, Message, Session
 from tdmq_beam.emulator.subscription_tree import Subscription
-from tdmq_beam.topics import topic_filter_error
+from tdmq_beam.topics import split_shared, topic_filter_error
 
-__all__ = ["CONNECT_TIMEOUT", "MqttConnection"]
+__all__ = ["CONNECT_TIMEOUT", "MqttConnection", "certificate_common_name"]
 
 _LOGGER = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 """Seconds a new connection has to send CONNECT."""
 
-# CONNACK codes: (MQTT 3.1.1, MQTT 5)
-_BAD_CREDENTIALS = (4, 0x86)
-_NOT_AUTHORIZED = (5, 0x87)
-_CLIENT_ID_REJECTED = (2, 0x85)
+# CONNACK refusals: (MQTT 3.1.1 return code, MQTT 5 reason code)
+_BAD_CREDENTIALS = (ReasonCode.V3_BAD_USER_NAME_OR_PASSWORD, ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+_NOT_AUTHORIZED = (ReasonCode.V3_NOT_AUTHORIZED, ReasonCode.NOT_AUTHORIZED)
+_CLIENT_ID_REJECTED = (ReasonCode.V3_IDENTIFIER_REJECTED, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+
+# What the broker offers every MQTT 5 client, announced in CONNACK.
+_AVAILABLE = {
+    Prop.RETAIN_AVAILABLE: 1,
+    Prop.WILDCARD_SUBSCRIPTION_AVAILABLE: 1,
+    Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 1,
+    Prop.SHARED_SUBSCRIPTION_AVAILABLE: 1,
+}
+
+
+def certificate_common_name(transport: asyncio.BaseTransport | None) -> str | None:
+    """The Common Name of the client certificate verified on a TLS transport, or None."""
+    if transport is None:
+        return None
+    certificate = transport.get_extra_info("peercert")
+    if not certificate:
+        return None
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
 
 
 class MqttConnection(asyncio.Protocol):
@@ -29,6 +58,7 @@ class MqttConnection(asyncio.Protocol):
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        self.config = broker.config
         self.loop = broker.loop
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -37,6 +67,8 @@ class MqttConnection(asyncio.Protocol):
         self.will: codec.Will | None = None
         self.keepalive = 0
         self.connect_keepalive = 0
+        self.problem_information = True
+        self.aliases: dict[int, str] = {}  # topic aliases the client set, towards the broker
         self.last_received = 0.0
         self.peer = ""
         self.closed = False
@@ -64,8 +96,8 @@ class MqttConnection(asyncio.Protocol):
                 if header is None:
                     break
                 first, length, body_start = header
-                if body_start - start + length > self.broker.config.max_packet_size:
-                    self.close("packet_too_large", 0x95)
+                if body_start - start + length > self.config.max_packet_size:
+                    self.close("packet_too_large", ReasonCode.PACKET_TOO_LARGE, "packet exceeds Maximum Packet Size")
                     return
                 end = body_start + length
                 if end > len(buffer):
@@ -79,7 +111,7 @@ class MqttConnection(asyncio.Protocol):
                     return
         except MalformedPacket as exc:
             _LOGGER.info("closing MQTT connection %s: %s", self.peer, exc)
-            self.close("protocol_error", 0x81)
+            self.close("protocol_error", exc.reason_code, str(exc))
             return
         del buffer[:start]
 
@@ -95,12 +127,12 @@ class MqttConnection(asyncio.Protocol):
             self.session.count("in", packet[0], len(packet))
         self.transport.write(packet)
 
-    def close(self, reason: str, reason_code: int | None = None) -> None:
+    def close(self, reason: str, reason_code: int | None = None, reason_string: str | None = None) -> None:
         """Closes the connection from the server's side; the will is published."""
         if self.closed:
             return
         if reason_code is not None and self.level == 5 and self.session is not None:
-            self.send(codec.encode_disconnect(reason_code))
+            self._reply(codec.encode_disconnect, reason_code, reason=reason_string)
         self._finish(reason)
         self.transport.close()
 
@@ -111,36 +143,25 @@ class MqttConnection(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
         session = self.session
-        if session is None or session.connection is not self:
-            return
-        if self.will is not None:
-            self._publish_will()
-        self.broker.detach(session)
-        self.broker.emit_event(
-            "client_disconnected",
-            {
-                "clientid": session.client_id,
-                "username": session.username,
-                "event": "client.disconnected",
-                "reason": reason,
-                "node": self.broker.node,
-                "peername": self.peer,
-                "disconnected_at": session.disconnected_ms,
-                "timestamp": session.disconnected_ms,
-            },
-        )
+        if session is not None and session.connection is self:
+            will, self.will = self.will, None
+            self.broker.close_session(session, reason, will)
 
-    def _publish_will(self) -> None:
-        will, self.will = self.will, None
-        username = self.session.username
-        if not self.broker.config.acl.allows(username, "publish", will.topic):
-            return
-        self.broker.publish(
-            Message.create(
-                will.topic, will.payload, will.qos, will.retain, will.properties,
-                self.session.client_id, self.loop.time(),
-            )
-        )  # fmt: skip
+    def _reason(self, text: str | None) -> dict | None:
+        """A Reason String property, where the client allows one (MQTT 5 Request Problem Information)."""
+        if text is None or self.level != 5:
+            return None
+        return {Prop.REASON_STRING: text[:1024]}
+
+    def _reply(self, encode, *args, reason: str | None = None) -> None:
+        """Sends a control packet, with a reason string unless the client refused them or it would
+        make the packet larger than the client's Maximum Packet Size."""
+        allowed = self.problem_information or encode is codec.encode_disconnect
+        packet = encode(*args, self._reason(reason) if allowed else None)
+        limit = self.session.max_packet_size if self.session is not None else 0
+        if limit and len(packet) > limit:
+            packet = encode(*args, None)
+        self.send(packet)
 
     # -- keep-alive ---------------------------------------------------------
 
@@ -151,7 +172,6 @@ class MqttConnection(asyncio.Protocol):
     def set_keepalive(self, seconds: int) -> None:
         """Enforces a new keep-alive at once (the keep-alive API)."""
         self.keepalive = seconds
-        self.session.keepalive = seconds
         self._arm_watchdog()
 
     def _arm_watchdog(self) -> None:
@@ -166,8 +186,8 @@ class MqttConnection(asyncio.Protocol):
         limit = self.keepalive * 1.5
         idle = self.loop.time() - self.last_received
         if idle >= limit:
-            _LOGGER.info("client %s silent for %.1fs: keep-alive timeout", self.session.client_id, idle)
-            self.close("keepalive_timeout", 0x8D)
+            _LOGGER.info("%s silent for %.1fs: keep-alive timeout", self.peer, idle)
+            self.close("keepalive_timeout", ReasonCode.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
         else:
             self._watchdog = self.loop.call_later(limit - idle, self._check_keepalive)
 
@@ -175,9 +195,10 @@ class MqttConnection(asyncio.Protocol):
 
     def _handle(self, first: int, body: bytes) -> None:
         packet_type = first >> 4
-        if self.session is None:
+        session = self.session
+        if session is None:
             if packet_type != PacketType.CONNECT:
-                raise MalformedPacket(f"first packet is {PacketType.NAMES[packet_type]}, not CONNECT")
+                raise ProtocolError(f"first packet is {PacketType.NAMES[packet_type]}, not CONNECT")
             self._on_connect(first, body)
             return
         flags = first & 0x0F
@@ -189,12 +210,13 @@ class MqttConnection(asyncio.Protocol):
             raise MalformedPacket(f"{PacketType.NAMES[packet_type]} with reserved flags {flags:#x}")
         if packet_type in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBCOMP):
             ack = codec.decode_packet_id(body, self.level)
-            self.broker.acknowledge(self.session, packet_type, ack.packet_id, ack.reason_code)
+            self.broker.acknowledge(session, packet_type, ack.packet_id, ack.reason_code)
         elif packet_type == PacketType.PUBREL:
             ack = codec.decode_packet_id(body, self.level)
-            known = ack.packet_id in self.session.awaiting_release
-            self.session.awaiting_release.discard(ack.packet_id)
-            self.send(codec.encode_ack(PacketType.PUBCOMP, ack.packet_id, 0 if known else 0x92, self.level))
+            known = ack.packet_id in session.awaiting_release
+            session.awaiting_release.discard(ack.packet_id)
+            code = ReasonCode.SUCCESS if known else ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+            self.send(codec.encode_ack(PacketType.PUBCOMP, ack.packet_id, code, self.level))
         elif packet_type == PacketType.SUBSCRIBE:
             self._on_subscribe(codec.decode_subscribe(body, self.level))
         elif packet_type == PacketType.UNSUBSCRIBE:
@@ -206,18 +228,37 @@ class MqttConnection(asyncio.Protocol):
         elif packet_type == PacketType.DISCONNECT:
             self._on_disconnect(codec.decode_disconnect(body, self.level))
         elif packet_type == PacketType.CONNECT:
-            raise MalformedPacket("second CONNECT on one connection")
+            raise ProtocolError("second CONNECT on one connection")
         else:
-            raise MalformedPacket(f"clients do not send {PacketType.NAMES[packet_type]} here")
+            raise ProtocolError(f"clients do not send {PacketType.NAMES[packet_type]} here")
 
     def _refuse(self, codes: tuple[int, int], reason: str) -> None:
         code = codes[1] if self.level == 5 else codes[0]
         _LOGGER.info("refusing MQTT connection from %s: %s", self.peer, reason)
-        self.transport.write(codec.encode_connack(False, code, self.level, {}))
+        props = self._reason(reason) if self.problem_information else None
+        self.transport.write(codec.encode_connack(False, code, self.level, props or {}))
         self.closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
         self.transport.close()
+
+    def _authenticate(self, packet: codec.Connect) -> tuple[str | None, str | None] | None:
+        """(username for ACL checks, client id a certificate imposes), or None after refusing.
+
+        A verified client certificate authenticates and names the client id
+        (its Common Name); Basic-style credentials, when also given, must be right.
+        """
+        config = self.config
+        common_name = certificate_common_name(self.transport)
+        username = packet.username
+        if username is None and packet.password is None:
+            if common_name is None and not config.allow_anonymous:
+                self._refuse(_BAD_CREDENTIALS, "no username and anonymous access is off")
+                return None
+        elif not config.check_password(username, packet.password):
+            self._refuse(_BAD_CREDENTIALS, f"bad username or password for {username!r}")
+            return None
+        return (username if username is not None else common_name), common_name
 
     def _on_connect(self, first: int, body: bytes) -> None:
         if first & 0x0F:
@@ -225,172 +266,180 @@ class MqttConnection(asyncio.Protocol):
         try:
             packet = codec.decode_connect(body)
         except codec.UnsupportedProtocol:
-            self.transport.write(codec.encode_connack(False, 0x01, 4, {}))
+            self.transport.write(codec.encode_connack(False, ReasonCode.V3_UNACCEPTABLE_PROTOCOL_VERSION, 4, {}))
             self.closed = True
             self.transport.close()
             return
         self.level = packet.protocol_level
-        config = self.broker.config
-        username = packet.username
-        if username is None and packet.password is None:
-            if not config.allow_anonymous:
-                return self._refuse(_BAD_CREDENTIALS, "no username and anonymous access is off")
-        elif not config.check_password(username, packet.password):
-            return self._refuse(_BAD_CREDENTIALS, f"bad username or password for {username!r}")
-        if not config.acl.allows(username, "connect"):
-            return self._refuse(_NOT_AUTHORIZED, f"user {username!r} lacks CONNECT permission")
-
         props = packet.properties
+        self.problem_information = props.get(Prop.REQUEST_PROBLEM_INFORMATION, 1) == 1
+        if props.get(Prop.RECEIVE_MAXIMUM) == 0 or props.get(Prop.MAXIMUM_PACKET_SIZE) == 0:
+            raise ProtocolError("Receive Maximum and Maximum Packet Size must not be 0")
+        identity = self._authenticate(packet)
+        if identity is None:
+            return
+        username, common_name = identity
+        config = self.config
         connack_props: dict = {}
         client_id = packet.client_id
-        if not client_id:
+        if common_name is not None:
+            if client_id and client_id != common_name:
+                return self._refuse(_CLIENT_ID_REJECTED, "the client id must be the certificate's Common Name")
+            client_id = common_name
+        elif not client_id:
             if self.level < 5 and not packet.clean_start:
                 return self._refuse(_CLIENT_ID_REJECTED, "empty client id needs clean session")
             client_id = self.broker.new_client_id()
             if self.level == 5:
                 connack_props[Prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
+        if not config.acl.allows(username, "connect", client_id=client_id):
+            return self._refuse(_NOT_AUTHORIZED, f"user {username!r} lacks CONNECT permission")
+
+        keepalive = packet.keepalive
         if self.level == 5:
             expiry = props.get(Prop.SESSION_EXPIRY_INTERVAL, 0)
+            cap = config.max_keepalive
+            if cap and (keepalive == 0 or keepalive > cap):
+                keepalive = cap
+                connack_props[Prop.SERVER_KEEP_ALIVE] = cap
         else:
             expiry = 0 if packet.clean_start else NEVER_EXPIRES
-
-        broker = self.broker
-        session = broker.sessions.get(client_id)
-        if session is not None and session.connection is not None:
-            session.connection.close("takeovered", 0x8E)
-        if session is not None and packet.clean_start:
-            broker.end_session(session)
-            session = None
-        session_present = session is not None
-        if session is None:
-            session = Session(client_id, created_ms=now_ms())
-            broker.sessions[client_id] = session
-        elif session.expiry_handle is not None:
-            session.expiry_handle.cancel()
-            session.expiry_handle = None
-
-        session.expiry_interval = expiry
-        session.clean_start = packet.clean_start
-        session.protocol_level = self.level
-        session.keepalive = packet.keepalive
-        session.username = username
-        session.address = self.peer
-        session.connected_ms = now_ms()
-        session.disconnected_ms = 0
-        session.connection = self
-        session.window = props.get(Prop.RECEIVE_MAXIMUM, 65535) if self.level == 5 else config.max_inflight
-        session.max_packet_size = props.get(Prop.MAXIMUM_PACKET_SIZE, 0)
+        session, present = self.broker.open_session(
+            self,
+            client_id=client_id,
+            clean_start=packet.clean_start,
+            expiry_interval=expiry,
+            username=username,
+            address=self.peer,
+            keepalive=keepalive,
+            window=props.get(Prop.RECEIVE_MAXIMUM, 65535) if self.level == 5 else config.max_inflight,
+            max_packet_size=props.get(Prop.MAXIMUM_PACKET_SIZE, 0),
+            alias_maximum=props.get(Prop.TOPIC_ALIAS_MAXIMUM, 0),
+        )
         self.session = session
         session.count("out", first, len(body) + 1 + len(codec.encode_varint(len(body))))
         self.will = packet.will
-        self.keepalive = self.connect_keepalive = packet.keepalive
+        self.keepalive = self.connect_keepalive = keepalive
         self._arm_watchdog()
-
         if self.level == 5:
+            connack_props.update(_AVAILABLE)
+            connack_props[Prop.RECEIVE_MAXIMUM] = config.max_inflight
             connack_props[Prop.MAXIMUM_PACKET_SIZE] = config.max_packet_size
-            connack_props[Prop.TOPIC_ALIAS_MAXIMUM] = 0
-            connack_props[Prop.SHARED_SUBSCRIPTION_AVAILABLE] = 0
-        self.send(codec.encode_connack(session_present, 0, self.level, connack_props))
-        broker.emit_event(
-            "client_connected",
-            {
-                "clientid": client_id,
-                "username": username,
-                "clean_start": packet.clean_start,
-                "connected_at": session.connected_ms,
-                "event": "client.connected",
-                "keepalive": packet.keepalive,
-                "node": broker.node,
-                "peername": self.peer,
-                "proto_ver": self.level,
-                "timestamp": session.connected_ms,
-            },
-        )
-        if session_present:
-            broker.resend_inflight(session)
+            connack_props[Prop.TOPIC_ALIAS_MAXIMUM] = config.topic_alias_maximum
+            if props.get(Prop.REQUEST_RESPONSE_INFORMATION) == 1:
+                connack_props[Prop.RESPONSE_INFORMATION] = f"reply/{client_id}"
+        self.send(codec.encode_connack(present, ReasonCode.SUCCESS, self.level, connack_props))
+        self.broker.session_started(session, present)
+
+    def _topic_of(self, packet: codec.Publish) -> str:
+        """The publish's topic, resolving and recording MQTT 5 topic aliases."""
+        alias = packet.properties.get(Prop.TOPIC_ALIAS)
+        if alias is None:
+            if not packet.topic:
+                raise ProtocolError("PUBLISH with an empty topic and no topic alias")
+            return packet.topic
+        if not 1 <= alias <= self.config.topic_alias_maximum:
+            raise _TopicAliasInvalid(f"topic alias {alias} is outside 1..{self.config.topic_alias_maximum}")
+        if packet.topic:
+            self.aliases[alias] = packet.topic
+            return packet.topic
+        topic = self.aliases.get(alias)
+        if topic is None:
+            raise ProtocolError(f"topic alias {alias} was never set on this connection")
+        return topic
 
     def _on_publish(self, packet: codec.Publish) -> None:
         session = self.session
-        if Prop.TOPIC_ALIAS in packet.properties:
-            raise MalformedPacket("topic alias used, but Topic Alias Maximum is 0")
-        allowed = self.broker.config.acl.allows(session.username, "publish", packet.topic)
+        topic = self._topic_of(packet)
         if packet.qos == 2:
             if packet.packet_id in session.awaiting_release:
                 # A retransmission of a message already received: acknowledge only.
                 self.send(codec.encode_ack(PacketType.PUBREC, packet.packet_id, 0, self.level))
                 return
-        if allowed:
+            if self.level == 5 and len(session.awaiting_release) >= self.config.max_inflight:
+                self.close("receive_maximum_exceeded", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "Receive Maximum exceeded")
+                return
+        problem = None
+        if topic.startswith("$"):
+            problem = f"clients may not publish to {topic!r}: topics starting with '$' belong to the service"
+        elif not self.config.acl.allows(session.username, "publish", topic, client_id=session.client_id):
+            problem = f"user {session.username!r} is not allowed to publish to {topic!r}"
+        if problem is None:
             self.broker.publish(
                 Message.create(
-                    packet.topic, packet.payload, packet.qos, packet.retain, packet.properties,
+                    topic, packet.payload, packet.qos, packet.retain, packet.properties,
                     session.client_id, self.loop.time(),
                 )
             )  # fmt: skip
-        reason = 0 if allowed else 0x87
+        reason = ReasonCode.SUCCESS if problem is None else ReasonCode.NOT_AUTHORIZED
         if packet.qos == 1:
-            self.send(codec.encode_ack(PacketType.PUBACK, packet.packet_id, reason, self.level))
+            self._reply(codec.encode_ack, PacketType.PUBACK, packet.packet_id, reason, self.level, reason=problem)
         elif packet.qos == 2:
-            if allowed:
+            if problem is None:
                 session.awaiting_release.add(packet.packet_id)
-            self.send(codec.encode_ack(PacketType.PUBREC, packet.packet_id, reason, self.level))
+            self._reply(codec.encode_ack, PacketType.PUBREC, packet.packet_id, reason, self.level, reason=problem)
 
     def _on_subscribe(self, packet: codec.Subscribe) -> None:
         session = self.session
         identifiers = packet.properties.get(Prop.SUBSCRIPTION_IDENTIFIER)
+        if identifiers is not None and (len(identifiers) > 1 or identifiers[0] == 0):
+            raise ProtocolError("SUBSCRIBE carries a Subscription Identifier of 0 or more than one")
         identifier = identifiers[0] if identifiers else None
-        acl = self.broker.config.acl
+        v5 = self.level == 5
+        acl = self.config.acl
         codes = []
+        problems = []
         granted = []
+        count = len(session.subscriptions)
         for topic_filter, options in packet.filters:
             qos = options & 0x03
-            if topic_filter_error(topic_filter) or topic_filter.startswith("$share/"):
-                codes.append(0x80 if self.level < 5 else 0x8F)
-            elif not acl.allows(session.username, "subscribe", topic_filter):
-                codes.append(0x80)
-            else:
-                codes.append(qos)
-                granted.append(
-                    Subscription(
-                        topic_filter,
-                        qos,
-                        no_local=bool(options & 0x04),
-                        retain_as_published=bool(options & 0x08),
-                        retain_handling=(options >> 4) & 0x03,
-                        identifier=identifier,
-                    )
+            try:
+                shared = split_shared(topic_filter)
+            except ValueError as exc:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else ReasonCode.V3_SUBSCRIBE_FAILURE)
+                problems.append(f"{topic_filter!r}: {exc}")
+                continue
+            group, match_filter = shared if shared else (None, topic_filter)
+            problem = topic_filter_error(match_filter)
+            if problem:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else ReasonCode.V3_SUBSCRIBE_FAILURE)
+                problems.append(f"{topic_filter!r}: {problem}")
+                continue
+            if group is not None and options & 0x04:
+                raise ProtocolError("No Local on a shared subscription")
+            if topic_filter not in session.subscriptions:
+                if count >= self.config.max_subscriptions:
+                    codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else ReasonCode.V3_SUBSCRIBE_FAILURE)
+                    problems.append(f"{topic_filter!r}: more than {self.config.max_subscriptions} subscriptions")
+                    continue
+                count += 1
+            if not acl.allows(session.username, "subscribe", match_filter, client_id=session.client_id):
+                codes.append(ReasonCode.V3_SUBSCRIBE_FAILURE)
+                problems.append(f"{topic_filter!r}: not allowed by the ACL")
+                continue
+            codes.append(qos)
+            granted.append(
+                Subscription(
+                    topic_filter,
+                    qos,
+                    no_local=bool(options & 0x04),
+                    retain_as_published=bool(options & 0x08),
+                    retain_handling=(options >> 4) & 0x03,
+                    identifier=identifier,
+                    share_group=group,
+                    filter=match_filter,
                 )
-        self.send(codec.encode_suback(packet.packet_id, codes, self.level))
+            )
+        self._reply(codec.encode_suback, packet.packet_id, codes, self.level, reason="; ".join(problems) or None)
         for subscription in granted:
             self.broker.subscribe(session, subscription)
-            self.broker.emit_event(
-                "session_subscribed",
-                {
-                    "clientid": session.client_id,
-                    "username": session.username,
-                    "topic": subscription.topic_filter,
-                    "subopts": {"qos": subscription.qos},
-                    "event": "session.subscribed",
-                    "timestamp": now_ms(),
-                },
-            )
 
     def _on_unsubscribe(self, packet: codec.Unsubscribe) -> None:
         session = self.session
-        codes = []
-        for topic_filter in packet.filters:
-            removed = self.broker.unsubscribe(session, topic_filter)
-            codes.append(0x00 if removed else 0x11)
-            if removed:
-                self.broker.emit_event(
-                    "session_unsubscribed",
-                    {
-                        "clientid": session.client_id,
-                        "username": session.username,
-                        "topic": topic_filter,
-                        "event": "session.unsubscribed",
-                        "timestamp": now_ms(),
-                    },
-                )
+        codes = [
+            ReasonCode.SUCCESS if self.broker.unsubscribe(session, topic_filter) else ReasonCode.NO_SUBSCRIPTION_EXISTED
+            for topic_filter in packet.filters
+        ]
         self.send(codec.encode_unsuback(packet.packet_id, codes, self.level))
 
     def _on_disconnect(self, packet: codec.Disconnect) -> None:
@@ -398,9 +447,13 @@ class MqttConnection(asyncio.Protocol):
         expiry = packet.properties.get(Prop.SESSION_EXPIRY_INTERVAL)
         if expiry is not None:
             if session.expiry_interval == 0 and expiry != 0:
-                raise MalformedPacket("DISCONNECT sets a session expiry on a session that had none")
+                raise ProtocolError("DISCONNECT sets a session expiry on a session that had none")
             session.expiry_interval = expiry
         if packet.reason_code != 0x04:  # 0x04: disconnect with will message
             self.will = None
         self._finish("normal")
         self.transport.close()
+
+
+class _TopicAliasInvalid(ProtocolError):
+    reason_code = ReasonCode.TOPIC_ALIAS_INVALID

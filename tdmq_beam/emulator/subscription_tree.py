@@ -1,15 +1,33 @@
-"""A tree of topic filters that finds a topic's subscribers without scanning them all."""
+"""A tree of topic filters that finds a topic's subscribers without scanning them all.
+
+Ordinary subscriptions and shared subscription groups (``$share/{group}/{filter}``)
+hang on the same nodes: a match returns every ordinary subscriber (one `Match`
+each, overlapping subscriptions merged) and every matching group, from which the
+broker picks one member.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["Match", "Subscription", "SubscriptionTree"]
+if TYPE_CHECKING:
+    from tdmq_beam.emulator.broker import Message
+
+__all__ = ["Match", "SharedGroup", "Subscription", "SubscriptionTree"]
 
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """One client's subscription to one topic filter (MQTT 5 subscription options)."""
+    """One client's subscription to one topic filter (MQTT 5 subscription options).
+
+    Attributes:
+        topic_filter: the filter as subscribed, ``$share/{group}/{filter}`` for a
+            shared subscription.
+        share_group: the shared subscription group, or None.
+        filter: the filter that topics are matched against (without ``$share/{group}/``).
+    """
 
     topic_filter: str
     qos: int
@@ -17,6 +35,12 @@ class Subscription:
     retain_as_published: bool = False
     retain_handling: int = 0
     identifier: int | None = None
+    share_group: str | None = None
+    filter: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.filter:
+            object.__setattr__(self, "filter", self.topic_filter)
 
 
 @dataclass(slots=True)
@@ -29,12 +53,45 @@ class Match:
     identifiers: list[int]
 
 
+@dataclass(eq=False)
+class SharedGroup:
+    """The members of one shared subscription group on one filter.
+
+    Each message goes to one member, round robin. Messages no member can take
+    now (all offline or their windows full), and the unacknowledged messages of
+    a member that went away, wait in ``backlog`` for the first member that can.
+    """
+
+    name: str
+    filter: str
+    members: dict[str, Subscription] = field(default_factory=dict)
+    backlog: deque[Message] = field(default_factory=deque)
+    cursor: int = 0
+
+    @property
+    def topic_filter(self) -> str:
+        return f"$share/{self.name}/{self.filter}"
+
+    def rotation(self) -> list[str]:
+        """Member client ids, starting after the one served last."""
+        ids = list(self.members)
+        if not ids:
+            return ids
+        start = self.cursor % len(ids)
+        return ids[start:] + ids[:start]
+
+    def served(self, client_id: str) -> None:
+        ids = list(self.members)
+        self.cursor = ids.index(client_id) + 1
+
+
 class _Node:
-    __slots__ = ("children", "subscribers")
+    __slots__ = ("children", "groups", "subscribers")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
         self.subscribers: dict[str, Subscription] = {}
+        self.groups: dict[str, SharedGroup] = {}
 
 
 class SubscriptionTree:
@@ -43,30 +100,49 @@ class SubscriptionTree:
     def __init__(self) -> None:
         self._root = _Node()
 
-    def add(self, client_id: str, subscription: Subscription) -> None:
+    def add(self, client_id: str, subscription: Subscription) -> SharedGroup | None:
+        """Adds or replaces a subscription; returns its group when it is shared."""
         node = self._root
-        for level in subscription.topic_filter.split("/"):
+        for level in subscription.filter.split("/"):
             node = node.children.setdefault(level, _Node())
-        node.subscribers[client_id] = subscription
+        if subscription.share_group is None:
+            node.subscribers[client_id] = subscription
+            return None
+        group = node.groups.get(subscription.share_group)
+        if group is None:
+            group = node.groups[subscription.share_group] = SharedGroup(subscription.share_group, subscription.filter)
+        group.members[client_id] = subscription
+        return group
 
-    def remove(self, client_id: str, topic_filter: str) -> None:
+    def remove(self, client_id: str, subscription: Subscription) -> SharedGroup | None:
+        """Removes a subscription; returns its group if the group is now empty (and gone)."""
         path = [self._root]
-        levels = topic_filter.split("/")
+        levels = subscription.filter.split("/")
         for level in levels:
             child = path[-1].children.get(level)
             if child is None:
-                return
+                return None
             path.append(child)
-        path[-1].subscribers.pop(client_id, None)
+        node = path[-1]
+        emptied = None
+        if subscription.share_group is None:
+            node.subscribers.pop(client_id, None)
+        else:
+            group = node.groups.get(subscription.share_group)
+            if group is not None:
+                group.members.pop(client_id, None)
+                if not group.members:
+                    emptied = node.groups.pop(subscription.share_group)
         # Prune the branch back to the last node still in use.
         for depth in range(len(levels), 0, -1):
             node = path[depth]
-            if node.subscribers or node.children:
+            if node.subscribers or node.children or node.groups:
                 break
             del path[depth - 1].children[levels[depth - 1]]
+        return emptied
 
-    def match(self, topic: str, publisher: str | None = None) -> dict[str, Match]:
-        """Every client with a subscription matching ``topic``.
+    def match(self, topic: str, publisher: str | None = None) -> tuple[dict[str, Match], list[SharedGroup]]:
+        """Every client with an ordinary subscription matching ``topic``, and every matching group.
 
         Args:
             topic: the topic name of a message.
@@ -74,6 +150,7 @@ class SubscriptionTree:
         """
         levels = topic.split("/")
         found: dict[str, Match] = {}
+        groups: list[SharedGroup] = []
         dollar = topic.startswith("$")
         stack = [(self._root, 0)]
         while stack:
@@ -81,16 +158,21 @@ class SubscriptionTree:
             children = node.children
             wildcards_allowed = not (dollar and depth == 0)
             if wildcards_allowed and "#" in children:
-                _collect(children["#"].subscribers, found, publisher)
+                hash_node = children["#"]
+                _collect(hash_node.subscribers, found, publisher)
+                if hash_node.groups:
+                    groups.extend(hash_node.groups.values())
             if depth == len(levels):
                 _collect(node.subscribers, found, publisher)
+                if node.groups:
+                    groups.extend(node.groups.values())
                 continue
             child = children.get(levels[depth])
             if child is not None:
                 stack.append((child, depth + 1))
             if wildcards_allowed and "+" in children:
                 stack.append((children["+"], depth + 1))
-        return found
+        return found, groups
 
 
 def _collect(subscribers: dict[str, Subscription], found: dict[str, Match], publisher: str | None) -> None:
