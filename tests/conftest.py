@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import trustme
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -48,3 +49,21 @@ def paho(emulator):
             client.disconnect()
         except Exception:
             pass
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate with Common Name device-7."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    device = ca.issue_cert("device-7", common_name="device-7")
+    paths = {name: str(directory / f"{name}.pem") for name in ("ca", "server", "server_key", "device", "device_key")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    server.private_key_pem.write_to_path(paths["server_key"])
+    for index, blob in enumerate(server.cert_chain_pems):
+        blob.write_to_path(paths["server"], append=index > 0)
+    device.private_key_pem.write_to_path(paths["device_key"])
+    for index, blob in enumerate(device.cert_chain_pems):
+        blob.write_to_path(paths["device"], append=index > 0)
+    return paths

@@ -32,6 +32,7 @@ class PahoClient:
         session_expiry: int | None = None,
         keepalive: int = 60,
         will: tuple[str, bytes, int, bool] | None = None,
+        websocket: bool = False,
     ) -> None:
         self.port = port
         self.protocol = protocol
@@ -43,7 +44,10 @@ class PahoClient:
             client_id=client_id,
             protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
             clean_session=None if protocol == 5 else clean,
+            transport="websockets" if websocket else "tcp",
         )
+        if websocket:
+            self.client.ws_set_options(path="/mqtt")
         if username is not None:
             self.client.username_pw_set(username, password)
         if will is not None:

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-import trustme
 from mqtt_peers import RawClient, connect_packet
 from yarl import URL
 
@@ -358,23 +357,6 @@ def test_password_from_env_and_file(emulator, monkeypatch, tmp_path):
 
 
 # -- HTTPS and mTLS -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    device = ca.issue_cert("device-7", common_name="device-7")
-    paths = {name: str(directory / f"{name}.pem") for name in ("ca", "server", "server_key", "device", "device_key")}
-    ca.cert_pem.write_to_path(paths["ca"])
-    server.private_key_pem.write_to_path(paths["server_key"])
-    for index, blob in enumerate(server.cert_chain_pems):
-        blob.write_to_path(paths["server"], append=index > 0)
-    device.private_key_pem.write_to_path(paths["device_key"])
-    for index, blob in enumerate(device.cert_chain_pems):
-        blob.write_to_path(paths["device"], append=index > 0)
-    return paths
 
 
 def test_https_with_mtls(tls_files, paho, unique):

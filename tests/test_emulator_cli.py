@@ -103,3 +103,37 @@ def test_acl_first_match_wins_and_no_match_allows():
     assert not acl.allows("eve", "publish", "a/b")
     assert acl.allows("eve", "publish", "b")
     assert acl.allows("eve", "subscribe", "a/#")
+
+
+def test_mqtt5_and_listener_flags():
+    config, _ = parse_config(
+        ["--retry-interval", "5", "--max-subscriptions", "7", "--topic-alias-maximum", "3", "--max-keepalive", "60",
+         "--max-cloud-body", "4096", "--ws-port", "0", "--deny-action", "DescribeClientList"]
+    )  # fmt: skip
+    assert (config.retry_interval, config.max_subscriptions, config.topic_alias_maximum) == (5, 7, 3)
+    assert (config.max_keepalive, config.max_cloud_body, config.ws_port) == (60, 4096, 0)
+    assert config.cloud_denied_actions == frozenset({"DescribeClientList"})
+    assert config.mqtts_port is None and config.wss_port is None
+    (defaults, _) = parse_config([])
+    assert (defaults.retry_interval, defaults.max_subscriptions, defaults.max_inflight) == (120, 30, 16)
+
+
+def test_tls_listeners_need_a_certificate(capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--mqtts-port", "8883"])
+    assert exited.value.code == 2
+    assert "need tls_cert" in capsys.readouterr().err
+
+
+def test_command_announces_the_websocket_listener():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tdmq_beam.emulator", "--http-port", "0", "--mqtt-port", "0", "--ws-port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        assert re.fullmatch(r"tdmq-emulator serving http=\S+ mqtt=\S+ ws=ws://127\.0\.0\.1:\d+/mqtt\n", line), line
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()

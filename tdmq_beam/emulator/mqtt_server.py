@@ -285,6 +285,8 @@ class MqttConnection(asyncio.Protocol):
         if common_name is not None:
             if client_id and client_id != common_name:
                 return self._refuse(_CLIENT_ID_REJECTED, "the client id must be the certificate's Common Name")
+            if not client_id and self.level == 5:
+                connack_props[Prop.ASSIGNED_CLIENT_IDENTIFIER] = common_name
             client_id = common_name
         elif not client_id:
             if self.level < 5 and not packet.clean_start:
