@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from servers import CLIENT_CPU, emulator_server, nginx_server, pin
 
 from tdmq_beam import AsyncTdmqClient, MqttMessage, TdmqConnection
-from tdmq_beam.client import new_event_loop
+from tdmq_beam.service.client import new_event_loop
 
 PAYLOAD = b'{"command": "reboot", "seq": 1}'
 TOPIC = "devices/dev-1/commands"

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from servers import CLIENT_CPU, cpu_seconds, emulator_server, pin
 
-from tdmq_beam.emulator.mqtt_codec import PacketType, decode_fixed_header, encode_connect, encode_subscribe
+from tdmq_beam.mqtt.codec import PacketType, decode_fixed_header, encode_connect, encode_subscribe
 
 TOPIC = "bench/emulator"
 

@@ -39,7 +39,7 @@ from client_publish import PAYLOAD, TOPIC, bare_loop
 from servers import CLIENT_CPU, emulator_server, nginx_server, pin
 
 from tdmq_beam import MqttMessage, TdmqConnection, WriteToTdmqMqtt
-from tdmq_beam.client import new_event_loop
+from tdmq_beam.service.client import new_event_loop
 
 AUTHORIZATION = "Basic " + base64.b64encode(b"user0:secret0").decode()
 

@@ -43,7 +43,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.service_flags import add_connection_flags, connection_from_flags
 from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
-from tdmq_beam.avro_mapping import load_schema
+from tdmq_beam.records.avro_mapping import load_schema
 
 __all__ = ["build_pipeline", "generate_commands", "main"]
 
@@ -133,8 +133,8 @@ def _read(pipeline: beam.Pipeline, args: argparse.Namespace) -> beam.PCollection
     return records | "CountRead" >> beam.Map(count)
 
 
-def _write_results(results, args: argparse.Namespace) -> None:
-    for name, pcoll in (("published", results.published), ("failed", results.failed)):
+def _write_results(published: beam.PCollection, failed: beam.PCollection, args: argparse.Namespace) -> None:
+    for name, pcoll in (("published", published), ("failed", failed)):
         prefix = f"{args.output}-{name}"
         records = pcoll | f"{name}AsRecords" >> beam.Map(lambda result: result.as_dict())
         if args.output_format == "avro":
@@ -152,14 +152,13 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection
     """Read, map, publish, and write results and dead letters."""
     mapping = avro_mapping(args.schema, args.mapping)
     records = _read(pipeline, args)
-    results = records | "Publish" >> WriteToTdmqMqtt(
+    published, failed = records | "Publish" >> WriteToTdmqMqtt(
         connection,
         mapping=mapping,
         qos=args.qos,
         idempotency_key=IdempotencyKey() if args.idempotency_key else None,
     )
-    results.failed = results.failed | "CountFailures" >> beam.ParDo(_CountFailures())
-    _write_results(results, args)
+    _write_results(published, failed | "CountFailures" >> beam.ParDo(_CountFailures()), args)
 
 
 def _summary(result, seconds: float) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from pipelines.service_flags import add_cloud_flags, add_connection_flags, cloud_from_flags, connection_from_flags
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
-from tdmq_beam.results import json_default
+from tdmq_beam.records.fields import json_default
 
 __all__ = ["build_pipeline", "generate_events", "main"]
 

@@ -1,34 +1,59 @@
-"""tdmq-beam: Apache Beam connector for Tencent Cloud TDMQ for MQTT."""
+"""tdmq-beam: Apache Beam connector for Tencent Cloud TDMQ for MQTT.
 
-from tdmq_beam.avro_mapping import avro_mapping
-from tdmq_beam.client import AsyncTdmqClient, PublishResult, TdmqClient
-from tdmq_beam.client_status import ClientStatus
-from tdmq_beam.cloud_api import ClientDetails, ClientSubscription, CloudApiConfig
-from tdmq_beam.connection import TdmqConnection
-from tdmq_beam.enrich import EnrichResult, EnrichWithClientStatus
-from tdmq_beam.enrichment_handler import TdmqClientStatusHandler
-from tdmq_beam.errors import (
-    AuthenticationError,
-    CloudApiError,
-    ConfigurationError,
-    InvalidMessageError,
-    InvalidRequestError,
-    PermissionDeniedError,
-    RateLimitedError,
-    ServerError,
-    TdmqError,
-    TransportError,
-)
-from tdmq_beam.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive
-from tdmq_beam.mapping import IdempotencyKey, MessageMapping
-from tdmq_beam.message import MqttMessage
-from tdmq_beam.payload import AvroPayload, FieldPayload, JsonPayload
-from tdmq_beam.results import FailedMessage, PublishedMessage
-from tdmq_beam.retry import RetryPolicy
-from tdmq_beam.secret import Secret
-from tdmq_beam.write import WriteToTdmqMqtt, WriteToTdmqMqttResult
+The public names load lazily (PEP 562): ``from tdmq_beam import TdmqClient`` imports
+the service client and not Beam; ``WriteToTdmqMqtt`` and the other transforms import
+Beam when first named. The layers, bottom up: `tdmq_beam.mqtt` (protocol pieces
+shared with the emulator), `tdmq_beam.service` (the client), `tdmq_beam.records`
+(record mapping), `tdmq_beam.transforms` (Beam), and `tdmq_beam.emulator`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AsyncTdmqClient": "tdmq_beam.service.client",
+    "AuthenticationError": "tdmq_beam.errors",
+    "AvroPayload": "tdmq_beam.records.payload",
+    "ClientDetails": "tdmq_beam.service.cloud_api",
+    "ClientStatus": "tdmq_beam.service.status_lookup",
+    "ClientSubscription": "tdmq_beam.service.cloud_api",
+    "CloudApiConfig": "tdmq_beam.service.cloud_api",
+    "CloudApiError": "tdmq_beam.errors",
+    "ConfigurationError": "tdmq_beam.errors",
+    "EnrichResult": "tdmq_beam.transforms.enrich",
+    "EnrichWithClientStatus": "tdmq_beam.transforms.enrich",
+    "FailedMessage": "tdmq_beam.transforms.results",
+    "FieldPayload": "tdmq_beam.records.payload",
+    "IdempotencyKey": "tdmq_beam.records.mapping",
+    "InvalidMessageError": "tdmq_beam.errors",
+    "InvalidRequestError": "tdmq_beam.errors",
+    "JsonPayload": "tdmq_beam.records.payload",
+    "KeepAliveResult": "tdmq_beam.transforms.keepalive",
+    "KeepAliveSet": "tdmq_beam.transforms.keepalive",
+    "MessageMapping": "tdmq_beam.records.mapping",
+    "MqttMessage": "tdmq_beam.service.message",
+    "PermissionDeniedError": "tdmq_beam.errors",
+    "PublishResult": "tdmq_beam.service.client",
+    "PublishedMessage": "tdmq_beam.transforms.results",
+    "RateLimitedError": "tdmq_beam.errors",
+    "RetryPolicy": "tdmq_beam.service.retry",
+    "Secret": "tdmq_beam.secret",
+    "ServerError": "tdmq_beam.errors",
+    "SetClientKeepAlive": "tdmq_beam.transforms.keepalive",
+    "TdmqClient": "tdmq_beam.service.client",
+    "TdmqClientStatusHandler": "tdmq_beam.transforms.enrichment_handler",
+    "TdmqConnection": "tdmq_beam.service.connection",
+    "TdmqError": "tdmq_beam.errors",
+    "TransportError": "tdmq_beam.errors",
+    "WriteToTdmqMqtt": "tdmq_beam.transforms.write",
+    "WriteToTdmqMqttResult": "tdmq_beam.transforms.write",
+    "avro_mapping": "tdmq_beam.records.avro_mapping",
+}
 
 __all__ = [
     "AsyncTdmqClient",
@@ -69,3 +94,46 @@ __all__ = [
     "WriteToTdmqMqttResult",
     "avro_mapping",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tdmq_beam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # what a type checker and an IDE see
+    from tdmq_beam.errors import (
+        AuthenticationError,
+        CloudApiError,
+        ConfigurationError,
+        InvalidMessageError,
+        InvalidRequestError,
+        PermissionDeniedError,
+        RateLimitedError,
+        ServerError,
+        TdmqError,
+        TransportError,
+    )
+    from tdmq_beam.records.avro_mapping import avro_mapping
+    from tdmq_beam.records.mapping import IdempotencyKey, MessageMapping
+    from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload
+    from tdmq_beam.secret import Secret
+    from tdmq_beam.service.client import AsyncTdmqClient, PublishResult, TdmqClient
+    from tdmq_beam.service.cloud_api import ClientDetails, ClientSubscription, CloudApiConfig
+    from tdmq_beam.service.connection import TdmqConnection
+    from tdmq_beam.service.message import MqttMessage
+    from tdmq_beam.service.retry import RetryPolicy
+    from tdmq_beam.service.status_lookup import ClientStatus
+    from tdmq_beam.transforms.enrich import EnrichResult, EnrichWithClientStatus
+    from tdmq_beam.transforms.enrichment_handler import TdmqClientStatusHandler
+    from tdmq_beam.transforms.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive
+    from tdmq_beam.transforms.results import FailedMessage, PublishedMessage
+    from tdmq_beam.transforms.write import WriteToTdmqMqtt, WriteToTdmqMqttResult

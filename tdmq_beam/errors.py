@@ -19,6 +19,7 @@ __all__ = [
     "RateLimitedError",
     "ServerError",
     "TdmqError",
+    "TimeoutError",
     "TransportError",
     "error_for_status",
 ]
@@ -32,17 +33,22 @@ class TdmqError(Exception):
         message: what went wrong, as the server or the check said it.
         retryable: whether the same call may succeed later.
         retry_after: seconds the server asked to wait (Retry-After), or None.
+        attempts: requests made before this error stood: 1 for a single call,
+            the count at which retries stopped, 0 when none was sent.
         kind: a short stable name for dead-letter records and metrics.
     """
 
     kind = "error"
     retryable = False
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None, attempts: int = 1
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.attempts = attempts
 
     def __str__(self) -> str:
         prefix = f"HTTP {self.status}: " if self.status is not None else ""
@@ -55,7 +61,7 @@ class TdmqError(Exception):
 def _rebuild(cls, message, status, retry_after, state):
     error = cls.__new__(cls)
     TdmqError.__init__(error, message, status=status, retry_after=retry_after)
-    error.__dict__.update(state)
+    error.__dict__.update(state)  # attempts, and a subclass's own fields
     return error
 
 
@@ -110,6 +116,11 @@ class TransportError(TdmqError):
     retryable = True
 
 
+class TimeoutError(TransportError):
+    """No answer in time: connecting or the whole request took longer than the connection's timeout.
+    Its ``kind`` stays ``transport``, as dead-letter records have always said."""
+
+
 class CloudApiError(TdmqError):
     """The cloud API answered ``Response.Error``.
 
@@ -120,8 +131,8 @@ class CloudApiError(TdmqError):
 
     kind = "cloud_api"
 
-    def __init__(self, code: str, message: str, *, request_id: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: str, message: str, *, request_id: str | None = None, attempts: int = 1) -> None:
+        super().__init__(f"{code}: {message}", attempts=attempts)
         self.code = code
         self.request_id = request_id
 

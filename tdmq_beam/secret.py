@@ -29,9 +29,9 @@ class Secret:
 
     def __init__(self, source: Literal["value", "env", "file"], ref: str) -> None:
         if source not in ("value", "env", "file"):
-            raise ValueError("a secret's source is value, env or file")
+            raise ConfigurationError("a secret's source is value, env or file")
         if not isinstance(ref, str) or (source != "value" and not ref):
-            raise ValueError(f"a secret from {source} needs a non-empty name")
+            raise ConfigurationError(f"a secret from {source} needs a non-empty name")
         self._source = source
         self._ref = ref
 

@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tdmq_beam.cloud_api import CloudApiConfig
-from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.emulator.config import EmulatorConfig, FaultConfig
-from tdmq_beam.emulator.mqtt_codec import DISCONNECT, encode_connect, encode_subscribe
 from tdmq_beam.emulator.server import Emulator
+from tdmq_beam.mqtt.codec import DISCONNECT, encode_connect, encode_subscribe
+from tdmq_beam.service.cloud_api import CloudApiConfig
+from tdmq_beam.service.connection import TdmqConnection
 
 __all__ = ["SimulatedClients", "TdmqEmulator"]
 

@@ -26,7 +26,7 @@ from tdmq_beam.errors import (
     TdmqError,
     error_for_status,
 )
-from tdmq_beam.token_bucket import TokenBucket
+from tdmq_beam.service.token_bucket import TokenBucket
 
 # -- MqttMessage -----------------------------------------------------------------------
 

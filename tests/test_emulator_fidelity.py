@@ -248,7 +248,7 @@ def _sdk_error(emu, action: str, params: dict, **options) -> str:
 def cloud(tls_files):
     with TdmqEmulator(cloud_rate=1000, cloud_denied_actions=frozenset({"DescribeMQTTClient"})) as running:
         sock = socket.create_connection((running.host, running.mqtt_port))  # one client online
-        from tdmq_beam.emulator.mqtt_codec import encode_connect
+        from tdmq_beam.mqtt.codec import encode_connect
 
         sock.sendall(encode_connect("cloud-dev-1", username="user0", password="secret0", keepalive=600))
         assert sock.recv(4) == b"\x20\x02\x00\x00"

@@ -220,7 +220,7 @@ def test_shared_subscriptions_in_acl_events_and_cloud_api(unique):
             event = json.loads(events.receive(1)[0].payload)
         assert event["topic"] == "$share/g1/open/+"
         assert event["subopts"]["share"] == "g1"
-        from tdmq_beam.client import TdmqClient
+        from tdmq_beam.service.client import TdmqClient
 
         with TdmqClient(emu.connection(), cloud=emu.cloud_config()) as client:
             details = client.describe_client(client_id)

@@ -23,7 +23,7 @@ from tdmq_beam import (
     TdmqClient,
     TdmqClientStatusHandler,
 )
-from tdmq_beam.client_status import LookupSettings, StatusLookup
+from tdmq_beam.service.status_lookup import LookupSettings, StatusLookup
 from tdmq_beam.testing import TdmqEmulator
 
 FAST_RETRY = RetryPolicy(max_attempts=20, initial_backoff=0.05, max_backoff=0.3)
@@ -281,7 +281,7 @@ def test_keepalive_transform(fleet, tmp_path):
         with beam.Pipeline(options=PipelineOptions([])) as pipeline:
             result = pipeline | beam.Create(records) | SetClientKeepAlive(fleet.connection(retry=RetryPolicy.none()))
             (
-                result.published
+                result.updated
                 | "P" >> beam.Map(lambda r: json.dumps(r.as_dict()))
                 | "WP" >> beam.io.WriteToText(published_path, shard_name_template="")
             )

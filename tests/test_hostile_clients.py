@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mqtt_peers import PahoClient, ack_packet, connect5_packet, publish5_packet, subscribe5_packet
 
-from tdmq_beam.emulator.mqtt_codec import encode_connect, encode_publish, encode_subscribe, encode_utf8
+from tdmq_beam.mqtt.codec import encode_connect, encode_publish, encode_subscribe, encode_utf8
 from tdmq_beam.testing import TdmqEmulator
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,7 +12,8 @@ import fastavro
 import pytest
 
 from tdmq_beam import AvroPayload, IdempotencyKey, JsonPayload, MessageMapping, MqttMessage, avro_mapping
-from tdmq_beam.mapping import MappingError, MessageBuilder, MessageDefaults
+from tdmq_beam.records.fields import MappingError
+from tdmq_beam.records.mapping import MessageBuilder, MessageDefaults
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "schemas", "device_command.avsc")
 SCHEMA = json.load(open(SCHEMA_PATH))

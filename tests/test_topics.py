@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tdmq_beam.emulator.subscription_tree import Subscription, SubscriptionTree
-from tdmq_beam.topics import filter_covers, split_shared, topic_filter_error, topic_matches, topic_name_error
+from tdmq_beam.mqtt.topics import filter_covers, split_shared, topic_filter_error, topic_matches, topic_name_error
 
 
 @pytest.mark.parametrize(

@@ -346,7 +346,7 @@ def test_configuration_errors_fail_at_construction(emulator, kwargs, problem):
 
 def test_published_results_file_schema_round_trip(tmp_path):
     from tdmq_beam import FailedMessage, PublishedMessage
-    from tdmq_beam.avro_mapping import load_schema
+    from tdmq_beam.records.avro_mapping import load_schema
 
     published = PublishedMessage({"a": b"\x00"}, "t", "ID", 1).as_dict()
     failed = FailedMessage({"a": 1}, None, None, "invalid_record", "why", 0).as_dict()

@@ -16,7 +16,6 @@ import math
 import uuid
 
 from tdmq_beam.emulator.config import EmulatorConfig
-from tdmq_beam.emulator.mqtt_codec import PacketType, Prop, ReasonCode, Will, encode_ack, encode_publish
 from tdmq_beam.emulator.session import (
     NEVER_EXPIRES,
     ClientConnection,
@@ -27,7 +26,8 @@ from tdmq_beam.emulator.session import (
     now_ms,
 )
 from tdmq_beam.emulator.subscription_tree import Match, SharedGroup, Subscription, SubscriptionTree
-from tdmq_beam.topics import topic_matches
+from tdmq_beam.mqtt.codec import PacketType, Prop, ReasonCode, Will, encode_ack, encode_publish
+from tdmq_beam.mqtt.topics import topic_matches
 
 __all__ = ["NEVER_EXPIRES", "Broker", "Message", "Session"]
 

@@ -16,12 +16,12 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from tdmq_beam import tc3
 from tdmq_beam.emulator.broker import Broker
 from tdmq_beam.emulator.http_api import RequestError, parse_query
-from tdmq_beam.emulator.mqtt_codec import PacketType
 from tdmq_beam.emulator.session import Session
-from tdmq_beam.token_bucket import TokenBucket
+from tdmq_beam.mqtt.codec import PacketType
+from tdmq_beam.service import tc3
+from tdmq_beam.service.token_bucket import TokenBucket
 
 __all__ = ["ACTIONS", "SIGNATURE_WINDOW", "CloudApi"]
 

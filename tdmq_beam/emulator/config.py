@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tdmq_beam.topics import filter_covers, topic_filter_error, topic_matches
+from tdmq_beam.mqtt.topics import filter_covers, topic_filter_error, topic_matches
 
 __all__ = [
     "DEFAULT_INSTANCE_ID",

@@ -24,11 +24,11 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from tdmq_beam.emulator.broker import Broker
-from tdmq_beam.emulator.mqtt_codec import Prop
 from tdmq_beam.emulator.mqtt_server import certificate_common_name
 from tdmq_beam.emulator.session import Message
-from tdmq_beam.token_bucket import TokenBucket
-from tdmq_beam.topics import topic_name_error, utf8_string_error
+from tdmq_beam.mqtt.codec import Prop
+from tdmq_beam.mqtt.topics import topic_name_error, utf8_string_error
+from tdmq_beam.service.token_bucket import TokenBucket
 
 __all__ = ["KEEPALIVE_RANGE", "DataPlaneApi", "RequestError", "decode_component", "parse_query"]
 

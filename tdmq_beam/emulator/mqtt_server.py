@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from tdmq_beam.emulator import mqtt_codec as codec
 from tdmq_beam.emulator.broker import Broker
-from tdmq_beam.emulator.mqtt_codec import MalformedPacket, PacketType, Prop, ProtocolError, ReasonCode
 from tdmq_beam.emulator.session import NEVER_EXPIRES, Message, Session
 from tdmq_beam.emulator.subscription_tree import Subscription
-from tdmq_beam.topics import split_shared, topic_filter_error
+from tdmq_beam.mqtt import codec
+from tdmq_beam.mqtt.codec import MalformedPacket, PacketType, Prop, ProtocolError, ReasonCode
+from tdmq_beam.mqtt.topics import split_shared, topic_filter_error
 
 __all__ = ["CONNECT_TIMEOUT", "MqttConnection", "certificate_common_name"]
 

@@ -13,8 +13,8 @@ from tdmq_beam.emulator.broker import Broker
 from tdmq_beam.emulator.cloud_api import CloudApi
 from tdmq_beam.emulator.config import EmulatorConfig
 from tdmq_beam.emulator.http_api import DataPlaneApi
-from tdmq_beam.emulator.mqtt_codec import ReasonCode
 from tdmq_beam.emulator.mqtt_server import MqttConnection
+from tdmq_beam.mqtt.codec import ReasonCode
 
 __all__ = ["WEBSOCKET_PATH", "Emulator"]
 

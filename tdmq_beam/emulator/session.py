@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from tdmq_beam.emulator.mqtt_codec import Prop, Will, encode_utf8
+from tdmq_beam.mqtt.codec import Prop, Will, encode_utf8
 
 if TYPE_CHECKING:
     from tdmq_beam.emulator.subscription_tree import SharedGroup, Subscription

@@ -14,18 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tdmq_beam.errors import InvalidMessageError
-from tdmq_beam.message import MAX_UINT32, MqttMessage
-from tdmq_beam.payload import FieldPayload, PayloadEncoder, RecordError
+from tdmq_beam.errors import ConfigurationError, InvalidMessageError
+from tdmq_beam.records.fields import MappingError, as_record
+from tdmq_beam.records.payload import FieldPayload, PayloadEncoder, RecordError
+from tdmq_beam.service.message import MAX_UINT32, MqttMessage
 
 __all__ = [
     "PROPERTY_ROLES",
     "IdempotencyKey",
-    "MappingError",
     "MessageBuilder",
     "MessageDefaults",
     "MessageMapping",
-    "as_record",
 ]
 
 # Roles a single field can play, beside topic, payload and user properties.
@@ -40,28 +39,6 @@ PROPERTY_ROLES = (
     "response_topic",
     "correlation_data",
 )
-
-
-class MappingError(InvalidMessageError):
-    """An element does not fit the mapping; the message names the field."""
-
-    kind = "invalid_record"
-
-
-def as_record(element: Any) -> Mapping[str, Any]:
-    """A mapping view of a dict, a Beam Row or a NamedTuple.
-
-    Raises:
-        MappingError: for any other element.
-    """
-    if isinstance(element, Mapping):
-        return element
-    as_dict = getattr(element, "as_dict", None) or getattr(element, "_asdict", None)
-    if as_dict is not None:
-        return as_dict()
-    raise MappingError(
-        f"cannot map an element of type {type(element).__name__}: give MqttMessage, dict, Beam Row or NamedTuple"
-    )
 
 
 def _check_role(role: str, field_name: str, value: Any) -> Any:
@@ -123,17 +100,17 @@ class MessageMapping:
         if isinstance(self.topic, str):
             self.topic_fields()  # raises ValueError for a malformed template
         elif not callable(self.topic):
-            raise ValueError("topic must be a template string or a callable")
+            raise ConfigurationError("topic must be a template string or a callable")
         if isinstance(self.payload, str):
             object.__setattr__(self, "payload", FieldPayload(self.payload))
         elif not (isinstance(self.payload, PayloadEncoder) or callable(self.payload)):
-            raise ValueError("payload must be a field name, a PayloadEncoder or a callable")
+            raise ConfigurationError("payload must be a field name, a PayloadEncoder or a callable")
         for role in PROPERTY_ROLES:
             name = getattr(self, role)
             if name is not None and (not isinstance(name, str) or not name):
-                raise ValueError(f"{role} must name a field, got {name!r}")
+                raise ConfigurationError(f"{role} must name a field, got {name!r}")
         if self.user_properties is not None and not isinstance(self.user_properties, (str, Mapping)):
-            raise ValueError("user_properties must name a field, or map property keys to field names")
+            raise ConfigurationError("user_properties must name a field, or map property keys to field names")
 
     def topic_fields(self) -> tuple[str, ...]:
         """The fields a topic template reads."""
@@ -142,13 +119,13 @@ class MessageMapping:
         try:
             parsed = list(string.Formatter().parse(self.topic))
         except ValueError as exc:
-            raise ValueError(f"topic template {self.topic!r}: {exc}") from None
+            raise ConfigurationError(f"topic template {self.topic!r}: {exc}") from None
         names = []
         for _, name, spec, conversion in parsed:
             if name is None:
                 continue
             if not name.isidentifier() or spec or conversion:
-                raise ValueError(f"topic template {self.topic!r}: write fields as {{name}}, got {{{name}}}")
+                raise ConfigurationError(f"topic template {self.topic!r}: write fields as {{name}}, got {{{name}}}")
             names.append(name)
         return tuple(names)
 
@@ -253,7 +230,7 @@ class MessageDefaults:
         try:  # validated once, by building a message with every default
             self.apply({"topic": "t", "payload": b""})
         except InvalidMessageError as exc:
-            raise ValueError(f"invalid transform default: {exc}") from None
+            raise ConfigurationError(f"invalid transform default: {exc}") from None
 
     def apply(self, values: dict[str, Any]) -> MqttMessage:
         """A message from ``values`` (topic, payload and roles), defaults filling the rest."""
@@ -287,7 +264,7 @@ class IdempotencyKey:
 
     def __post_init__(self) -> None:
         if not self.property_name:
-            raise ValueError("IdempotencyKey needs a property name")
+            raise ConfigurationError("IdempotencyKey needs a property name")
 
     def key_for(self, message: MqttMessage, record: Mapping[str, Any] | None) -> str:
         if self.field is not None and record is not None:

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from tdmq_beam import tc3
-from tdmq_beam.errors import CloudApiError, ServerError, TransportError
-from tdmq_beam.retry import RetryPolicy
+from tdmq_beam.errors import CloudApiError, ConfigurationError, ServerError, TimeoutError, TransportError
 from tdmq_beam.secret import Secret, SecretLike, as_secret
-from tdmq_beam.token_bucket import TokenBucket
+from tdmq_beam.service import tc3
+from tdmq_beam.service.retry import RetryPolicy
+from tdmq_beam.service.token_bucket import TokenBucket
 
 __all__ = ["ClientDetails", "ClientSubscription", "CloudApiCaller", "CloudApiConfig"]
 
@@ -76,26 +76,26 @@ class CloudApiConfig:
         retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(secret_id, str) or not secret_id:
-            raise ValueError("secret_id is required")
+            raise ConfigurationError("secret_id is required")
         if secret_key is None or secret_key == "":
-            raise ValueError("secret_key is required")
+            raise ConfigurationError("secret_key is required")
         if not isinstance(region, str) or not region:
-            raise ValueError("region is required, e.g. 'ap-guangzhou'")
+            raise ConfigurationError("region is required, e.g. 'ap-guangzhou'")
         if not isinstance(instance_id, str) or not instance_id:
-            raise ValueError("instance_id is required, e.g. 'mqtt-xxxx'")
+            raise ConfigurationError("instance_id is required, e.g. 'mqtt-xxxx'")
         if api not in ("auto", *_ACTIONS):
-            raise ValueError(f"api must be 'auto', 'DescribeMQTTClient' or 'DescribeClientList', got {api!r}")
+            raise ConfigurationError(f"api must be 'auto', 'DescribeMQTTClient' or 'DescribeClientList', got {api!r}")
         if endpoint is not None:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-                raise ValueError(f"endpoint must be scheme://host[:port], got {endpoint!r}")
+                raise ConfigurationError(f"endpoint must be scheme://host[:port], got {endpoint!r}")
             if parts.username or parts.password:
-                raise ValueError("endpoint must not carry credentials")
+                raise ConfigurationError("endpoint must not carry credentials")
             endpoint = f"{parts.scheme}://{parts.netloc}"
         if rate is not None and rate <= 0:
-            raise ValueError(f"rate must be positive or None, got {rate}")
+            raise ConfigurationError(f"rate must be positive or None, got {rate}")
         if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+            raise ConfigurationError(f"timeout must be positive, got {timeout}")
         self.secret_id = secret_id
         self.secret_key: Secret = as_secret(secret_key)
         self.region = region
@@ -294,7 +294,9 @@ class CloudApiCaller:
                     text = (await response.text(errors="replace"))[:300]
                     raise ServerError(f"cloud API answered HTTP {response.status}: {text}", status=response.status)
                 document = await response.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"cloud API {action} at {host}: no answer within {self.config.timeout:g}s") from None
+        except aiohttp.ClientError as exc:
             raise TransportError(f"cloud API {action} at {host}: {type(exc).__name__}: {exc}") from None
         except ValueError:
             raise ServerError(f"cloud API {action} answered with a body that is not JSON") from None

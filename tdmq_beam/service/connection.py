@@ -9,8 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tdmq_beam.errors import ConfigurationError
-from tdmq_beam.retry import RetryPolicy
 from tdmq_beam.secret import Secret, SecretLike, as_secret
+from tdmq_beam.service.retry import RetryPolicy
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "TdmqConnection"]
 
@@ -74,44 +74,44 @@ class TdmqConnection:
         adaptive_throttling: bool = True,
     ) -> None:
         if not isinstance(endpoint, str):
-            raise ValueError(f"endpoint must be a URL string, got {type(endpoint).__name__}")
+            raise ConfigurationError(f"endpoint must be a URL string, got {type(endpoint).__name__}")
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https"):
-            raise ValueError(f"endpoint must start with http:// or https://, got scheme {parts.scheme!r}")
+            raise ConfigurationError(f"endpoint must start with http:// or https://, got scheme {parts.scheme!r}")
         if parts.username is not None or parts.password is not None:
-            raise ValueError("endpoint must not carry credentials; give username= and password= instead")
+            raise ConfigurationError("endpoint must not carry credentials; give username= and password= instead")
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"endpoint {endpoint!r} has an invalid port") from None
+            raise ConfigurationError(f"endpoint {endpoint!r} has an invalid port") from None
         if not parts.hostname:
-            raise ValueError(f"endpoint {endpoint!r} has no host")
+            raise ConfigurationError(f"endpoint {endpoint!r} has no host")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"endpoint {endpoint!r} must be scheme://host[:port] without path or query")
+            raise ConfigurationError(f"endpoint {endpoint!r} must be scheme://host[:port] without path or query")
         self.endpoint = f"{parts.scheme}://{parts.hostname if ':' not in parts.hostname else f'[{parts.hostname}]'}"
         if port is not None:
             self.endpoint += f":{port}"
 
         if (username is None) != (password is None):
-            raise ValueError("username and password go together")
+            raise ConfigurationError("username and password go together")
         if username is not None and (not isinstance(username, str) or not username or ":" in username):
-            raise ValueError("username must be a non-empty str without ':'")
+            raise ConfigurationError("username must be a non-empty str without ':'")
         if (client_cert is None) != (client_key is None):
-            raise ValueError("client_cert and client_key go together")
+            raise ConfigurationError("client_cert and client_key go together")
         if client_cert is not None and parts.scheme != "https":
-            raise ValueError("a client certificate (mTLS) needs an https endpoint")
+            raise ConfigurationError("a client certificate (mTLS) needs an https endpoint")
         if ca_cert is not None and parts.scheme != "https":
-            raise ValueError("ca_cert needs an https endpoint")
+            raise ConfigurationError("ca_cert needs an https endpoint")
         if username is None and client_cert is None:
-            raise ValueError("credentials are required: username and password, or client_cert and client_key")
+            raise ConfigurationError("credentials are required: username and password, or client_cert and client_key")
         if not timeout or timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+            raise ConfigurationError(f"timeout must be positive, got {timeout}")
         if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
+            raise ConfigurationError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
         if tps is not None and tps <= 0:
-            raise ValueError(f"tps must be positive or None, got {tps}")
+            raise ConfigurationError(f"tps must be positive or None, got {tps}")
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 0:
-            raise ValueError(f"max_payload_bytes must be a non-negative int, got {max_payload_bytes!r}")
+            raise ConfigurationError(f"max_payload_bytes must be a non-negative int, got {max_payload_bytes!r}")
 
         self.username = username
         self.password: Secret | None = as_secret(password)

@@ -8,7 +8,7 @@ from dataclasses import KW_ONLY, dataclass
 from urllib.parse import quote
 
 from tdmq_beam.errors import InvalidMessageError
-from tdmq_beam.topics import topic_name_error, utf8_string_error
+from tdmq_beam.mqtt.topics import topic_name_error, utf8_string_error
 
 __all__ = ["MAX_UINT32", "MqttMessage", "UserProperties"]
 

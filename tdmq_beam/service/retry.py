@@ -1,4 +1,4 @@
-"""The one retry policy every call of the client uses."""
+"""The one retry policy every call of the client uses, and the clock it waits on."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tdmq_beam.errors import TdmqError
+from tdmq_beam.errors import ConfigurationError, TdmqError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "RetryPolicy"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+            raise ConfigurationError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1 or self.deadline <= 0:
-            raise ValueError("backoffs must not be negative, multiplier at least 1 and deadline positive")
+            raise ConfigurationError("backoffs must not be negative, multiplier at least 1 and deadline positive")
 
     @classmethod
     def none(cls) -> RetryPolicy:
@@ -63,17 +63,30 @@ class RetryPolicy:
         return wait
 
     async def run(
-        self, call: Callable[[], Awaitable[T]], *, on_retry: Callable[[TdmqError], None] | None = None
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        on_retry: Callable[[TdmqError], None] | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> tuple[T, int]:
         """Runs ``call`` until it succeeds or the policy gives up.
+
+        Args:
+            call: one attempt.
+            on_retry: told of each error that will be retried.
+            clock: time and sleeping (default: the event loop's); tests give a
+                fake one, so that backoffs take no time.
+            rng: the jitter's random source (default: the module's).
 
         Returns:
             (the result, the number of attempts made).
 
         Raises:
-            TdmqError: the last error, with an ``attempts`` attribute.
+            TdmqError: the last error, its ``attempts`` set to the attempts made.
         """
-        started = time.monotonic()
+        clock = clock or SYSTEM_CLOCK
+        started = clock.now()
         attempt = 1
         while True:
             try:
@@ -82,11 +95,31 @@ class RetryPolicy:
                 error.attempts = attempt
                 if not error.retryable or attempt >= self.max_attempts:
                     raise
-                wait = self.backoff(attempt, error)
-                if time.monotonic() - started + wait > self.deadline:
+                wait = self.backoff(attempt, error, rng)
+                if clock.now() - started + wait > self.deadline:
                     raise
                 if on_retry is not None:
                     on_retry(error)
                 _LOGGER.debug("attempt %d failed (%s); retrying in %.2fs", attempt, error, wait)
-                await asyncio.sleep(wait)
+                await clock.sleep(wait)
                 attempt += 1
+
+
+class Clock:
+    """Time as the client sees it: ``now`` (monotonic seconds), ``wall`` (Unix seconds) and ``sleep``.
+
+    The one seam through which the retry, Retry-After and throttling logic
+    meets time, so tests can run it with no sleeping.
+    """
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK = Clock()

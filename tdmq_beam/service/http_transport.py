@@ -1,12 +1,16 @@
-"""A lean HTTP/1.1 client for the hot path: the publish request.
+"""The data-plane HTTP transport: publish, online status and keep-alive all go through it.
 
 aiohttp's ``ClientSession`` spends most of each small request in its own
 Python machinery (request and response objects, header multidicts, tracing,
-timeout contexts). For the one request the connector makes millions of times,
-this module writes the request bytes directly on a keep-alive connection and
-parses the answer with ``httptools`` (the C parser uvicorn uses):
+timeout contexts). For the requests the connector makes millions of times,
+`HttpTransport` writes the request bytes directly on a keep-alive connection
+and parses the answer with ``httptools`` (the C parser uvicorn uses):
 ``benchmarks/client_publish.py`` measures it against a tuned bare aiohttp
-loop. Every other call (status, keep-alive, cloud API) stays on aiohttp.
+loop. Only the cloud API stays on aiohttp.
+
+`Transport` is the seam: the client takes any object with its ``request`` and
+``close``, so tests can answer without a socket. Transport failures are mapped
+to `TransportError` (`TimeoutError` for time-outs) here, and only here.
 
 One request at a time per connection (no pipelining); at most
 ``max_connections`` connections; a connection the server closes or that
@@ -17,21 +21,38 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import httptools
 
-from tdmq_beam.errors import TransportError
+from tdmq_beam.errors import TimeoutError, TransportError
 
-__all__ = ["HttpAnswer", "HttpPublisher"]
+__all__ = ["HttpAnswer", "HttpTransport", "Transport"]
 
 _USER_AGENT = b"tdmq-beam"
 
 
 class HttpAnswer(NamedTuple):
+    """A response: status, headers by lower-case name, body."""
+
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+class Transport(Protocol):
+    """What the client needs to talk to the data plane."""
+
+    async def request(self, method: str, target: str, body: bytes = b"") -> HttpAnswer:
+        """Sends one request (``target``: path and query, already encoded) and returns the answer.
+
+        Raises:
+            TransportError: no answer (`TimeoutError` when it took too long).
+        """
+        ...
+
+    def close(self) -> None:
+        """Closes idle connections."""
 
 
 class _Connection(asyncio.Protocol):
@@ -91,16 +112,16 @@ class _Connection(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._waiter = waiter = self._loop.create_future()
-        self._timer = self._loop.call_later(timeout, self._fail, "timed out")
+        self._timer = self._loop.call_later(timeout, self._fail, "timed out", TimeoutError)
         self._transport.write(data)
         return waiter
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, error: type[TransportError] = TransportError) -> None:
         if self._timer is not None:
             self._timer.cancel()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TransportError(reason))
+            waiter.set_exception(error(reason))
         self.close()
 
     def close(self) -> None:
@@ -109,8 +130,8 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-class HttpPublisher:
-    """POSTs to one server over a bounded pool of keep-alive connections.
+class HttpTransport:
+    """Requests to one server over a bounded pool of keep-alive connections (a `Transport`).
 
     Args:
         host, port: the server.
@@ -146,15 +167,19 @@ class HttpPublisher:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
 
-    async def post(self, target: str, body: bytes) -> HttpAnswer:
-        """POSTs ``body`` to ``target`` (path and query, already encoded).
+    async def request(self, method: str, target: str, body: bytes = b"") -> HttpAnswer:
+        """Sends ``body`` to ``target`` (path and query, already encoded) with ``method``.
 
         Raises:
-            TransportError: no connection, a reset, a timeout or a malformed answer.
+            TransportError: no connection, a reset or a malformed answer; `TimeoutError`
+                when connecting or answering took longer than the timeout.
         """
         data = b"".join(
-            (b"POST ", target.encode("ascii"), b" HTTP/1.1\r\n", self._head, str(len(body)).encode(), b"\r\n\r\n", body)
-        )
+            (
+                method.encode("ascii"), b" ", target.encode("ascii"), b" HTTP/1.1\r\n", self._head,
+                str(len(body)).encode(), b"\r\n\r\n", body,
+            )
+        )  # fmt: skip
         async with self._slots:
             connection = await self._connection()
             answer = await connection.request(data, self._timeout)
@@ -181,7 +206,7 @@ class HttpPublisher:
                 self._timeout,
             )
         except asyncio.TimeoutError:
-            raise TransportError(f"connecting to {self._host}:{self._port} timed out") from None
+            raise TimeoutError(f"connecting to {self._host}:{self._port} timed out") from None
         except ssl.SSLError as exc:
             raise TransportError(f"TLS handshake with {self._host}:{self._port} failed: {exc}") from None
         except OSError as exc:

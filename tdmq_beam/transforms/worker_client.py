@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from apache_beam.utils.shared import Shared
 
-from tdmq_beam.client import TdmqClient
-from tdmq_beam.client_status import LookupSettings, StatusLookup
-from tdmq_beam.cloud_api import CloudApiConfig
-from tdmq_beam.connection import TdmqConnection
+from tdmq_beam.service.client import TdmqClient
+from tdmq_beam.service.cloud_api import CloudApiConfig
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.status_lookup import LookupSettings, StatusLookup
 
 __all__ = ["acquire_client", "acquire_status_lookup"]
 

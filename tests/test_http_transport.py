@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tdmq_beam.errors import TransportError
-from tdmq_beam.http_publisher import HttpPublisher
+from tdmq_beam.service.http_transport import HttpTransport
 
 OK = b"HTTP/1.1 200 OK\r\nX-Message-Id: ABC\r\nContent-Length: 0\r\n\r\n"
 
@@ -54,10 +54,10 @@ async def serve(answer):
     return server, listener, port
 
 
-def publisher(port: int, **options) -> HttpPublisher:
+def publisher(port: int, **options) -> HttpTransport:
     settings = {"ssl_context": None, "authorization": "Basic dTpw", "timeout": 2.0, "max_connections": 8}
     settings.update(options)
-    return HttpPublisher("127.0.0.1", port, **settings)
+    return HttpTransport("127.0.0.1", port, **settings)
 
 
 async def ok(_: bytes) -> bytes:
@@ -69,7 +69,7 @@ def test_request_bytes_and_keep_alive_reuse():
         server, listener, port = await serve(ok)
         client = publisher(port)
         for index in range(20):
-            answer = await client.post(f"/topics/t?qos={index % 3}", b"payload")
+            answer = await client.request("POST", f"/topics/t?qos={index % 3}", b"payload")
             assert (answer.status, answer.headers["x-message-id"], answer.body) == (200, "ABC", b"")
         client.close()
         listener.close()
@@ -97,7 +97,7 @@ def test_connection_close_and_http_1_0_answers_open_new_connections():
     async def run():
         server, listener, port = await serve(answer)
         client = publisher(port)
-        ids = [(await client.post("/topics/t", b"x")).headers["x-message-id"] for _ in range(4)]
+        ids = [(await client.request("POST", "/topics/t", b"x")).headers["x-message-id"] for _ in range(4)]
         listener.close()
         return server, ids
 
@@ -117,7 +117,7 @@ def test_chunked_error_body():
 
     async def run():
         _, listener, port = await serve(answer)
-        result = await publisher(port).post("/topics/t", b"x")
+        result = await publisher(port).request("POST", "/topics/t", b"x")
         listener.close()
         return result
 
@@ -137,7 +137,7 @@ def test_early_close_and_garbage_are_transport_errors(reply, problem):
         _, listener, port = await serve(answer)
         client = publisher(port)
         with pytest.raises(TransportError, match=problem):
-            await client.post("/topics/t", b"x")
+            await client.request("POST", "/topics/t", b"x")
         listener.close()
 
     asyncio.run(run())
@@ -156,8 +156,8 @@ def test_timeout_drops_the_connection():
         server, listener, port = await serve(answer)
         client = publisher(port, timeout=0.2)
         with pytest.raises(TransportError, match="timed out"):
-            await client.post("/topics/t", b"x")
-        assert (await client.post("/topics/t", b"x")).status == 200
+            await client.request("POST", "/topics/t", b"x")
+        assert (await client.request("POST", "/topics/t", b"x")).status == 200
         listener.close()
         return server
 
@@ -172,7 +172,7 @@ def test_connections_are_bounded_and_refusal_is_clear():
     async def run():
         server, listener, port = await serve(slow)
         client = publisher(port, max_connections=4)
-        answers = await asyncio.gather(*(client.post("/topics/t", b"x") for _ in range(60)))
+        answers = await asyncio.gather(*(client.request("POST", "/topics/t", b"x") for _ in range(60)))
         listener.close()
         return server, answers
 
@@ -181,8 +181,8 @@ def test_connections_are_bounded_and_refusal_is_clear():
 
     async def refused():
         with pytest.raises(TransportError, match=r"cannot connect to 127\.0\.0\.1:9"):
-            await HttpPublisher(
+            await HttpTransport(
                 "127.0.0.1", 9, ssl_context=None, authorization=None, timeout=1, max_connections=1
-            ).post("/topics/t", b"x")
+            ).request("POST", "/topics/t", b"x")
 
     asyncio.run(refused())

@@ -2,41 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import datetime
-import decimal
-import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from tdmq_beam.errors import TdmqError
+from tdmq_beam.records.fields import element_to_json
 
-__all__ = ["FailedMessage", "PublishedMessage", "element_to_json", "failure_from_error", "json_default"]
-
-
-def json_default(value: Any) -> Any:
-    """``json.dumps`` default for record values JSON has no type for."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, (decimal.Decimal, uuid.UUID)):
-        return str(value)
-    if hasattr(value, "as_dict"):  # beam.Row
-        return value.as_dict()
-    if hasattr(value, "_asdict"):  # NamedTuple
-        return value._asdict()
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: getattr(value, name) for name in value.__dataclass_fields__}
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return repr(value)
-
-
-def element_to_json(element: Any) -> str:
-    """The element as JSON text: bytes as base64, times as ISO 8601, anything else as its repr."""
-    return json.dumps(element, default=json_default, ensure_ascii=False, separators=(",", ":"))
+__all__ = ["FailedMessage", "PublishedMessage", "failure_from_error"]
 
 
 @dataclass(frozen=True)
@@ -97,11 +69,11 @@ def failure_from_error(
     """The failure record for an error, the reason saying whether retries ran out.
 
     Args:
-        attempts: requests made; defaults to the error's own count (1 if it has none).
+        attempts: requests made; defaults to the error's own count.
         context: what was being done, put before the reason (``looking up client 'x'``).
     """
     if attempts is None:
-        attempts = getattr(error, "attempts", 1)
+        attempts = error.attempts
     reason = str(error)
     if attempts > 1:
         reason = f"gave up after {attempts} attempts: {reason}"

@@ -23,27 +23,28 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from tdmq_beam.client import TdmqClient
-from tdmq_beam.cloud_api import CloudApiConfig
-from tdmq_beam.connection import TdmqConnection
-from tdmq_beam.errors import InvalidMessageError
-from tdmq_beam.worker_client import acquire_client
+from tdmq_beam.errors import ConfigurationError, InvalidMessageError
+from tdmq_beam.service.client import TdmqClient
+from tdmq_beam.service.cloud_api import CloudApiConfig
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.transforms.results import failure_from_error
+from tdmq_beam.transforms.worker_client import acquire_client
 
 __all__ = [
     "FAILED",
     "AttachWindowing",
     "BatchedCallsFn",
     "BatchingOptions",
-    "CallResults",
     "sharded_batches",
     "use_sharded_batching",
 ]
@@ -68,13 +69,25 @@ class _Pending:
 
 
 class BatchedCallsFn(beam.DoFn):
-    """Base DoFn: elements -> calls in concurrent batches on the shared client -> outputs."""
+    """Base DoFn: elements -> calls in concurrent batches on the shared client -> outputs.
+
+    Args:
+        connection, cloud: what the worker's client is made from.
+        tag: one worker-process client per tag (per transform instance).
+        namespace: the metrics namespace; ``COUNTERS`` become ``self.counters``.
+        batch_size, max_pending_batches: see `CallTransform`.
+        batched_input: elements arrive batched by `sharded_batches`.
+    """
+
+    COUNTERS: tuple[str, ...] = ("failed",)
 
     def __init__(
         self,
+        *,
         connection: TdmqConnection,
         cloud: CloudApiConfig | None,
         tag: str,
+        namespace: str,
         batch_size: int,
         max_pending_batches: int,
         batched_input: bool = False,
@@ -85,6 +98,7 @@ class BatchedCallsFn(beam.DoFn):
         self._batch_size = batch_size
         self._max_pending = max_pending_batches
         self._batched_input = batched_input
+        self.counters = {name: Metrics.counter(namespace, name) for name in self.COUNTERS}
         self.client: TdmqClient | None = None
 
     # -- for subclasses ----------------------------------------------------------
@@ -94,8 +108,9 @@ class BatchedCallsFn(beam.DoFn):
         raise NotImplementedError
 
     def reject(self, element: Any, error: InvalidMessageError) -> Iterable[Output]:
-        """Outputs for an element `prepare` rejected."""
-        raise NotImplementedError
+        """Outputs for an element `prepare` rejected: by default a `FailedMessage` (no attempt made)."""
+        self.counters["failed"].inc()
+        yield FAILED, failure_from_error(element, None, error, attempts=0)
 
     def start(self, work: list[Any]) -> concurrent.futures.Future:
         """Starts a batch of calls on ``self.client``, ``self.concurrency`` at a time; the future
@@ -231,21 +246,6 @@ def use_sharded_batching(pcoll: beam.PCollection, batching: str) -> bool:
     return bool(pcoll.pipeline.options.view_as(StandardOptions).streaming) or not pcoll.is_bounded
 
 
-class CallResults:
-    """A transform's two outputs: the main one (named by ``MAIN``) and ``failed``."""
-
-    MAIN = "published"
-
-    def __init__(self, main: beam.PCollection, failed: beam.PCollection) -> None:
-        setattr(self, self.MAIN, main)
-        self.failed = failed
-
-    def __getitem__(self, key: str) -> beam.PCollection:
-        if key not in (self.MAIN, FAILED):
-            raise KeyError(key)
-        return getattr(self, key)
-
-
 @dataclass(frozen=True)
 class BatchingOptions:
     """How a transform batches its calls; see `WriteToTdmqMqtt` for each option."""
@@ -264,32 +264,22 @@ class BatchingOptions:
         batching: str,
         max_buffering_duration_secs: float,
     ) -> BatchingOptions:
-        """Checks a transform's connection and batching options (``ValueError`` naming the option)."""
-        if not isinstance(connection, TdmqConnection):
-            raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        """Checks a transform's batching options (`ConfigurationError` naming the option)."""
         if batch_size is None:
             batch_size = max(2 * connection.max_in_flight, 128)
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(max_pending_batches, int) or max_pending_batches < 1:
-            raise ValueError(f"max_pending_batches must be a positive int, got {max_pending_batches!r}")
+            raise ConfigurationError(f"max_pending_batches must be a positive int, got {max_pending_batches!r}")
         if batching not in ("auto", "bundle", "sharded"):
-            raise ValueError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
+            raise ConfigurationError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
         if not max_buffering_duration_secs or max_buffering_duration_secs <= 0:
-            raise ValueError("max_buffering_duration_secs must be positive")
+            raise ConfigurationError("max_buffering_duration_secs must be positive")
         return cls(batch_size, max_pending_batches, batching, max_buffering_duration_secs)
 
-    def apply(
-        self, pcoll: beam.PCollection, label: str, make_fn: Callable[..., BatchedCallsFn], main: str
-    ) -> tuple[beam.PCollection, beam.PCollection]:
-        """Runs ``make_fn(batch_size=, max_pending_batches=, batched_input=)`` over ``pcoll``
-        (batched across bundles when sharded); returns its (main, failed) outputs."""
-        sharded = use_sharded_batching(pcoll, self.batching)
-        do_fn = make_fn(batch_size=self.batch_size, max_pending_batches=self.max_pending_batches, batched_input=sharded)
-        if sharded:
-            pcoll = sharded_batches(pcoll, self.batch_size, self.max_buffering_duration_secs)
-        results = pcoll | label >> beam.ParDo(do_fn).with_outputs(FAILED, main=main)
-        return results[main], results[FAILED]
+    def sharded_for(self, pcoll: beam.PCollection) -> bool:
+        """Whether ``pcoll`` is batched across bundles: ``sharded``, or ``auto`` for streaming and unbounded input."""
+        return use_sharded_batching(pcoll, self.batching)
 
     def display_data(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "batching": self.batching}

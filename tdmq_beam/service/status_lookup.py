@@ -25,10 +25,11 @@ from typing import Any
 
 import cachetools
 
-from tdmq_beam.client import AsyncTdmqClient, TdmqClient
-from tdmq_beam.cloud_api import ClientDetails
-from tdmq_beam.errors import TdmqError
-from tdmq_beam.token_bucket import TokenBucket
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.service.client import AsyncTdmqClient, TdmqClient
+from tdmq_beam.service.cloud_api import ClientDetails
+from tdmq_beam.service.concurrency import run_bounded
+from tdmq_beam.service.token_bucket import TokenBucket
 
 __all__ = ["ClientStatus", "LookupResults", "LookupSettings", "StatusLookup"]
 
@@ -80,11 +81,11 @@ class LookupSettings:
     def __post_init__(self) -> None:
         for name in ("status_ttl", "details_ttl", "negative_ttl"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+                raise ConfigurationError(f"{name} must not be negative")
         if self.max_cached < 1:
-            raise ValueError("max_cached must be at least 1")
+            raise ConfigurationError("max_cached must be at least 1")
         if self.status_qps is not None and self.status_qps <= 0:
-            raise ValueError("status_qps must be positive or None")
+            raise ConfigurationError("status_qps must be positive or None")
 
 
 def _cache(size: int, ttl: float, negative_ttl: float | None = None) -> cachetools.TLRUCache:
@@ -124,21 +125,17 @@ class StatusLookup:
 
         ``concurrency`` lookups run at once (default: the connection's ``max_in_flight``).
         """
-        results = LookupResults([None] * len(client_ids))
-        results.stats = stats = collections.Counter()
-        jobs = iter(enumerate(client_ids))
-
-        async def worker() -> None:
-            for index, client_id in jobs:
-                try:
-                    results[index] = await self.lookup(client_id, stats)
-                except TdmqError as error:
-                    results[index] = error
-
-        workers = min(concurrency or self.client.connection.max_in_flight, len(client_ids))
+        stats: collections.Counter = collections.Counter()
         throttled_before = self.aio.cloud_throttled
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        results = LookupResults(
+            await run_bounded(
+                client_ids,
+                lambda client_id: self.lookup(client_id, stats),
+                concurrency or self.client.connection.max_in_flight,
+            )
+        )
         stats["throttled"] += self.aio.cloud_throttled - throttled_before
+        results.stats = stats
         return results
 
     async def lookup(self, client_id: str, stats: collections.Counter | None = None) -> ClientStatus:

@@ -9,7 +9,8 @@ from typing import Any
 
 import fastavro
 
-from tdmq_beam.results import json_default
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.records.fields import json_default
 
 __all__ = ["AvroPayload", "FieldPayload", "JsonPayload", "PayloadEncoder", "RecordError"]
 
@@ -42,7 +43,7 @@ class FieldPayload(PayloadEncoder):
 
     def __init__(self, field: str, *, content_type: str | None = None) -> None:
         if not field:
-            raise ValueError("FieldPayload needs a field name")
+            raise ConfigurationError("FieldPayload needs a field name")
         self.field = field
         self.fields = (field,)
         self.content_type = content_type

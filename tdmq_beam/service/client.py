@@ -19,19 +19,14 @@ import json
 import logging
 import random
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
-from yarl import URL
 
-from tdmq_beam.cloud_api import ClientDetails, CloudApiCaller, CloudApiConfig
-from tdmq_beam.connection import TdmqConnection
 from tdmq_beam.errors import (
     ConfigurationError,
     InvalidMessageError,
@@ -41,9 +36,16 @@ from tdmq_beam.errors import (
     TransportError,
     error_for_status,
 )
-from tdmq_beam.http_publisher import HttpPublisher
-from tdmq_beam.message import MqttMessage
-from tdmq_beam.token_bucket import TokenBucket
+from tdmq_beam.service.cloud_api import ClientDetails, CloudApiCaller, CloudApiConfig
+from tdmq_beam.service.concurrency import run_bounded
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.http_transport import HttpAnswer, HttpTransport, Transport
+from tdmq_beam.service.message import MqttMessage
+from tdmq_beam.service.retry import SYSTEM_CLOCK, Clock
+from tdmq_beam.service.token_bucket import TokenBucket
+
+if TYPE_CHECKING:
+    from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
 
 __all__ = ["KEEPALIVE_RANGE", "AsyncTdmqClient", "PublishResult", "TdmqClient", "new_event_loop"]
 
@@ -110,18 +112,31 @@ class AsyncTdmqClient:
     Args:
         connection: the instance's access point and credentials.
         cloud: cloud API credentials, needed for `describe_client`.
+        transport: the data-plane transport; by default an `HttpTransport` to
+            the connection's endpoint, made on `open`. Tests give their own.
+        clock: time and sleeping for retries and throttling; by default the
+            real ones. Tests give a fake that does not sleep.
     """
 
-    def __init__(self, connection: TdmqConnection, cloud: CloudApiConfig | None = None) -> None:
+    def __init__(
+        self,
+        connection: TdmqConnection,
+        cloud: CloudApiConfig | None = None,
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.connection = connection
         self.cloud = cloud
+        self._transport = transport
+        self._own_transport = transport is None
+        self._clock = clock or SYSTEM_CLOCK
         self._session: aiohttp.ClientSession | None = None
-        self._publisher: HttpPublisher | None = None
         self._cloud: CloudApiCaller | None = None
-        self._bucket = TokenBucket(connection.tps) if connection.tps else None
-        self._base = connection.endpoint
+        self._bucket = TokenBucket(connection.tps, clock=self._clock.now) if connection.tps else None
         self._retry = connection.retry
         self._throttler: AdaptiveThrottler | None = None  # made on the first 429
+        self._open = False
         self.retries = 0
         self.throttled = 0
 
@@ -131,43 +146,33 @@ class AsyncTdmqClient:
         Raises:
             ConfigurationError: a secret or certificate cannot be read.
         """
-        if self._session is not None:
+        if self._open:
             return self
         connection = self.connection
-        headers = {}
-        authorization = connection.authorization_header()
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        ssl_context = connection.ssl_context()
-        connector = aiohttp.TCPConnector(
-            limit=connection.max_in_flight, limit_per_host=0, ssl=ssl_context if ssl_context is not None else True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=headers,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=connection.timeout),
-        )
-        endpoint = urlsplit(connection.endpoint)
-        self._publisher = HttpPublisher(
-            endpoint.hostname,
-            endpoint.port or (443 if connection.is_tls else 80),
-            ssl_context=ssl_context,
-            authorization=authorization,
-            timeout=connection.timeout,
-            max_connections=connection.max_in_flight,
-        )
+        if self._transport is None:
+            endpoint = urlsplit(connection.endpoint)
+            self._transport = HttpTransport(
+                endpoint.hostname or "",
+                endpoint.port or (443 if connection.is_tls else 80),
+                ssl_context=connection.ssl_context(),
+                authorization=connection.authorization_header(),
+                timeout=connection.timeout,
+                max_connections=connection.max_in_flight,
+            )
         if self.cloud is not None:
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
             self._cloud = CloudApiCaller(self.cloud, self._session)
+        self._open = True
         return self
 
     async def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.close()
-            self._publisher = None
+        if self._transport is not None and self._own_transport:
+            self._transport.close()
+            self._transport = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._open = False
 
     async def __aenter__(self) -> AsyncTdmqClient:
         return await self.open()
@@ -184,9 +189,56 @@ class AsyncTdmqClient:
         self.retries += 1
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
-        if self._session is None:
+        if not self._open:
             raise ConfigurationError("the client is not open: use 'async with' or await open()")
-        return await self._retry.run(call, on_retry=self._count_retry)
+        return await self._retry.run(call, on_retry=self._count_retry, clock=self._clock)
+
+    # -- the data plane: one request path, one mapping of answers to errors -----------
+
+    async def _request(self, method: str, target: str, body: bytes = b"") -> HttpAnswer:
+        """One data-plane request after the rate limits; a non-200 answer raises its `TdmqError`."""
+        if self._throttler is not None or self._bucket is not None:
+            await self._throttle()
+        assert self._transport is not None
+        answer = await self._transport.request(method, target, body)
+        status = answer.status
+        if status == 200:
+            if self._throttler is not None:
+                self._throttler.successful_request(self._clock.wall() * 1000)
+            return answer
+        if status == 429 and self._throttler is None and self.connection.adaptive_throttling:
+            # Imported on the first 429 only: a client-only user does not pay for Beam's import.
+            from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
+
+            self._throttler = AdaptiveThrottler(window_ms=60_000, bucket_ms=1_000, overload_ratio=1.25)
+        text = answer.body.decode("utf-8", "replace")
+        raise error_for_status(status, _server_message(text), _retry_after(answer.headers.get("retry-after")))
+
+    async def _throttle(self) -> None:
+        """Waits for the TPS cap, and (after a 429) for Beam's adaptive client-side throttle."""
+        clock = self._clock
+        if self._throttler is not None:
+            while self._throttler.throttle_request(clock.wall() * 1000):
+                self.throttled += 1
+                await clock.sleep(random.uniform(0.5, 1.5) * _THROTTLE_DELAY)
+        if self._bucket is not None:
+            wait = self._bucket.reserve()
+            if wait:
+                await clock.sleep(wait)
+
+    async def _json_call(self, method: str, target: str, what: str, client_id: str) -> dict:
+        try:
+            answer = await self._request(method, target)
+        except TransportError as exc:
+            raise type(exc)(f"{what} {client_id!r}: {exc.message}") from None
+        text = answer.body.decode("utf-8", "replace")
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise ServerError(f"{what} answer is not JSON: {text[:200]}", status=answer.status) from None
+        if not isinstance(document, dict):
+            raise ServerError(f"{what} answer is not a JSON object: {text[:200]}", status=answer.status)
+        return document
 
     # -- publish --------------------------------------------------------------
 
@@ -203,9 +255,7 @@ class AsyncTdmqClient:
         """Like `publish`, also returning the number of attempts."""
         problem = message.payload_problem(self.connection.max_payload_bytes)
         if problem:
-            error = InvalidMessageError(problem)
-            error.attempts = 0
-            raise error
+            raise InvalidMessageError(problem, attempts=0)
         return await self._with_retries(lambda: self._publish_once(message))
 
     async def publish_batch(
@@ -213,59 +263,32 @@ class AsyncTdmqClient:
     ) -> list[PublishResult]:
         """Publishes many messages concurrently; never raises for one message's failure.
 
-        A few long-lived workers pull from one shared iterator, bounded by the
-        connection's ``max_in_flight`` (or ``concurrency``).
+        At most the connection's ``max_in_flight`` (or ``concurrency``) at once.
 
         Returns:
             One `PublishResult` per message, in input order.
         """
-        results: list[PublishResult | None] = [None] * len(messages)
-        jobs = iter(enumerate(messages))
+        results = await run_bounded(messages, self._publish_result, concurrency or self.connection.max_in_flight)
+        return results  # type: ignore[return-value]  # _publish_result never raises
 
-        async def worker() -> None:
-            clock = time.monotonic
-            for index, message in jobs:
-                started = clock()
-                try:
-                    message_id, attempts = await self.publish_with_attempts(message)
-                    results[index] = PublishResult(message_id, attempts, None, clock() - started)
-                except TdmqError as error:
-                    results[index] = PublishResult(None, getattr(error, "attempts", 1), error, clock() - started)
-
-        workers = min(concurrency or self.connection.max_in_flight, len(messages))
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        return results  # type: ignore[return-value]
-
-    async def _throttle(self) -> None:
-        """Waits for the TPS cap, and (after a 429) for Beam's adaptive client-side throttle."""
-        if self._throttler is not None:
-            while self._throttler.throttle_request(time.time() * 1000):
-                self.throttled += 1
-                await asyncio.sleep(random.uniform(0.5, 1.5) * _THROTTLE_DELAY)
-        if self._bucket is not None:
-            wait = self._bucket.reserve()
-            if wait:
-                await asyncio.sleep(wait)
+    async def _publish_result(self, message: MqttMessage) -> PublishResult:
+        now = self._clock.now
+        started = now()
+        try:
+            message_id, attempts = await self.publish_with_attempts(message)
+        except TdmqError as error:
+            return PublishResult(None, error.attempts, error, now() - started)
+        return PublishResult(message_id, attempts, None, now() - started)
 
     async def _publish_once(self, message: MqttMessage) -> str:
-        if self._throttler is not None or self._bucket is not None:
-            await self._throttle()
         try:
-            answer = await self._publisher.post(message.request_target(), message.payload)
+            answer = await self._request("POST", message.request_target(), message.payload)
         except TransportError as exc:
-            raise TransportError(f"publish {message.topic!r}: {exc.message}") from None
-        status = answer.status
-        if status == 200:
-            message_id = answer.headers.get("x-message-id")
-            if not message_id:
-                raise ServerError("the service answered 200 without an X-Message-Id", status=200)
-            if self._throttler is not None:
-                self._throttler.successful_request(time.time() * 1000)
-            return message_id
-        if status == 429 and self._throttler is None and self.connection.adaptive_throttling:
-            self._throttler = AdaptiveThrottler(window_ms=60_000, bucket_ms=1_000, overload_ratio=1.25)
-        text = answer.body.decode("utf-8", "replace")
-        raise error_for_status(status, _server_message(text), _retry_after(answer.headers.get("retry-after")))
+            raise type(exc)(f"publish {message.topic!r}: {exc.message}") from None
+        message_id = answer.headers.get("x-message-id")
+        if not message_id:
+            raise ServerError("the service answered 200 without an X-Message-Id", status=200)
+        return message_id
 
     # -- status and keep-alive ------------------------------------------------------
 
@@ -273,8 +296,8 @@ class AsyncTdmqClient:
         """Whether ``client_id`` is connected now (the online-status API)."""
         if not isinstance(client_id, str) or not client_id:
             raise InvalidRequestError("client_id must be a non-empty str")
-        url = URL(f"{self._base}/client-id/{quote(client_id, safe='')}/status", encoded=True)
-        document, _ = await self._with_retries(lambda: self._json_call("GET", url, "status", client_id))
+        target = f"/client-id/{quote(client_id, safe='')}/status"
+        document, _ = await self._with_retries(lambda: self._json_call("GET", target, "status", client_id))
         online = document.get("online")
         if not isinstance(online, bool):
             raise ServerError(f"status answer has no boolean 'online': {str(document)[:200]}")
@@ -293,33 +316,16 @@ class AsyncTdmqClient:
         """Like `set_keepalive`, also returning the number of attempts."""
         low, high = KEEPALIVE_RANGE
         if type(seconds) is not int or not low <= seconds <= high:
-            raise InvalidRequestError(f"keep-alive must be an int within {low}..{high} seconds, got {seconds!r}")
+            raise InvalidRequestError(
+                f"keep-alive must be an int within {low}..{high} seconds, got {seconds!r}", attempts=0
+            )
         if not isinstance(client_id, str) or not client_id:
-            raise InvalidRequestError("client_id must be a non-empty str")
-        url = URL(f"{self._base}/keep-alive?client-id={quote(client_id, safe='')}&interval={seconds}", encoded=True)
-        document, attempts = await self._with_retries(lambda: self._json_call("POST", url, "keep-alive", client_id))
+            raise InvalidRequestError("client_id must be a non-empty str", attempts=0)
+        target = f"/keep-alive?client-id={quote(client_id, safe='')}&interval={seconds}"
+        document, attempts = await self._with_retries(lambda: self._json_call("POST", target, "keep-alive", client_id))
         if document.get("success") is not True:
             raise ServerError(f"keep-alive answer without success: {str(document)[:200]}")
         return int(document.get("keepalive", seconds)), attempts
-
-    async def _json_call(self, method: str, url: URL, what: str, client_id: str) -> dict:
-        await self._throttle()
-        try:
-            async with self._session.request(method, url) as response:
-                text = await response.text(errors="replace")
-                status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _transport_error(what, client_id, exc) from None
-        if status != 200:
-            raise error_for_status(status, _server_message(text), retry_after)
-        try:
-            document = json.loads(text)
-        except ValueError:
-            raise ServerError(f"{what} answer is not JSON: {text[:200]}", status=status) from None
-        if not isinstance(document, dict):
-            raise ServerError(f"{what} answer is not a JSON object: {text[:200]}", status=status)
-        return document
 
     # -- cloud API ------------------------------------------------------------------------
 
@@ -332,7 +338,7 @@ class AsyncTdmqClient:
                 after retries.
         """
         if self._cloud is None:
-            if self._session is None:
+            if not self._open:
                 raise ConfigurationError("the client is not open: use 'async with' or await open()")
             raise ConfigurationError("describe_client needs a CloudApiConfig (cloud=...)")
         if not isinstance(client_id, str) or not client_id:
@@ -352,14 +358,6 @@ def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client
     thread.join(timeout=10)
     if not thread.is_alive():
         loop.close()
-
-
-def _transport_error(what: str, subject: str, exc: BaseException) -> TransportError:
-    if isinstance(exc, asyncio.TimeoutError):
-        detail = "timed out"
-    else:
-        detail = f"{type(exc).__name__}: {exc}"
-    return TransportError(f"{what} {subject!r}: {detail}")
 
 
 class TdmqClient:

@@ -4,32 +4,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.display import DisplayDataItem
 
-from tdmq_beam.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, CallResults
-from tdmq_beam.client import PublishResult
-from tdmq_beam.connection import TdmqConnection
-from tdmq_beam.errors import InvalidMessageError
-from tdmq_beam.mapping import IdempotencyKey, MessageBuilder, MessageDefaults, MessageMapping
-from tdmq_beam.message import MqttMessage
-from tdmq_beam.results import PublishedMessage, failure_from_error
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.records.mapping import IdempotencyKey, MessageBuilder, MessageDefaults, MessageMapping
+from tdmq_beam.service.client import PublishResult
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.message import MqttMessage
+from tdmq_beam.transforms.base import Batching, CallTransform
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn
+from tdmq_beam.transforms.results import FailedMessage, PublishedMessage, failure_from_error
 
 __all__ = ["WriteToTdmqMqtt", "WriteToTdmqMqttResult"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_NAMESPACE = "tdmq_beam.WriteToTdmqMqtt"
 
-
-class WriteToTdmqMqttResult(CallResults):
-    """What `WriteToTdmqMqtt` returns.
+class WriteToTdmqMqttResult(NamedTuple):
+    """What `WriteToTdmqMqtt` returns; ``published, failed = pcoll | WriteToTdmqMqtt(...)`` unpacks it.
 
     Attributes:
         published: a `PublishedMessage` (element, topic, message id, attempts)
@@ -39,18 +35,19 @@ class WriteToTdmqMqttResult(CallResults):
             input element, each in its own timestamp and windows.
     """
 
+    published: beam.PCollection[PublishedMessage]
+    failed: beam.PCollection[FailedMessage]
+
 
 class _PublishFn(BatchedCallsFn):
     """Maps elements to messages and publishes them in concurrent batches (see `BatchedCallsFn`)."""
 
-    def __init__(self, connection: TdmqConnection, builder: MessageBuilder, tag: str, **batching: Any) -> None:
-        super().__init__(connection, None, tag, **batching)
+    COUNTERS = ("published", "failed", "retried", "throttled")
+
+    def __init__(self, builder: MessageBuilder, **options: Any) -> None:
+        super().__init__(**options)
         self._builder = builder
-        self._published = Metrics.counter(_NAMESPACE, "published")
-        self._failed = Metrics.counter(_NAMESPACE, "failed")
-        self._retried = Metrics.counter(_NAMESPACE, "retried")
-        self._throttled = Metrics.counter(_NAMESPACE, "throttled")
-        self._latency = Metrics.distribution(_NAMESPACE, "publish_latency_ms")
+        self._latency = Metrics.distribution(options["namespace"], "publish_latency_ms")
 
     def start_bundle(self) -> None:
         super().start_bundle()
@@ -58,10 +55,6 @@ class _PublishFn(BatchedCallsFn):
 
     def prepare(self, element: Any) -> MqttMessage:
         return self._builder.build(element)
-
-    def reject(self, element: Any, error: InvalidMessageError):
-        self._failed.inc()
-        yield FAILED, failure_from_error(element, None, error, attempts=0)
 
     def start(self, work: list[MqttMessage]) -> concurrent.futures.Future:
         return self.client.submit(self.client.aio.publish_batch(work, self.concurrency))
@@ -75,27 +68,26 @@ class _PublishFn(BatchedCallsFn):
 
     def batch_done(self, results: list[PublishResult]) -> None:
         published = sum(1 for result in results if result.error is None)
-        self._published.inc(published)
-        self._failed.inc(len(results) - published)
+        self.counters["published"].inc(published)
+        self.counters["failed"].inc(len(results) - published)
         retried = sum(result.attempts - 1 for result in results)
         if retried:
-            self._retried.inc(retried)
+            self.counters["retried"].inc(retried)
 
     def finish_bundle(self):
         yield from super().finish_bundle()
         throttled = self.client.aio.throttled - self._throttled_before
         if throttled > 0:
-            self._throttled.inc(throttled)
+            self.counters["throttled"].inc(throttled)
 
 
 @beam.typehints.with_input_types(Any)
-@beam.typehints.with_output_types(PublishedMessage)
-class WriteToTdmqMqtt(beam.PTransform):
+class WriteToTdmqMqtt(CallTransform):
     """Publishes each element as an MQTT message through TDMQ for MQTT's HTTP publish API.
 
     Elements are `MqttMessage`, or records (dict, Beam Row, NamedTuple, Avro
     record) mapped by ``mapping`` (a `MessageMapping`, e.g. from
-    `tdmq_beam.avro_mapping`). The keyword defaults below apply where an
+    `tdmq_beam.records.avro_mapping`). The keyword defaults below apply where an
     element does not set a value itself (for `MqttMessage`, where its field is
     None; its qos and retained always apply).
 
@@ -110,6 +102,9 @@ class WriteToTdmqMqtt(beam.PTransform):
     and none raises out of the transform. Delivery is at least once: add an
     ``idempotency_key`` so consumers can drop duplicates that retries create.
 
+    Returns a `WriteToTdmqMqttResult` (``published``, ``failed``); with
+    ``.with_error_handler(handler)``, ``failed`` also goes to a Beam ``ErrorHandler``.
+
     Args:
         connection: the instance access point and credentials.
         mapping: how records become messages; not needed for `MqttMessage`.
@@ -119,17 +114,19 @@ class WriteToTdmqMqtt(beam.PTransform):
             service's defaults: QoS 1, not retained). ``user_properties`` are
             sent before the element's own.
         idempotency_key: add a deterministic user property (see `IdempotencyKey`).
-        batch_size: elements per concurrent batch. Defaults to 2 x max_in_flight
-            (at least 128).
-        max_pending_batches: batches in flight per DoFn instance; they finish in
-            any order, so a slow call holds up only its own batch. Defaults to 32.
-        batching: ``bundle`` batches within bundles; ``sharded`` batches across
-            bundles with `GroupIntoBatches.WithShardedKey` (for streaming, where
-            bundles are small); ``auto`` (default) picks sharded for unbounded
-            input or streaming pipelines.
-        max_buffering_duration_secs: with sharded batching, the longest an
-            element waits for its batch to fill. Defaults to 1.
+        defaults: all the transform-level defaults at once, as a `MessageDefaults`
+            (instead of the keywords above; giving both is an error).
+        batch_size, max_pending_batches, batching, max_buffering_duration_secs:
+            see `CallTransform`.
+
+    Raises:
+        ConfigurationError: an option that cannot work, naming it.
     """
+
+    LABEL = "Publish"
+    MAIN = "published"
+    Result = WriteToTdmqMqttResult
+    main_type = PublishedMessage
 
     def __init__(
         self,
@@ -147,24 +144,28 @@ class WriteToTdmqMqtt(beam.PTransform):
         response_topic: str | None = None,
         correlation_data: bytes | str | None = None,
         idempotency_key: IdempotencyKey | bool | None = None,
+        defaults: MessageDefaults | None = None,
         batch_size: int | None = None,
         max_pending_batches: int = 32,
-        batching: Literal["auto", "bundle", "sharded"] = "auto",
+        batching: Batching = "auto",
         max_buffering_duration_secs: float = 1.0,
     ) -> None:
-        super().__init__()
-        self._batching = BatchingOptions.resolve(
-            connection, batch_size, max_pending_batches, batching, max_buffering_duration_secs
+        super().__init__(
+            connection,
+            batch_size=batch_size,
+            max_pending_batches=max_pending_batches,
+            batching=batching,
+            max_buffering_duration_secs=max_buffering_duration_secs,
         )
         if mapping is not None and not isinstance(mapping, MessageMapping):
-            raise ValueError(f"mapping must be a MessageMapping, got {type(mapping).__name__}")
+            raise ConfigurationError(f"mapping must be a MessageMapping, got {type(mapping).__name__}")
         if idempotency_key is True:
             idempotency_key = IdempotencyKey()
         elif idempotency_key is False:
             idempotency_key = None
         if idempotency_key is not None and not isinstance(idempotency_key, IdempotencyKey):
-            raise ValueError("idempotency_key must be an IdempotencyKey, True or None")
-        defaults = MessageDefaults(
+            raise ConfigurationError("idempotency_key must be an IdempotencyKey, True or None")
+        keywords = MessageDefaults(
             qos=qos,
             retained=retained,
             client_id=client_id,
@@ -176,24 +177,16 @@ class WriteToTdmqMqtt(beam.PTransform):
             response_topic=response_topic,
             correlation_data=correlation_data,
         )
-        self._connection = connection
-        self._builder = MessageBuilder(mapping, defaults, idempotency_key)
-        self._tag = f"WriteToTdmqMqtt-{uuid.uuid4()}"
+        if defaults is not None:
+            if not isinstance(defaults, MessageDefaults):
+                raise ConfigurationError(f"defaults must be a MessageDefaults, got {type(defaults).__name__}")
+            if not keywords.is_empty():
+                raise ConfigurationError("give the message defaults either as keywords or as defaults=, not both")
+            keywords = defaults
+        self._builder = MessageBuilder(mapping, keywords, idempotency_key)
 
-    def expand(self, pcoll: pvalue.PCollection) -> WriteToTdmqMqttResult:
-        published, failed = self._batching.apply(
-            pcoll, "Publish", lambda **options: _PublishFn(self._connection, self._builder, self._tag, **options),
-            main="published",
-        )  # fmt: skip
-        return WriteToTdmqMqttResult(published, failed)
+    def new_fn(self, **options: Any) -> _PublishFn:
+        return _PublishFn(self._builder, **options)
 
-    def display_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            key: DisplayDataItem(value, label=key.replace("_", " ").capitalize())
-            for key, value in self._connection.display_data().items()
-        }
-        for key, value in self._builder.describe().items():
-            data[key] = DisplayDataItem(value if isinstance(value, (str, int, float, bool)) else repr(value), label=key)
-        for key, value in self._batching.display_data().items():
-            data[key] = DisplayDataItem(value, label=key.replace("_", " ").capitalize())
-        return data
+    def describe(self) -> dict[str, Any]:
+        return self._builder.describe()

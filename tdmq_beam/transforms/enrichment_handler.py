@@ -21,12 +21,12 @@ from apache_beam.io.requestresponse import (
 )
 from apache_beam.transforms.enrichment import EnrichmentSourceHandler
 
-from tdmq_beam.client import TdmqClient
-from tdmq_beam.client_status import ClientStatus
-from tdmq_beam.cloud_api import CloudApiConfig
-from tdmq_beam.connection import TdmqConnection
-from tdmq_beam.enrich import details_row
-from tdmq_beam.errors import RateLimitedError, TdmqError, TransportError
+from tdmq_beam.errors import ConfigurationError, RateLimitedError, TdmqError, TimeoutError
+from tdmq_beam.service.client import TdmqClient
+from tdmq_beam.service.cloud_api import CloudApiConfig
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.status_lookup import ClientStatus
+from tdmq_beam.transforms.client_rows import details_row
 
 __all__ = ["TdmqClientStatusHandler"]
 
@@ -48,9 +48,9 @@ class TdmqClientStatusHandler(EnrichmentSourceHandler[beam.Row, beam.Row]):
         self, connection: TdmqConnection, cloud: CloudApiConfig | None = None, *, client_id_field: str = "client_id"
     ) -> None:
         if not isinstance(connection, TdmqConnection):
-            raise ValueError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+            raise ConfigurationError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
         if not client_id_field:
-            raise ValueError("client_id_field must name a field")
+            raise ConfigurationError("client_id_field must name a field")
         self._connection = connection
         self._cloud = cloud
         self._field = client_id_field
@@ -82,7 +82,7 @@ class TdmqClientStatusHandler(EnrichmentSourceHandler[beam.Row, beam.Row]):
         except TdmqError as error:
             if isinstance(error, RateLimitedError) or getattr(error, "code", "").startswith("RequestLimitExceeded"):
                 raise UserCodeQuotaException(str(error)) from None
-            if isinstance(error, TransportError) and "timed out" in error.message:
+            if isinstance(error, TimeoutError):
                 raise UserCodeTimeoutException(str(error)) from None
             raise UserCodeExecutionException(f"looking up client {client_id!r}: {error}") from None
         return request, beam.Row(**fields)

@@ -37,8 +37,9 @@ from typing import Any
 
 import fastavro
 
-from tdmq_beam.mapping import PROPERTY_ROLES, MessageMapping
-from tdmq_beam.payload import AvroPayload, FieldPayload, JsonPayload, PayloadEncoder
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.records.mapping import PROPERTY_ROLES, MessageMapping
+from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload, PayloadEncoder
 
 __all__ = ["avro_mapping", "load_mapping_file", "load_schema"]
 
@@ -79,17 +80,17 @@ def load_schema(schema: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]
             try:
                 text = Path(text).read_text(encoding="utf-8")
             except OSError as exc:
-                raise ValueError(f"cannot read {source}: {exc.strerror}") from None
+                raise ConfigurationError(f"cannot read {source}: {exc.strerror}") from None
         try:
             document = json.loads(text)
         except ValueError as exc:
-            raise ValueError(f"{source} is not JSON: {exc}") from None
+            raise ConfigurationError(f"{source} is not JSON: {exc}") from None
     try:
         fastavro.parse_schema(document)
     except Exception as exc:  # fastavro raises several types for bad schemas
-        raise ValueError(f"not a valid Avro schema: {exc}") from None
+        raise ConfigurationError(f"not a valid Avro schema: {exc}") from None
     if document.get("type") != "record":
-        raise ValueError("the schema must be an Avro record")
+        raise ConfigurationError("the schema must be an Avro record")
     return document
 
 
@@ -97,11 +98,11 @@ def load_mapping_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ValueError(f"cannot read mapping file {os.fspath(path)}: {exc.strerror}") from None
+        raise ConfigurationError(f"cannot read mapping file {os.fspath(path)}: {exc.strerror}") from None
     except ValueError as exc:
-        raise ValueError(f"mapping file {os.fspath(path)} is not JSON: {exc}") from None
+        raise ConfigurationError(f"mapping file {os.fspath(path)} is not JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise ValueError(f"mapping file {os.fspath(path)} must hold a JSON object")
+        raise ConfigurationError(f"mapping file {os.fspath(path)} must hold a JSON object")
     return document
 
 
@@ -164,7 +165,9 @@ def avro_mapping(
     spec = load_mapping_file(mapping_file) if isinstance(mapping_file, (str, os.PathLike)) else dict(mapping_file or {})
     unknown = set(spec) - {"topic", "payload", "roles", "user_properties"}
     if unknown:
-        raise ValueError(f"mapping has unknown key(s) {sorted(unknown)}: use topic, payload, roles, user_properties")
+        raise ConfigurationError(
+            f"mapping has unknown key(s) {sorted(unknown)}: use topic, payload, roles, user_properties"
+        )
 
     named: dict[str, str] = {}
     field_types = {f["name"]: _type_names(f["type"], named) for f in document["fields"]}
@@ -172,10 +175,10 @@ def avro_mapping(
 
     def require(name: Any, role: str) -> str:
         if not isinstance(name, str) or name not in field_types:
-            raise ValueError(f"mapping names field {name!r}, which schema {record_name!r} does not have")
+            raise ConfigurationError(f"mapping names field {name!r}, which schema {record_name!r} does not have")
         problem = _role_problem(role, name, field_types[name])
         if problem:
-            raise ValueError(problem)
+            raise ConfigurationError(problem)
         return name
 
     # What the schema's annotations say.
@@ -202,7 +205,7 @@ def avro_mapping(
             topic = topic or "{" + name + "}"
             require(name, "topic_field")
         else:
-            raise ValueError(f"field {name!r} has unknown mqtt.role {role!r}")
+            raise ConfigurationError(f"field {name!r} has unknown mqtt.role {role!r}")
 
     # What the mapping file says wins.
     topic = spec.get("topic", topic)
@@ -211,10 +214,12 @@ def avro_mapping(
     user_properties = spec.get("user_properties", user_properties)
 
     if not isinstance(topic, str) or not topic:
-        raise ValueError(f"no topic: give schema {record_name!r} an 'mqtt.topic' template or the mapping a 'topic'")
+        raise ConfigurationError(
+            f"no topic: give schema {record_name!r} an 'mqtt.topic' template or the mapping a 'topic'"
+        )
     for role, name in roles.items():
         if role not in PROPERTY_ROLES:
-            raise ValueError(f"unknown role {role!r}; roles are {', '.join(PROPERTY_ROLES)}")
+            raise ConfigurationError(f"unknown role {role!r}; roles are {', '.join(PROPERTY_ROLES)}")
         require(name, role)
     if isinstance(user_properties, str):
         require(user_properties, "user_properties")
@@ -222,7 +227,7 @@ def avro_mapping(
         for name in user_properties.values():
             require(name, "user_property")
     elif user_properties is not None:
-        raise ValueError("user_properties must name a field or map property keys to field names")
+        raise ConfigurationError("user_properties must name a field or map property keys to field names")
 
     payload = _payload_encoder(payload_spec, document, require)
     mapping = MessageMapping(topic=topic, payload=payload, user_properties=user_properties, **roles)
@@ -233,11 +238,13 @@ def avro_mapping(
 
 def _payload_encoder(spec: Any, document: dict[str, Any], require) -> PayloadEncoder:
     if spec is None:
-        raise ValueError("no payload: add 'mqtt.payload' to the schema, a field with mqtt.role payload, or 'payload'")
+        raise ConfigurationError(
+            "no payload: add 'mqtt.payload' to the schema, a field with mqtt.role payload, or 'payload'"
+        )
     if isinstance(spec, str):
         spec = {"encoding": "field", "field": spec}
     if not isinstance(spec, Mapping):
-        raise ValueError("payload must be a field name or {'encoding': 'field' | 'json' | 'avro', ...}")
+        raise ConfigurationError("payload must be a field name or {'encoding': 'field' | 'json' | 'avro', ...}")
     encoding = spec.get("encoding", "field")
     content_type = spec.get("content_type")
     if encoding == "field":
@@ -249,4 +256,4 @@ def _payload_encoder(spec: Any, document: dict[str, Any], require) -> PayloadEnc
         return JsonPayload(fields, content_type=content_type or "application/json")
     if encoding == "avro":
         return AvroPayload(document, content_type=content_type or "application/avro")
-    raise ValueError(f"unknown payload encoding {encoding!r}: use field, json or avro")
+    raise ConfigurationError(f"unknown payload encoding {encoding!r}: use field, json or avro")

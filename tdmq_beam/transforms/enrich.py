@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import concurrent.futures
-import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import apache_beam as beam
-from apache_beam import pvalue
-from apache_beam.metrics import Metrics
-from apache_beam.transforms.display import DisplayDataItem
 
-from tdmq_beam.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, CallResults
-from tdmq_beam.client_status import ClientStatus, LookupResults, LookupSettings
-from tdmq_beam.cloud_api import CloudApiConfig
-from tdmq_beam.connection import TdmqConnection
-from tdmq_beam.errors import InvalidMessageError, TdmqError
-from tdmq_beam.mapping import MappingError, as_record
-from tdmq_beam.results import failure_from_error
-from tdmq_beam.worker_client import acquire_status_lookup
+from tdmq_beam.errors import ConfigurationError, TdmqError
+from tdmq_beam.records.fields import client_id_getter
+from tdmq_beam.service.cloud_api import CloudApiConfig
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.status_lookup import ClientStatus, LookupResults, LookupSettings
+from tdmq_beam.transforms.base import Batching, CallTransform
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn
+from tdmq_beam.transforms.client_rows import details_row
+from tdmq_beam.transforms.results import FailedMessage, failure_from_error
+from tdmq_beam.transforms.worker_client import acquire_status_lookup
 
-__all__ = ["EnrichResult", "EnrichWithClientStatus", "client_id_getter", "default_join"]
-
-_NAMESPACE = "tdmq_beam.EnrichWithClientStatus"
+__all__ = ["EnrichResult", "EnrichWithClientStatus", "default_join"]
 
 
-class EnrichResult(CallResults):
-    """What `EnrichWithClientStatus` returns.
+class EnrichResult(NamedTuple):
+    """What `EnrichWithClientStatus` returns; ``enriched, failed = events | EnrichWithClientStatus(...)``.
 
     Attributes:
         enriched: every element joined with its client's status.
@@ -35,33 +31,8 @@ class EnrichResult(CallResults):
             with ``on_failure="unknown"``) or whose client id is missing.
     """
 
-    MAIN = "enriched"
-
-
-def client_id_getter(client_id: str | Callable[[Any], str]) -> Callable[[Any], str]:
-    """A function from an element to its client id: a field of a record, or ``client_id`` itself."""
-    if callable(client_id):
-        return client_id
-    field = client_id
-
-    def from_field(element: Any) -> str:
-        value = as_record(element).get(field)
-        if not isinstance(value, str) or not value:
-            raise MappingError(
-                f"invalid record: field {field!r} must hold the client id as a non-empty str, got {value!r}"
-            )
-        return value
-
-    return from_field
-
-
-def details_row(status: ClientStatus) -> beam.Row | None:
-    """The details of ``status`` as a Beam Row (subscriptions as Rows), or None."""
-    if status.details is None:
-        return None
-    fields = status.details.as_dict()
-    fields["subscriptions"] = [beam.Row(**sub) for sub in fields["subscriptions"]]
-    return beam.Row(**fields)
+    enriched: beam.PCollection[Any]
+    failed: beam.PCollection[FailedMessage]
 
 
 def default_join(element: Any, status: ClientStatus, with_details: bool) -> Any:
@@ -86,26 +57,21 @@ def default_join(element: Any, status: ClientStatus, with_details: bool) -> Any:
 class _EnrichFn(BatchedCallsFn):
     """Looks up client ids in concurrent batches on the process's `StatusLookup`."""
 
+    COUNTERS = ("hits", "misses", "status_calls", "details_calls", "throttled", "failed")
+
     def __init__(
         self,
-        connection: TdmqConnection,
-        cloud: CloudApiConfig | None,
-        tag: str,
         settings: LookupSettings,
         client_id: Callable[[Any], str],
         join: Callable[[Any, ClientStatus], Any] | None,
         on_failure: str,
-        **batching: Any,
+        **options: Any,
     ) -> None:
-        super().__init__(connection, cloud, tag, **batching)
+        super().__init__(**options)
         self._settings = settings
         self._client_id = client_id
         self._join = join
         self._pass_unknown = on_failure == "unknown"
-        self._counters = {
-            name: Metrics.counter(_NAMESPACE, name)
-            for name in ("hits", "misses", "status_calls", "details_calls", "throttled", "failed")
-        }
 
     def setup(self) -> None:
         self.lookup = acquire_status_lookup(self._connection, self._cloud, self._settings, self._tag)
@@ -119,10 +85,6 @@ class _EnrichFn(BatchedCallsFn):
     def prepare(self, element: Any) -> str:
         return self._client_id(element)
 
-    def reject(self, element: Any, error: InvalidMessageError):
-        self._counters["failed"].inc()
-        yield FAILED, failure_from_error(element, None, error, attempts=0)
-
     def start(self, client_ids: list[str]) -> concurrent.futures.Future:
         return self.lookup.submit_batch(client_ids, self.concurrency)
 
@@ -132,17 +94,17 @@ class _EnrichFn(BatchedCallsFn):
         elif self._pass_unknown:
             yield None, self._joined(element, ClientStatus(client_id, None))
         else:
-            self._counters["failed"].inc()
+            self.counters["failed"].inc()
             yield FAILED, failure_from_error(element, None, result, context=f"looking up client {client_id!r}")
 
     def batch_done(self, results: LookupResults) -> None:
         for name, count in results.stats.items():
             if count:
-                self._counters[name].inc(count)
+                self.counters[name].inc(count)
 
 
 @beam.typehints.with_input_types(Any)
-class EnrichWithClientStatus(beam.PTransform):
+class EnrichWithClientStatus(CallTransform):
     """Joins each element with whether its MQTT client is online, and (with ``cloud``) its details.
 
     Lookups are side lookups that respect the service: per worker process, a
@@ -175,9 +137,18 @@ class EnrichWithClientStatus(beam.PTransform):
         max_cached: entries per cache before the least recently used go. Default 100,000.
         status_qps: status API requests/s per worker process; None (default)
             leaves only ``connection.tps``.
-        batch_size: elements per concurrent batch. Default 2 x max_in_flight (at least 128).
-        batching, max_buffering_duration_secs: as in `WriteToTdmqMqtt`.
+        batch_size, max_pending_batches, batching, max_buffering_duration_secs:
+            see `CallTransform`.
+
+    Returns an `EnrichResult` (``enriched``, ``failed``).
+
+    Raises:
+        ConfigurationError: an option that cannot work, naming it.
     """
+
+    LABEL = "Lookup"
+    MAIN = "enriched"
+    Result = EnrichResult
 
     def __init__(
         self,
@@ -194,45 +165,33 @@ class EnrichWithClientStatus(beam.PTransform):
         status_qps: float | None = None,
         batch_size: int | None = None,
         max_pending_batches: int = 32,
-        batching: Literal["auto", "bundle", "sharded"] = "auto",
+        batching: Batching = "auto",
         max_buffering_duration_secs: float = 1.0,
     ) -> None:
-        super().__init__()
-        self._batching = BatchingOptions.resolve(
-            connection, batch_size, max_pending_batches, batching, max_buffering_duration_secs
+        super().__init__(
+            connection,
+            cloud,
+            batch_size=batch_size,
+            max_pending_batches=max_pending_batches,
+            batching=batching,
+            max_buffering_duration_secs=max_buffering_duration_secs,
         )
-        if cloud is not None and not isinstance(cloud, CloudApiConfig):
-            raise ValueError(f"cloud must be a CloudApiConfig or None, got {type(cloud).__name__}")
         if not (callable(client_id) or (isinstance(client_id, str) and client_id)):
-            raise ValueError("client_id must name a field or be a callable")
+            raise ConfigurationError("client_id must name a field or be a callable")
         if on_failure not in ("failed", "unknown"):
-            raise ValueError(f"on_failure must be 'failed' or 'unknown', got {on_failure!r}")
+            raise ConfigurationError(f"on_failure must be 'failed' or 'unknown', got {on_failure!r}")
         self._settings = LookupSettings(status_ttl, details_ttl, negative_ttl, max_cached, status_qps)
-        self._connection = connection
-        self._cloud = cloud
         self._client_id = client_id_getter(client_id)
         self._client_id_label = client_id if isinstance(client_id, str) else getattr(client_id, "__name__", "callable")
         self._join = join
         self._on_failure = on_failure
-        self._tag = f"EnrichWithClientStatus-{uuid.uuid4()}"
 
-    def expand(self, pcoll: pvalue.PCollection) -> EnrichResult:
-        def make_fn(**options: Any) -> _EnrichFn:
-            return _EnrichFn(
-                self._connection, self._cloud, self._tag, self._settings, self._client_id, self._join,
-                self._on_failure, **options,
-            )  # fmt: skip
+    def new_fn(self, **options: Any) -> _EnrichFn:
+        return _EnrichFn(self._settings, self._client_id, self._join, self._on_failure, **options)
 
-        return EnrichResult(*self._batching.apply(pcoll, "Lookup", make_fn, main="enriched"))
-
-    def display_data(self) -> dict[str, Any]:
-        data = {key: DisplayDataItem(value, label=key) for key, value in self._connection.display_data().items()}
-        if self._cloud is not None:
-            data.update({key: DisplayDataItem(value, label=key) for key, value in self._cloud.display_data().items()})
-        data["client_id"] = DisplayDataItem(self._client_id_label, label="Client id")
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"client_id": self._client_id_label}
         for name in ("status_ttl", "details_ttl", "negative_ttl", "max_cached"):
-            data[name] = DisplayDataItem(getattr(self._settings, name), label=name)
-        data["on_failure"] = DisplayDataItem(self._on_failure, label="On failure")
-        for key, value in self._batching.display_data().items():
-            data[key] = DisplayDataItem(value, label=key)
-        return data
+            described[name] = getattr(self._settings, name)
+        described["on_failure"] = self._on_failure
+        return described

@@ -1,0 +1,1 @@
+"""Records onto MQTT messages: `MessageMapping`, payload encoders and mappings from Avro schemas."""

@@ -1,0 +1,2 @@
+"""The Beam transforms, on one base (`base.CallTransform`): `WriteToTdmqMqtt`, `EnrichWithClientStatus`,
+`SetClientKeepAlive`, and `TdmqClientStatusHandler` for Beam's `Enrichment`."""

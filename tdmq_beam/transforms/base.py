@@ -1,0 +1,153 @@
+"""`CallTransform`: the one base of the transforms that call the service once per element.
+
+A transform on this base is three things: how an element becomes a call
+(``prepare``), how a batch of calls runs on the worker's client (``start``),
+and what a result becomes (``outputs``): a `BatchedCallsFn` subclass. The base
+owns the rest, the same for every transform:
+
+- the connection (and cloud API) check and the four batching options;
+- the output wiring: a typed main output and a typed ``failed`` output of
+  `FailedMessage`, returned as a `NamedTuple` result (attributes, and
+  ``main, failed = pcoll | ...`` unpacks), optionally also sent to a Beam
+  `ErrorHandler` (``with_error_handler``), as Beam's own IOs do;
+- display data (connection, cloud API, batching and the transform's own
+  settings, all labelled alike) and the metrics namespace
+  (``tdmq_beam.{TransformName}``).
+
+Adding an API call as a transform: write its DoFn (``prepare``, ``start``,
+``outputs``), a result `NamedTuple` (main output, ``failed``), and a
+`CallTransform` subclass that sets ``LABEL``, ``MAIN``, ``Result`` and
+``main_type``, validates its own options in ``__init__`` and returns its DoFn
+from ``new_fn``; ``describe`` adds its display data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.transforms.display import DisplayDataItem
+
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.service.cloud_api import CloudApiConfig
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, sharded_batches
+from tdmq_beam.transforms.results import FailedMessage
+
+__all__ = ["Batching", "CallTransform"]
+
+Batching = Literal["auto", "bundle", "sharded"]
+
+
+class CallTransform(beam.PTransform):
+    """Base of the transforms that call the service per element in concurrent batches.
+
+    Args:
+        connection: the instance access point and credentials.
+        cloud: cloud API credentials, for transforms that use the cloud API.
+        batch_size: elements per concurrent batch. Defaults to 2 x the
+            connection's ``max_in_flight`` (at least 128).
+        max_pending_batches: batches in flight per DoFn instance; they finish
+            in any order, so a slow call holds up only its own batch. Defaults to 32.
+        batching: ``bundle`` batches within bundles; ``sharded`` batches across
+            bundles with `GroupIntoBatches.WithShardedKey` (for streaming, where
+            bundles are small); ``auto`` (default) picks sharded for unbounded
+            input or streaming pipelines.
+        max_buffering_duration_secs: with sharded batching, the longest an
+            element waits for its batch to fill. Defaults to 1.
+
+    Raises:
+        ConfigurationError: a setting that cannot work, naming it.
+    """
+
+    LABEL: ClassVar[str]
+    """The label of the DoFn step (``Publish``)."""
+    MAIN: ClassVar[str]
+    """The name of the main output (``published``)."""
+    Result: ClassVar[Callable[[pvalue.PCollection, pvalue.PCollection], tuple]]
+    """The result type: a NamedTuple of (main output, ``failed``)."""
+    main_type: Any = Any
+    """The element type of the main output."""
+
+    def __init__(
+        self,
+        connection: TdmqConnection,
+        cloud: CloudApiConfig | None = None,
+        *,
+        batch_size: int | None = None,
+        max_pending_batches: int = 32,
+        batching: Batching = "auto",
+        max_buffering_duration_secs: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(connection, TdmqConnection):
+            raise ConfigurationError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        if cloud is not None and not isinstance(cloud, CloudApiConfig):
+            raise ConfigurationError(f"cloud must be a CloudApiConfig or None, got {type(cloud).__name__}")
+        self._connection = connection
+        self._cloud = cloud
+        self._batching = BatchingOptions.resolve(
+            connection, batch_size, max_pending_batches, batching, max_buffering_duration_secs
+        )
+        self._tag = f"{type(self).__name__}-{uuid.uuid4()}"  # one worker-process client per transform
+        self._error_handler: Any = None
+
+    # -- for subclasses ---------------------------------------------------------------
+
+    def new_fn(self, **batching: Any) -> BatchedCallsFn:
+        """The transform's DoFn, given the batching keywords of `BatchedCallsFn`."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """The transform's own settings for display data (secrets never)."""
+        return {}
+
+    @property
+    def metrics_namespace(self) -> str:
+        return f"tdmq_beam.{type(self).__name__}"
+
+    # -- Beam -------------------------------------------------------------------------
+
+    def with_error_handler(self, error_handler: Any) -> CallTransform:
+        """Also sends ``failed`` to a Beam ``ErrorHandler`` (``apache_beam.transforms.error_handling``);
+        None turns that off. Returns the transform, for chaining."""
+        self._error_handler = error_handler
+        return self
+
+    def expand(self, pcoll: pvalue.PCollection) -> Any:
+        sharded = self._batching.sharded_for(pcoll)
+        fn = self.new_fn(
+            connection=self._connection,
+            cloud=self._cloud,
+            tag=self._tag,
+            namespace=self.metrics_namespace,
+            batch_size=self._batching.batch_size,
+            max_pending_batches=self._batching.max_pending_batches,
+            batched_input=sharded,
+        )
+        if sharded:
+            pcoll = sharded_batches(pcoll, self._batching.batch_size, self._batching.max_buffering_duration_secs)
+        outputs = pcoll | self.LABEL >> beam.ParDo(fn).with_output_types(
+            self.main_type, **{FAILED: FailedMessage}
+        ).with_outputs(FAILED, main=self.MAIN)
+        main, failed = outputs[self.MAIN], outputs[FAILED]
+        if self._error_handler is not None:
+            self._error_handler.add_error_pcollection(failed)
+        return self.Result(main, failed)
+
+    def display_data(self) -> dict[str, Any]:
+        items: dict[str, Any] = dict(self._connection.display_data())
+        if self._cloud is not None:
+            items.update(self._cloud.display_data())
+        items.update(self.describe())
+        items.update(self._batching.display_data())
+        return {
+            key: DisplayDataItem(
+                value if isinstance(value, (str, int, float, bool)) else repr(value),
+                label=key.replace("_", " ").capitalize(),
+            )
+            for key, value in items.items()
+        }
