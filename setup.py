@@ -32,6 +32,7 @@ setup(
             "trustme>=1.1",
             "tencentcloud-sdk-python-common>=3.0.1100",
             "ruff>=0.6",
+            "mypy>=1.10",
         ],
         "gcp": ["apache-beam[gcp]>=2.60"],
     },

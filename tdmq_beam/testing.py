@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from tdmq_beam.emulator.config import EmulatorConfig, FaultConfig
 from tdmq_beam.emulator.server import Emulator
 from tdmq_beam.mqtt.codec import DISCONNECT, encode_connect, encode_subscribe
+from tdmq_beam.service.client import new_event_loop
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 
@@ -28,14 +29,6 @@ __all__ = ["SimulatedClients", "TdmqEmulator"]
 T = TypeVar("T")
 
 _START_TIMEOUT = 30.0
-
-
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class TdmqEmulator:
@@ -55,7 +48,8 @@ class TdmqEmulator:
         config.setdefault("http_port", 0)
         config.setdefault("mqtt_port", 0)
         self.config = EmulatorConfig(**config)
-        self.username, self.password = next(iter(self.config.users.items()), (None, None))
+        first: tuple[str | None, str | None] = next(iter(self.config.users.items()), (None, None))
+        self.username, self.password = first
         self._emulator = Emulator(self.config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -70,7 +64,7 @@ class TdmqEmulator:
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._loop = loop = _new_event_loop()
+        self._loop = loop = new_event_loop()
 
         def run() -> None:
             asyncio.set_event_loop(loop)
@@ -98,6 +92,7 @@ class TdmqEmulator:
     def stop(self) -> None:
         if self._thread is None:
             return
+        assert self._loop is not None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=_START_TIMEOUT)
         self._thread = None
@@ -184,6 +179,8 @@ class TdmqEmulator:
         async def run() -> T:
             return function()
 
+        if self._loop is None:
+            raise RuntimeError("the emulator is not running")
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=_START_TIMEOUT)
 
     def stats(self) -> dict:
@@ -192,7 +189,9 @@ class TdmqEmulator:
 
     def set_faults(self, rate: float, kinds: tuple[str, ...] | None = None, **options: Any) -> None:
         """Replaces the faults injected into HTTP publish requests."""
-        faults = FaultConfig(rate=rate, **({"kinds": kinds} if kinds else {}), **options)
+        if kinds:
+            options["kinds"] = kinds
+        faults = FaultConfig(rate=rate, **options)
 
         def apply() -> None:
             self.config.faults = faults
@@ -205,6 +204,7 @@ class TdmqEmulator:
 
     def online_clients(self) -> set[str]:
         broker = self._emulator.broker
+        assert broker is not None
         return self.call(lambda: {cid for cid, s in broker.sessions.items() if s.connection is not None})
 
 

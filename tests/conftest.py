@@ -2,13 +2,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 
 import pytest
 import trustme
-
-sys.path.insert(0, os.path.dirname(__file__))
-
 from mqtt_peers import PahoClient
 
 from tdmq_beam.testing import TdmqEmulator

@@ -313,3 +313,23 @@ def test_errors_derive_from_tdmq_error():
         value = getattr(errors, name)
         if isinstance(value, type):
             assert issubclass(value, TdmqError)
+
+
+def test_every_class_naming_the_message_settings_names_exactly_the_table():
+    import dataclasses
+    import inspect
+
+    from tdmq_beam import MessageMapping, WriteToTdmqMqtt
+    from tdmq_beam.records.mapping import MessageDefaults
+    from tdmq_beam.service.message_properties import PROPERTY_NAMES
+
+    def names(cls) -> set[str]:
+        return {field.name for field in dataclasses.fields(cls) if not field.name.startswith("_")}
+
+    table = set(PROPERTY_NAMES)
+    assert names(MqttMessage) - {"topic", "payload", "user_properties"} == table
+    assert names(MessageDefaults) - {"user_properties"} == table
+    assert names(MessageMapping) - {"topic", "payload", "user_properties"} == table
+    transform_only = {"connection", "mapping", "user_properties", "idempotency_key", "defaults", "batch_size",
+                      "max_pending_batches", "batching", "max_buffering_duration_secs"}  # fmt: skip
+    assert set(inspect.signature(WriteToTdmqMqtt).parameters) - transform_only == table

@@ -1,4 +1,4 @@
-"""TC3-HMAC-SHA256 against every test vector in tdmq-api.md section 2.1."""
+"""TC3-HMAC-SHA256 against test vectors produced by running the official SDK's signer with a fixed clock."""
 
 from __future__ import annotations
 

@@ -477,7 +477,7 @@ class Broker:
     # -- events ---------------------------------------------------------------------------
 
     def _emit_subscription_event(self, name: str, session: Session, subscription: Subscription) -> None:
-        fields = {
+        fields: dict[str, object] = {
             "clientid": session.client_id,
             "username": session.username,
             "topic": subscription.topic_filter,
@@ -485,9 +485,10 @@ class Broker:
             "timestamp": now_ms(),
         }
         if name == "session_subscribed":
-            fields["subopts"] = {"qos": subscription.qos}
+            subopts: dict[str, object] = {"qos": subscription.qos}
             if subscription.share_group is not None:
-                fields["subopts"]["share"] = subscription.share_group
+                subopts["share"] = subscription.share_group
+            fields["subopts"] = subopts
         self.emit_event(name, fields)
 
     def emit_event(self, name: str, fields: dict) -> None:

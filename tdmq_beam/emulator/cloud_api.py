@@ -202,7 +202,7 @@ class CloudApi:
         number = min(number, MAX_CLIENT_LIST)
         if online_status not in (0, 1, 2):
             raise _CloudError("InvalidParameterValue", "OnlineStatus must be 0, 1 or 2")
-        clients = []
+        clients: list[dict] = []
         for client_id in sorted(self.broker.sessions):
             if len(clients) >= number:
                 break

@@ -1,6 +1,7 @@
 """The data-plane HTTP API (publish, online status, keep-alive) and ``/emulator/stats``.
 
-Routes, parameters and status codes follow ``tdmq-api.md`` section 1. Handlers
+Routes, parameters and status codes follow the service documentation of the HTTP publish,
+online-status and keep-alive APIs. Handlers
 return their error responses instead of raising, so one wrapper counts every
 answer by API and status for ``/emulator/stats``. Requests are read strictly:
 an ambiguous request (a parameter given twice, bad percent-encoding, a number
@@ -28,14 +29,13 @@ from tdmq_beam.emulator.mqtt_server import certificate_common_name
 from tdmq_beam.emulator.session import Message
 from tdmq_beam.mqtt.codec import Prop
 from tdmq_beam.mqtt.topics import topic_name_error, utf8_string_error
+from tdmq_beam.service.limits import KEEPALIVE_RANGE, MAX_UINT32
 from tdmq_beam.service.token_bucket import TokenBucket
 
-__all__ = ["KEEPALIVE_RANGE", "DataPlaneApi", "RequestError", "decode_component", "parse_query"]
+__all__ = ["DataPlaneApi", "RequestError", "decode_component", "parse_query"]
 
 _LOGGER = logging.getLogger(__name__)
 
-KEEPALIVE_RANGE = (30, 1200)
-MAX_UINT32 = 0xFFFFFFFF
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -378,7 +378,8 @@ class DataPlaneApi:
             retry_after = str(self.config.faults.retry_after)
             return _error(429, "injected throttling", headers={"Retry-After": retry_after})
         if fault == "reset":
-            request.transport.abort()
+            if request.transport is not None:
+                request.transport.abort()
             raise _Reset()
         await asyncio.sleep(self.config.faults.delay_seconds)
         return None
@@ -425,7 +426,7 @@ class DataPlaneApi:
                 return refuse("client-id is required")
             if "interval" not in params:
                 return refuse("interval is required")
-            interval = _uint(params, "interval", MAX_UINT32)
+            interval = _uint(params, "interval", MAX_UINT32) or 0
         except RequestError as exc:
             return refuse(str(exc))
         low, high = KEEPALIVE_RANGE

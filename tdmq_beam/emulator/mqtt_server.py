@@ -60,7 +60,7 @@ class MqttConnection(asyncio.Protocol):
         self.broker = broker
         self.config = broker.config
         self.loop = broker.loop
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # set by connection_made, before anything else
         self.buffer = bytearray()
         self.level = 4
         self.session: Session | None = None
@@ -146,6 +146,11 @@ class MqttConnection(asyncio.Protocol):
         if session is not None and session.connection is self:
             will, self.will = self.will, None
             self.broker.close_session(session, reason, will)
+
+    def _live_session(self) -> Session:
+        """The session of a connection past CONNECT (every packet but the first)."""
+        assert self.session is not None
+        return self.session
 
     def _reason(self, text: str | None) -> dict | None:
         """A Reason String property, where the client allows one (MQTT 5 Request Problem Information)."""
@@ -351,7 +356,7 @@ class MqttConnection(asyncio.Protocol):
         return topic
 
     def _on_publish(self, packet: codec.Publish) -> None:
-        session = self.session
+        session = self._live_session()
         topic = self._topic_of(packet)
         if packet.qos == 2:
             if packet.packet_id in session.awaiting_release:
@@ -382,7 +387,7 @@ class MqttConnection(asyncio.Protocol):
             self._reply(codec.encode_ack, PacketType.PUBREC, packet.packet_id, reason, self.level, reason=problem)
 
     def _on_subscribe(self, packet: codec.Subscribe) -> None:
-        session = self.session
+        session = self._live_session()
         identifiers = packet.properties.get(Prop.SUBSCRIPTION_IDENTIFIER)
         if identifiers is not None and (len(identifiers) > 1 or identifiers[0] == 0):
             raise ProtocolError("SUBSCRIBE carries a Subscription Identifier of 0 or more than one")
@@ -437,7 +442,7 @@ class MqttConnection(asyncio.Protocol):
             self.broker.subscribe(session, subscription)
 
     def _on_unsubscribe(self, packet: codec.Unsubscribe) -> None:
-        session = self.session
+        session = self._live_session()
         codes = [
             ReasonCode.SUCCESS if self.broker.unsubscribe(session, topic_filter) else ReasonCode.NO_SUBSCRIPTION_EXISTED
             for topic_filter in packet.filters
@@ -445,7 +450,7 @@ class MqttConnection(asyncio.Protocol):
         self.send(codec.encode_unsuback(packet.packet_id, codes, self.level))
 
     def _on_disconnect(self, packet: codec.Disconnect) -> None:
-        session = self.session
+        session = self._live_session()
         expiry = packet.properties.get(Prop.SESSION_EXPIRY_INTERVAL)
         if expiry is not None:
             if session.expiry_interval == 0 and expiry != 0:

@@ -108,6 +108,7 @@ class Emulator:
 
     async def _serve_mqtt(self, port: int, tls: ssl.SSLContext | None) -> int:
         broker = self.broker
+        assert broker is not None
         server = await asyncio.get_running_loop().create_server(
             lambda: MqttConnection(broker), self.config.host, port, ssl=tls, reuse_address=True
         )
@@ -120,7 +121,7 @@ class Emulator:
         self._runners.append(runner)
         site = web.TCPSite(runner, self.config.host, port, ssl_context=tls, reuse_address=True)
         await site.start()
-        return site._server.sockets[0].getsockname()[1]
+        return runner.addresses[-1][1]
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         config = self.config
@@ -138,6 +139,7 @@ class Emulator:
         """MQTT over WebSocket: binary frames carry the MQTT byte stream (MQTT 5 section 6)."""
         ws = web.WebSocketResponse(protocols=("mqtt",), max_msg_size=self.config.max_packet_size + 8)
         await ws.prepare(request)
+        assert self.broker is not None
         transport = _WebSocketTransport(ws, request.transport)
         connection = MqttConnection(self.broker)
         connection.connection_made(transport)
@@ -156,6 +158,8 @@ class Emulator:
 
     def stats(self) -> dict:
         """Counts of requests by API and status, messages, and clients."""
+        if self.data_plane is None or self.cloud is None:
+            raise RuntimeError("the emulator is not started")
         snapshot = self.data_plane.snapshot()
         snapshot["requests"].update(self.cloud.snapshot())
         return snapshot

@@ -40,23 +40,16 @@ import fastavro
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.mapping import PROPERTY_ROLES, MessageMapping
 from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload, PayloadEncoder
+from tdmq_beam.service.message_properties import MESSAGE_PROPERTIES
 
 __all__ = ["avro_mapping", "load_mapping_file", "load_schema"]
 
 # Avro types (after removing "null" from unions) each role accepts.
 _ACCEPTS: dict[str, frozenset[str]] = {
+    **{setting.name: setting.avro_types for setting in MESSAGE_PROPERTIES},
     "topic": frozenset({"string", "int", "long", "enum", "boolean"}),
     "topic_field": frozenset({"string"}),
     "payload": frozenset({"bytes", "string", "fixed"}),
-    "qos": frozenset({"int", "long"}),
-    "payload_format_indicator": frozenset({"int", "long"}),
-    "retained": frozenset({"boolean"}),
-    "message_expiry_interval": frozenset({"int", "long"}),
-    "client_id": frozenset({"string"}),
-    "username": frozenset({"string"}),
-    "content_type": frozenset({"string"}),
-    "response_topic": frozenset({"string"}),
-    "correlation_data": frozenset({"string", "bytes", "fixed"}),
     "user_property": frozenset({"string", "int", "long", "boolean", "enum", "double", "float"}),
     "user_properties": frozenset({"map<string>", "array<key-value>"}),
     "json": frozenset(),  # any type

@@ -17,7 +17,8 @@ from typing import Any
 from tdmq_beam.errors import ConfigurationError, InvalidMessageError
 from tdmq_beam.records.fields import MappingError, as_record
 from tdmq_beam.records.payload import FieldPayload, PayloadEncoder, RecordError
-from tdmq_beam.service.message import MAX_UINT32, MqttMessage
+from tdmq_beam.service.message import MqttMessage
+from tdmq_beam.service.message_properties import MESSAGE_PROPERTIES, PROPERTY_NAMES
 
 __all__ = [
     "PROPERTY_ROLES",
@@ -27,41 +28,16 @@ __all__ = [
     "MessageMapping",
 ]
 
-# Roles a single field can play, beside topic, payload and user properties.
-PROPERTY_ROLES = (
-    "qos",
-    "retained",
-    "client_id",
-    "username",
-    "message_expiry_interval",
-    "content_type",
-    "payload_format_indicator",
-    "response_topic",
-    "correlation_data",
-)
+# Roles a single field can play, beside topic, payload and user properties: the message settings.
+PROPERTY_ROLES = PROPERTY_NAMES
+_SETTINGS = {prop.name: prop for prop in MESSAGE_PROPERTIES}
 
 
 def _check_role(role: str, field_name: str, value: Any) -> Any:
-    """Checks one mapped field's value for its role; returns it normalised."""
-
-    def fail(expected: str) -> RecordError:
-        return RecordError(field_name, f"({role}) must be {expected}, got {value!r}")
-
-    if role in ("qos", "payload_format_indicator"):
-        allowed = (0, 1, 2) if role == "qos" else (0, 1)
-        if type(value) is not int or value not in allowed:
-            raise fail(" or ".join(map(str, allowed)))
-    elif role == "retained":
-        if not isinstance(value, bool):
-            raise fail("a boolean")
-    elif role == "message_expiry_interval":
-        if type(value) is not int or not 0 <= value <= MAX_UINT32:
-            raise fail(f"an int within 0..{MAX_UINT32}")
-    elif role == "correlation_data":
-        if not isinstance(value, (bytes, str)):
-            raise fail("bytes or str")
-    elif not isinstance(value, str):
-        raise fail("a str")
+    """Checks one mapped field's value for its role (type and range; the message checks the rest)."""
+    setting = _SETTINGS[role]
+    if not setting.valid(value):
+        raise RecordError(field_name, f"({role}) must be {setting.accepts}, got {value!r}")
     return value
 
 
@@ -157,6 +133,7 @@ class MessageMapping:
     def payload_for(self, record: Mapping[str, Any]) -> bytes:
         if isinstance(self.payload, PayloadEncoder):
             return self.payload.encode(record)
+        assert callable(self.payload)  # a field name became a FieldPayload in __post_init__
         payload = self.payload(record)
         if isinstance(payload, str):
             return payload.encode("utf-8")
@@ -185,8 +162,8 @@ class MessageMapping:
         source = self.user_properties
         if source is None:
             return []
+        pairs: list[tuple[str, str]] = []
         if isinstance(source, Mapping):
-            pairs = []
             for key, name in source.items():
                 value = record.get(name)
                 if value is not None:
@@ -196,12 +173,10 @@ class MessageMapping:
         if value is None:
             return []
         items = value.items() if isinstance(value, Mapping) else value
-        pairs = []
         try:
             for item in items:
-                if isinstance(item, Mapping):  # Avro array of {key, value} records
-                    item = (item.get("key"), item.get("value"))
-                key, text = item
+                pair: Any = (item.get("key"), item.get("value")) if isinstance(item, Mapping) else item
+                key, text = pair  # an Avro array of {key, value} records, or pairs
                 if not isinstance(key, str) or not isinstance(text, str):
                     raise ValueError
                 pairs.append((key, text))
@@ -302,6 +277,8 @@ class MessageBuilder:
     mapping: MessageMapping | None = None
     defaults: MessageDefaults = field(default_factory=MessageDefaults)
     idempotency_key: IdempotencyKey | None = None
+
+    _no_defaults: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         # Decided once: the per-element path only asks a bool.

@@ -20,9 +20,9 @@ import logging
 import random
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -40,6 +40,7 @@ from tdmq_beam.service.cloud_api import ClientDetails, CloudApiCaller, CloudApiC
 from tdmq_beam.service.concurrency import run_bounded
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.http_transport import HttpAnswer, HttpTransport, Transport
+from tdmq_beam.service.limits import KEEPALIVE_RANGE
 from tdmq_beam.service.message import MqttMessage
 from tdmq_beam.service.retry import SYSTEM_CLOCK, Clock
 from tdmq_beam.service.token_bucket import TokenBucket
@@ -50,9 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["KEEPALIVE_RANGE", "AsyncTdmqClient", "PublishResult", "TdmqClient", "new_event_loop"]
 
 _LOGGER = logging.getLogger(__name__)
-
-KEEPALIVE_RANGE = (30, 1200)
-"""Keep-alive seconds the keep-alive API accepts."""
 
 _THROTTLE_DELAY = 0.2
 """Seconds a request waits each time the adaptive throttle holds it back."""
@@ -386,7 +384,7 @@ class TdmqClient:
             self._finalizer()
             raise
 
-    def run(self, coroutine: Awaitable[T]) -> T:
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Runs a coroutine on the client's loop and waits for its result."""
         return self.submit(coroutine).result()
 
@@ -396,7 +394,7 @@ class TdmqClient:
     def publish_batch(self, messages: Sequence[MqttMessage], concurrency: int | None = None) -> list[PublishResult]:
         return self.run(self.aio.publish_batch(messages, concurrency))
 
-    def submit(self, coroutine: Awaitable[T]) -> concurrent.futures.Future[T]:
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Starts a coroutine on the client's loop and returns at once; the future holds its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 

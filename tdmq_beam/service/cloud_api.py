@@ -97,7 +97,7 @@ class CloudApiConfig:
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive, got {timeout}")
         self.secret_id = secret_id
-        self.secret_key: Secret = as_secret(secret_key)
+        self.secret_key: Secret = as_secret(secret_key)  # type: ignore[assignment]  # checked non-empty above
         self.region = region
         self.instance_id = instance_id
         self.endpoint = endpoint

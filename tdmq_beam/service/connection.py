@@ -134,6 +134,7 @@ class TdmqConnection:
         """The Basic ``Authorization`` header, resolving the password; None under mTLS only."""
         if self.username is None:
             return None
+        assert self.password is not None  # username and password go together
         credentials = f"{self.username}:{self.password.resolve()}".encode()
         return "Basic " + base64.b64encode(credentials).decode()
 
@@ -173,7 +174,7 @@ class TdmqConnection:
         data: dict[str, Any] = {"endpoint": self.endpoint, "timeout": self.timeout, "max_in_flight": self.max_in_flight}
         if self.username is not None:
             data["username"] = self.username
-            data["password"] = self.password.describe()
+            data["password"] = self.password.describe() if self.password is not None else None
         if self.client_cert is not None:
             data["client_cert"] = self.client_cert
             data["client_key"] = self.client_key

@@ -63,7 +63,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.Transport  # set by connection_made, before any request
         self._waiter: asyncio.Future | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []

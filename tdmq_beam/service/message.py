@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
-from urllib.parse import quote
+from typing import Any
 
 from tdmq_beam.errors import InvalidMessageError
 from tdmq_beam.mqtt.topics import topic_name_error, utf8_string_error
+from tdmq_beam.service.message_properties import MESSAGE_PROPERTIES, quote_component
 
-__all__ = ["MAX_UINT32", "MqttMessage", "UserProperties"]
+__all__ = ["MqttMessage", "UserProperties"]
 
-MAX_UINT32 = 0xFFFFFFFF
 
 UserProperties = Iterable[tuple[str, str]] | Mapping[str, str]
 
 
-@functools.lru_cache(maxsize=65536)
-def _quote(text: str) -> str:
-    return quote(text, safe="")
+# Every setting but qos and retained, which every request carries.
+_OPTIONAL_PROPERTIES = tuple(prop for prop in MESSAGE_PROPERTIES if prop.name not in ("qos", "retained"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +73,7 @@ class MqttMessage:
             raise InvalidMessageError(f"payload must be bytes or str, got {type(payload).__name__}")
         if isinstance(self.correlation_data, str):
             object.__setattr__(self, "correlation_data", self.correlation_data.encode("utf-8"))
-        properties = self.user_properties
+        properties: Any = self.user_properties
         if isinstance(properties, Mapping):
             properties = properties.items()
         try:
@@ -92,14 +90,9 @@ class MqttMessage:
         problem = topic_name_error(self.topic) if isinstance(self.topic, str) else "topic must be a str"
         if problem:
             return problem
-        qos = self.qos
-        if type(qos) is not int or qos not in (0, 1, 2):
-            return f"qos must be 0, 1 or 2, got {qos!r}"
-        if not isinstance(self.retained, bool):
-            return f"retained must be a bool, got {self.retained!r}"
-        for name in ("client_id", "username", "content_type"):
-            value = getattr(self, name)
-            if value is not None and (problem := utf8_string_error(name, value)):
+        for prop in MESSAGE_PROPERTIES:
+            value = getattr(self, prop.name)
+            if value is not None and (problem := prop.problem(value)):
                 return problem
         if self.client_id == "":
             return "client_id is empty; leave it None for the service's default"
@@ -109,25 +102,12 @@ class MqttMessage:
             for part, text in zip(("key", "value"), pair, strict=True):
                 if problem := utf8_string_error(f"user property {index} {part}", text):
                     return problem
-        expiry = self.message_expiry_interval
-        if expiry is not None and (type(expiry) is not int or not 0 <= expiry <= MAX_UINT32):
-            return f"message_expiry_interval must be an int within 0..{MAX_UINT32}, got {expiry!r}"
-        indicator = self.payload_format_indicator
-        if indicator is not None:
-            if type(indicator) is not int or indicator not in (0, 1):
-                return f"payload_format_indicator must be 0 or 1, got {indicator!r}"
-            if indicator == 1:
-                try:
-                    self.payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    return "payload_format_indicator is 1 but the payload is not valid UTF-8"
-        if self.response_topic is not None:
-            problem = topic_name_error(self.response_topic) if isinstance(self.response_topic, str) else "not a str"
-            if problem:
-                return f"response_topic: {problem}"
+        if self.payload_format_indicator == 1:
+            try:
+                self.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return "payload_format_indicator is 1 but the payload is not valid UTF-8"
         if self.correlation_data is not None:
-            if not isinstance(self.correlation_data, bytes):
-                return "correlation_data must be bytes or str"
             try:
                 self.correlation_data.decode("utf-8")
             except UnicodeDecodeError:
@@ -146,20 +126,10 @@ class MqttMessage:
     def request_target(self) -> str:
         """Path and query of the publish request, every part percent-encoded."""
         parts = [f"qos={self.qos}", "retained=true" if self.retained else "retained=false"]
-        if self.client_id is not None:
-            parts.append("client_id=" + _quote(self.client_id))
-        if self.username is not None:
-            parts.append("username=" + _quote(self.username))
-        if self.response_topic is not None:
-            parts.append("ResponseTopic=" + _quote(self.response_topic))
-        if self.correlation_data is not None:
-            parts.append("CorrelationData=" + quote(self.correlation_data, safe=""))
-        if self.content_type is not None:
-            parts.append("ContentType=" + _quote(self.content_type))
-        if self.payload_format_indicator is not None:
-            parts.append(f"PayloadFormatIndicator={self.payload_format_indicator}")
-        if self.message_expiry_interval is not None:
-            parts.append(f"MessageExpiryInterval={self.message_expiry_interval}")
+        for prop in _OPTIONAL_PROPERTIES:
+            value = getattr(self, prop.name)
+            if value is not None:
+                parts.append(prop.query(value))
         for index, (key, value) in enumerate(self.user_properties, 1):
-            parts.append(f"UserProp.{index}.Key={_quote(key)}&UserProp.{index}.Value={_quote(value)}")
-        return f"/topics/{_quote(self.topic)}?{'&'.join(parts)}"
+            parts.append(f"UserProp.{index}.Key={quote_component(key)}&UserProp.{index}.Value={quote_component(value)}")
+        return f"/topics/{quote_component(self.topic)}?{'&'.join(parts)}"

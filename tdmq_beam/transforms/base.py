@@ -24,7 +24,6 @@ from ``new_fn``; ``describe`` adds its display data.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import apache_beam as beam
@@ -67,7 +66,7 @@ class CallTransform(beam.PTransform):
     """The label of the DoFn step (``Publish``)."""
     MAIN: ClassVar[str]
     """The name of the main output (``published``)."""
-    Result: ClassVar[Callable[[pvalue.PCollection, pvalue.PCollection], tuple]]
+    Result: ClassVar[Any]
     """The result type: a NamedTuple of (main output, ``failed``)."""
     main_type: Any = Any
     """The element type of the main output."""

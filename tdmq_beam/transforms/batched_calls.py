@@ -99,7 +99,7 @@ class BatchedCallsFn(beam.DoFn):
         self._max_pending = max_pending_batches
         self._batched_input = batched_input
         self.counters = {name: Metrics.counter(namespace, name) for name in self.COUNTERS}
-        self.client: TdmqClient | None = None
+        self.client: TdmqClient  # set up by setup(), on the worker
 
     # -- for subclasses ----------------------------------------------------------
 
@@ -128,7 +128,7 @@ class BatchedCallsFn(beam.DoFn):
         """Outputs for one element whose call finished with ``result``."""
         raise NotImplementedError
 
-    def batch_done(self, results: list[Any]) -> None:
+    def batch_done(self, results: Any) -> None:
         """Called once per finished batch, on the DoFn's thread (for metrics)."""
 
     # -- beam.DoFn ----------------------------------------------------------------
@@ -162,7 +162,7 @@ class BatchedCallsFn(beam.DoFn):
             yield ready.popleft()
 
     def teardown(self) -> None:
-        self.client = None  # the last DoFn to let go closes the shared client
+        self.client = None  # type: ignore[assignment]  # the last DoFn to let go closes the shared client
 
     # -- machinery --------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class BatchedCallsFn(beam.DoFn):
         if block:
             done, _ = concurrent.futures.wait(self._outstanding, return_when=concurrent.futures.FIRST_COMPLETED)
         else:
-            done = [future for future in self._outstanding if future.done()]
+            done = {future for future in self._outstanding if future.done()}
         for future in done:
             batch = self._outstanding.pop(future)
             results = future.result()

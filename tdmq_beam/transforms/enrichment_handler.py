@@ -54,16 +54,17 @@ class TdmqClientStatusHandler(EnrichmentSourceHandler[beam.Row, beam.Row]):
         self._connection = connection
         self._cloud = cloud
         self._field = client_id_field
-        self._client: TdmqClient | None = None
+        self._client: TdmqClient  # opened by __enter__, as Beam's Enrichment does first
 
     def __enter__(self) -> TdmqClientStatusHandler:
         self._client = TdmqClient(self._connection, self._cloud)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+            del self._client
 
     def _client_id(self, request: beam.Row) -> str:
         client_id = request._asdict().get(self._field)
@@ -71,7 +72,7 @@ class TdmqClientStatusHandler(EnrichmentSourceHandler[beam.Row, beam.Row]):
             raise UserCodeExecutionException(f"field {self._field!r} must hold the client id, got {client_id!r}")
         return client_id
 
-    def __call__(self, request: beam.Row, *args: Any, **kwargs: Any) -> tuple[beam.Row, beam.Row]:
+    def __call__(self, request: beam.Row, *args: Any, **kwargs: Any) -> tuple[beam.Row, beam.Row]:  # type: ignore[override]  # Enrichment's handlers answer (request, response)
         client_id = self._client_id(request)
         try:
             online = self._client.is_online(client_id)

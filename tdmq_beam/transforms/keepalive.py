@@ -11,9 +11,9 @@ import apache_beam as beam
 
 from tdmq_beam.errors import ConfigurationError, TdmqError
 from tdmq_beam.records.fields import MappingError, as_record, client_id_getter, element_to_json
-from tdmq_beam.service.client import KEEPALIVE_RANGE
 from tdmq_beam.service.concurrency import run_bounded
 from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.limits import KEEPALIVE_RANGE
 from tdmq_beam.transforms.base import Batching, CallTransform
 from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error
@@ -54,12 +54,12 @@ class KeepAliveResult(NamedTuple):
 def _interval_getter(interval: str | int | Callable[[Any], int]) -> Callable[[Any], int]:
     if callable(interval):
         return interval
-    if isinstance(interval, int) and not isinstance(interval, bool):
+    if isinstance(interval, int):
         return lambda element: interval
     field = interval
 
     def from_field(element: Any) -> int:
-        return as_record(element).get(field)
+        return as_record(element).get(field)  # type: ignore[return-value]  # checked in prepare
 
     return from_field
 

@@ -61,10 +61,10 @@ class _PublishFn(BatchedCallsFn):
 
     def outputs(self, element: Any, message: MqttMessage, result: PublishResult):
         self._latency.update(int(result.seconds * 1000))
-        if result.error is None:
-            yield None, PublishedMessage(element, message.topic, result.message_id, result.attempts)
-        else:
+        if result.error is not None:
             yield FAILED, failure_from_error(element, message.topic, result.error, result.attempts)
+        else:
+            yield None, PublishedMessage(element, message.topic, result.message_id or "", result.attempts)
 
     def batch_done(self, results: list[PublishResult]) -> None:
         published = sum(1 for result in results if result.error is None)
