@@ -36,8 +36,9 @@ _SETTINGS = {prop.name: prop for prop in MESSAGE_PROPERTIES}
 def _check_role(role: str, field_name: str, value: Any) -> Any:
     """Checks one mapped field's value for its role (type and range; the message checks the rest)."""
     setting = _SETTINGS[role]
-    if not setting.valid(value):
-        raise RecordError(field_name, f"({role}) must be {setting.accepts}, got {value!r}")
+    if not setting.is_valid(value):
+        expected = " or ".join(map(str, setting.choices)) if setting.choices else setting.accepts
+        raise RecordError(field_name, f"({role}) must be {expected}, got {value!r}")
     return value
 
 

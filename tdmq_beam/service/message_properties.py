@@ -39,6 +39,7 @@ class MessageProperty:
         accepts: what a value must be, in words (for error messages).
         avro_types: Avro types (``null`` removed from unions) a field may have in this role.
         valid: whether a value has the right type and range.
+        choices: the values an enumerated setting takes (qos, payload format), else empty.
         string_rule: the value is text held to MQTT's string rules (UTF-8, no U+0000, 65,535 bytes).
         mqtt5: an MQTT 5 property (MQTT 3.1.1 subscribers do not see it).
     """
@@ -48,12 +49,17 @@ class MessageProperty:
     accepts: str
     avro_types: frozenset[str]
     valid: Callable[[Any], bool]
+    choices: tuple[int, ...] = ()
     string_rule: bool = False
     mqtt5: bool = True
 
+    def is_valid(self, value: Any) -> bool:
+        """Whether ``value`` has the right type and range (the string rules aside)."""
+        return self.valid(value) and (not self.choices or value in self.choices)
+
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` for this setting, as a sentence naming it, or None."""
-        if not self.valid(value):
+        if not self.is_valid(value):
             return f"{self.name} must be {self.accepts}, got {value!r}"
         if self.string_rule:
             return utf8_string_error(self.name, value)
@@ -72,8 +78,8 @@ class MessageProperty:
         return f"{self.parameter}={quote_component(text)}"
 
 
-def _one_of(*allowed: int) -> Callable[[Any], bool]:
-    return lambda value: type(value) is int and value in allowed
+def _is_choice(value: Any) -> bool:
+    return type(value) is int  # the range is the property's choices
 
 
 def _is_str(value: Any) -> bool:
@@ -97,7 +103,7 @@ _STRINGS = frozenset({"string"})
 
 # In the order the publish request names them.
 MESSAGE_PROPERTIES: tuple[MessageProperty, ...] = (
-    MessageProperty("qos", "qos", "0, 1 or 2", _INTEGERS, _one_of(0, 1, 2), mqtt5=False),
+    MessageProperty("qos", "qos", "0, 1 or 2", _INTEGERS, _is_choice, (0, 1, 2), mqtt5=False),
     MessageProperty("retained", "retained", "a bool", frozenset({"boolean"}), _is_bool, mqtt5=False),
     MessageProperty("client_id", "client_id", "a str", _STRINGS, _is_str, string_rule=True, mqtt5=False),
     MessageProperty("username", "username", "a str", _STRINGS, _is_str, string_rule=True, mqtt5=False),
@@ -106,7 +112,7 @@ MESSAGE_PROPERTIES: tuple[MessageProperty, ...] = (
         "correlation_data", "CorrelationData", "bytes or str", frozenset({"string", "bytes", "fixed"}), _is_bytes_or_str
     ),
     MessageProperty("content_type", "ContentType", "a str", _STRINGS, _is_str, string_rule=True),
-    MessageProperty("payload_format_indicator", "PayloadFormatIndicator", "0 or 1", _INTEGERS, _one_of(0, 1)),
+    MessageProperty("payload_format_indicator", "PayloadFormatIndicator", "0 or 1", _INTEGERS, _is_choice, (0, 1)),
     MessageProperty(
         "message_expiry_interval", "MessageExpiryInterval", f"an int within 0..{MAX_UINT32}", _INTEGERS, _is_uint32
     ),
