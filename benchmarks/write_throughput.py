@@ -6,7 +6,7 @@ which runs pinned to the other core:
 
 (a) the bare aiohttp loop of ``client_publish.py`` (the ceiling);
 (b) ``WriteToTdmqMqtt`` on the DirectRunner, reading from a source that
-    generates the messages (``Impulse`` + ``FlatMap``, fused, no Reshuffle:
+    hands out prebuilt messages (``Impulse`` + ``FlatMap``, fused, no Reshuffle:
     a Reshuffle's ~25 us per element would be Beam's, not ours; nor
     ``beam.Create``, which pickles and compresses every element into the
     pipeline graph, ~90 us per element before the first publish);
@@ -38,7 +38,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from client_publish import PAYLOAD, TOPIC, bare_loop
+from client_publish import bare_loop, prebuilt_messages
 from servers import CLIENT_CPU, emulator_server, nginx_server, pin
 
 from tdmq_beam import AsyncTdmqClient, MqttMessage, TdmqConnection, WriteToTdmqMqtt
@@ -78,14 +78,9 @@ def _time_pipeline(build) -> float:
     return time.perf_counter() - started
 
 
-def _messages(_: bytes, n: int):
-    """The source: n device commands, made on the worker."""
-    for _ in range(n):
-        yield MqttMessage(TOPIC, PAYLOAD)
-
-
 def _source(pipeline: beam.Pipeline, n: int) -> beam.PCollection:
-    return pipeline | "Impulse" >> beam.Impulse() | "Generate" >> beam.FlatMap(_messages, n)
+    """n device commands, the same prebuilt messages (d) publishes (the DirectRunner runs in this process)."""
+    return pipeline | "Impulse" >> beam.Impulse() | "Generate" >> beam.FlatMap(prebuilt_messages, n)
 
 
 def run_write(base_url: str, n: int, concurrency: int) -> float:
@@ -117,7 +112,7 @@ def run_bare(base_url: str, n: int, concurrency: int) -> float:
 
 def run_client(base_url: str, n: int, concurrency: int) -> float:
     connection = TdmqConnection(base_url, username="user0", password="secret0", max_in_flight=concurrency)
-    messages = [MqttMessage(TOPIC, PAYLOAD) for _ in range(n)]
+    messages = prebuilt_messages(b"", n)
 
     async def publish_all() -> float:
         async with AsyncTdmqClient(connection) as client:

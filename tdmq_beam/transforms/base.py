@@ -2,7 +2,7 @@
 
 A transform on this base is three things: how an element becomes a call
 (``prepare``), how a batch of calls runs on the worker's client (``start``),
-and what a result becomes (``outputs``): a `BatchedCallsFn` subclass. The base
+and what a result becomes (``output``): a `BatchedCallsFn` subclass. The base
 owns the rest, the same for every transform:
 
 - the connection (and cloud API) check and the four batching options;
@@ -15,7 +15,7 @@ owns the rest, the same for every transform:
   (``tdmq_beam.{TransformName}``).
 
 Adding an API call as a transform: write its DoFn (``prepare``, ``start``,
-``outputs``), a result `NamedTuple` (main output, ``failed``), and a
+``output``), a result `NamedTuple` (main output, ``failed``), and a
 `CallTransform` subclass that sets ``LABEL``, ``MAIN``, ``Result`` and
 ``main_type``, validates its own options in ``__init__`` and returns its DoFn
 from ``new_fn``; ``describe`` adds its display data.

@@ -6,7 +6,7 @@ elements arrive), keeps at most ``max_pending_batches`` batches outstanding,
 and emits each element's outputs in the element's own timestamp and windows.
 Batches finish in any order: one slow call holds up only its own batch.
 Subclasses say how an element becomes a call (`prepare`), how a batch of
-calls runs (`start`) and what a result becomes (`outputs`).
+calls runs (`start`) and what a result becomes (`output`).
 
 Two Beam details shape it. Each element is handled once, whatever windows it
 is in (``WindowedValueParam``, not per-window invocation). And finished
@@ -58,14 +58,8 @@ Output = tuple[str | None, Any]
 """(output tag or None for the main output, value)."""
 
 
-class _Pending:
-    __slots__ = ("element", "timestamp", "windows", "work")
-
-    def __init__(self, element: Any, work: Any, timestamp: Any, windows: Any) -> None:
-        self.element = element
-        self.work = work
-        self.timestamp = timestamp
-        self.windows = windows
+_Pending = tuple[Any, Any, WindowedValue]
+"""(element, its call, the element in its windows)."""
 
 
 class BatchedCallsFn(beam.DoFn):
@@ -107,10 +101,10 @@ class BatchedCallsFn(beam.DoFn):
         """The call to make for ``element``; raise `InvalidMessageError` to reject it at once."""
         raise NotImplementedError
 
-    def reject(self, element: Any, error: InvalidMessageError) -> Iterable[Output]:
-        """Outputs for an element `prepare` rejected: by default a `FailedMessage` (no attempt made)."""
+    def reject(self, element: Any, error: InvalidMessageError) -> Output:
+        """The output for an element `prepare` rejected: by default a `FailedMessage` (no attempt made)."""
         self.counters["failed"].inc()
-        yield FAILED, failure_from_error(element, None, error, attempts=0)
+        return FAILED, failure_from_error(element, None, error, attempts=0)
 
     def start(self, work: list[Any]) -> concurrent.futures.Future:
         """Starts a batch of calls on ``self.client``, ``self.concurrency`` at a time; the future
@@ -124,8 +118,8 @@ class BatchedCallsFn(beam.DoFn):
         backoff, few enough that idle workers do not crowd the event loop."""
         return max(2, -(-2 * self._connection.max_in_flight // self._max_pending))
 
-    def outputs(self, element: Any, work: Any, result: Any) -> Iterable[Output]:
-        """Outputs for one element whose call finished with ``result``."""
+    def output(self, element: Any, work: Any, result: Any) -> Output:
+        """The output for one element whose call finished with ``result``: (tag or None, value)."""
         raise NotImplementedError
 
     def batch_done(self, results: Any) -> None:
@@ -144,9 +138,9 @@ class BatchedCallsFn(beam.DoFn):
     def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
         if self._batched_input:
             for item, timestamp, windows in element[1]:
-                self._add(item, timestamp, windows)
+                self._add(item, WindowedValue(item, timestamp, windows))
         else:
-            self._add(element, windowed.timestamp, windowed.windows)
+            self._add(element, windowed)
         if self._ready and len(windowed.windows) == 1:
             ready = self._ready
             while ready:
@@ -166,26 +160,21 @@ class BatchedCallsFn(beam.DoFn):
 
     # -- machinery --------------------------------------------------------------------
 
-    def _add(self, element: Any, timestamp: Any, windows: Any) -> None:
+    def _add(self, element: Any, windowed: WindowedValue) -> None:
         try:
             work = self.prepare(element)
         except InvalidMessageError as error:
-            self._queue(self.reject(element, error), timestamp, windows)
+            self._ready.append(_in_windows(self.reject(element, error), windowed))
             return
-        self._buffer.append(_Pending(element, work, timestamp, windows))
+        self._buffer.append((element, work, windowed))
         if len(self._buffer) >= self._batch_size:
             self._submit()
-
-    def _queue(self, outputs: Iterable[Output], timestamp: Any, windows: Any) -> None:
-        for tag, value in outputs:
-            windowed = WindowedValue(value, timestamp, windows)
-            self._ready.append(windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed))
 
     def _submit(self) -> None:
         batch, self._buffer = self._buffer, []
         while len(self._outstanding) >= self._max_pending:
             self._complete(block=True)
-        self._outstanding[self.start([pending.work for pending in batch])] = batch
+        self._outstanding[self.start([work for _, work, _ in batch])] = batch
         self._complete(block=False)
 
     def _complete(self, block: bool) -> None:
@@ -198,12 +187,21 @@ class BatchedCallsFn(beam.DoFn):
             done, _ = concurrent.futures.wait(self._outstanding, return_when=concurrent.futures.FIRST_COMPLETED)
         else:
             done = {future for future in self._outstanding if future.done()}
+        output = self.output
+        ready = self._ready
         for future in done:
             batch = self._outstanding.pop(future)
             results = future.result()
-            for pending, result in zip(batch, results, strict=True):
-                self._queue(self.outputs(pending.element, pending.work, result), pending.timestamp, pending.windows)
+            for (element, work, windowed), result in zip(batch, results, strict=True):
+                ready.append(_in_windows(output(element, work, result), windowed))
             self.batch_done(results)
+
+
+def _in_windows(output: Output, windowed: WindowedValue) -> Any:
+    """An output in the timestamp, windows and pane of the input it came from."""
+    tag, value = output
+    result = windowed.with_value(value)
+    return result if tag is None else beam.pvalue.TaggedOutput(tag, result)
 
 
 class AttachWindowing(beam.DoFn):

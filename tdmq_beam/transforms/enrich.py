@@ -14,7 +14,7 @@ from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.status_lookup import ClientStatus, LookupResults, LookupSettings
 from tdmq_beam.transforms.base import Batching, CallTransform
-from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Output
 from tdmq_beam.transforms.client_rows import details_row
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error
 from tdmq_beam.transforms.worker_client import acquire_status_lookup
@@ -88,14 +88,14 @@ class _EnrichFn(BatchedCallsFn):
     def start(self, client_ids: list[str]) -> concurrent.futures.Future:
         return self.lookup.submit_batch(client_ids, self.concurrency)
 
-    def outputs(self, element: Any, client_id: str, result: ClientStatus | TdmqError):
+    def output(self, element: Any, client_id: str, result: ClientStatus | TdmqError) -> Output:
         if isinstance(result, ClientStatus):
-            yield None, self._joined(element, result)
+            return None, self._joined(element, result)
         elif self._pass_unknown:
-            yield None, self._joined(element, ClientStatus(client_id, None))
+            return None, self._joined(element, ClientStatus(client_id, None))
         else:
             self.counters["failed"].inc()
-            yield FAILED, failure_from_error(element, None, result, context=f"looking up client {client_id!r}")
+            return FAILED, failure_from_error(element, None, result, context=f"looking up client {client_id!r}")
 
     def batch_done(self, results: LookupResults) -> None:
         for name, count in results.stats.items():

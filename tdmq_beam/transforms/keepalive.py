@@ -15,7 +15,7 @@ from tdmq_beam.service.concurrency import run_bounded
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.limits import KEEPALIVE_RANGE
 from tdmq_beam.transforms.base import Batching, CallTransform
-from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Output
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error
 
 __all__ = ["KeepAliveResult", "KeepAliveSet", "SetClientKeepAlive"]
@@ -88,16 +88,16 @@ class _KeepAliveFn(BatchedCallsFn):
             run_bounded(work, lambda call: aio.set_keepalive_with_attempts(*call), self.concurrency)
         )
 
-    def outputs(self, element: Any, work: tuple[str, int], result: tuple[int, int] | TdmqError):
+    def output(self, element: Any, work: tuple[str, int], result: tuple[int, int] | TdmqError) -> Output:
         client_id, _ = work
         if isinstance(result, TdmqError):
             self.counters["failed"].inc()
             context = f"setting the keep-alive of {client_id!r}"
-            yield FAILED, failure_from_error(element, None, result, context=context)
+            return FAILED, failure_from_error(element, None, result, context=context)
         else:
             self.counters["set"].inc()
             keepalive, attempts = result
-            yield None, KeepAliveSet(element, client_id, keepalive, attempts)
+            return None, KeepAliveSet(element, client_id, keepalive, attempts)
 
 
 @beam.typehints.with_input_types(Any)

@@ -16,7 +16,7 @@ from tdmq_beam.service.client import PublishResult
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.message import MqttMessage
 from tdmq_beam.transforms.base import Batching, CallTransform
-from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Output
 from tdmq_beam.transforms.results import FailedMessage, PublishedMessage, failure_from_error
 
 __all__ = ["WriteToTdmqMqtt", "WriteToTdmqMqttResult"]
@@ -59,12 +59,12 @@ class _PublishFn(BatchedCallsFn):
     def start(self, work: list[MqttMessage]) -> concurrent.futures.Future:
         return self.client.submit(self.client.aio.publish_batch(work, self.concurrency))
 
-    def outputs(self, element: Any, message: MqttMessage, result: PublishResult):
+    def output(self, element: Any, message: MqttMessage, result: PublishResult) -> Output:
         self._latency.update(int(result.seconds * 1000))
         if result.error is not None:
-            yield FAILED, failure_from_error(element, message.topic, result.error, result.attempts)
+            return FAILED, failure_from_error(element, message.topic, result.error, result.attempts)
         else:
-            yield None, PublishedMessage(element, message.topic, result.message_id or "", result.attempts)
+            return None, PublishedMessage(element, message.topic, result.message_id or "", result.attempts)
 
     def batch_done(self, results: list[PublishResult]) -> None:
         published = sum(1 for result in results if result.error is None)
