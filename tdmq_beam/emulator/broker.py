@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import uuid
+from collections import deque
 
 from tdmq_beam.emulator.config import EmulatorConfig
 from tdmq_beam.emulator.session import (
@@ -252,12 +253,16 @@ class Broker:
             else:
                 self.counters["messages_dropped_expired"] += 1
             return
-        if len(session.queue) >= self.config.max_queued:
-            session.queue.popleft()
-            self.counters["messages_dropped_queue_full"] += 1
-        session.queue.append(delivery)
+        self._enqueue(session.queue, delivery)
         if session.connection is not None:
             self.drain(session)
+
+    def _enqueue(self, queue: deque, item: Delivery | Message) -> None:
+        """Appends to a session's queue or a group's backlog, dropping the oldest past ``max_queued``."""
+        if len(queue) >= self.config.max_queued:
+            queue.popleft()
+            self.counters["messages_dropped_queue_full"] += 1
+        queue.append(item)
 
     def drain(self, session: Session) -> None:
         """Sends what waits for the session (its queue, then its shared groups' backlogs)
@@ -397,10 +402,7 @@ class Broker:
         if message.qos == 0 or message.immediate:
             self.counters["messages_dropped_no_subscriber"] += 1
             return
-        if len(group.backlog) >= self.config.max_queued:
-            group.backlog.popleft()
-            self.counters["messages_dropped_queue_full"] += 1
-        group.backlog.append(message)
+        self._enqueue(group.backlog, message)
 
     def _send_shared(self, session: Session, group: SharedGroup, message: Message) -> None:
         subscription = group.members[session.client_id]
