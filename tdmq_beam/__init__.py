@@ -35,6 +35,7 @@ _EXPORTS = {
     "JsonPayload": "tdmq_beam.records.payload",
     "KeepAliveResult": "tdmq_beam.transforms.keepalive",
     "KeepAliveSet": "tdmq_beam.transforms.keepalive",
+    "MessageDefaults": "tdmq_beam.records.mapping",
     "MessageMapping": "tdmq_beam.records.mapping",
     "MqttMessage": "tdmq_beam.service.message",
     "PermissionDeniedError": "tdmq_beam.errors",
@@ -75,6 +76,7 @@ __all__ = [
     "JsonPayload",
     "KeepAliveResult",
     "KeepAliveSet",
+    "MessageDefaults",
     "MessageMapping",
     "MqttMessage",
     "PermissionDeniedError",
@@ -123,7 +125,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
         TransportError,
     )
     from tdmq_beam.records.avro_mapping import avro_mapping
-    from tdmq_beam.records.mapping import IdempotencyKey, MessageMapping
+    from tdmq_beam.records.mapping import IdempotencyKey, MessageDefaults, MessageMapping
     from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload
     from tdmq_beam.secret import Secret
     from tdmq_beam.service.client import AsyncTdmqClient, PublishResult, TdmqClient

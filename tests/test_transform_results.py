@@ -16,12 +16,12 @@ from tdmq_beam import (
     EnrichWithClientStatus,
     FailedMessage,
     KeepAliveSet,
+    MessageDefaults,
     MessageMapping,
     PublishedMessage,
     SetClientKeepAlive,
     WriteToTdmqMqtt,
 )
-from tdmq_beam.records.mapping import MessageDefaults
 
 RECORDS = [{"device": f"d{i}", "body": "on"} for i in range(5)] + [{"body": "no device"}]
 MAPPING = MessageMapping(topic="results/{device}", payload="body")
