@@ -168,3 +168,12 @@ def test_status_and_keep_alive_share_the_transport():
         ("GET", "/client-id/dev%2F1/status", b""),
         ("POST", "/keep-alive?client-id=dev%2F1&interval=90", b""),
     ]
+
+
+def test_an_accepted_publish_without_a_message_id_is_published_and_not_sent_again():
+    clock = FakeClock()
+    transport = ScriptedTransport(HttpAnswer(200, {}, b""), ok("never-reached"))
+    (message_id, attempts), client = run(transport, clock, lambda c: c.publish_with_attempts(MESSAGE))
+    assert (message_id, attempts) == (None, 1)
+    assert len(transport.requests) == 1 and client.retries == 0
+    assert client.published_without_id == 1

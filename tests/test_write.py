@@ -21,6 +21,7 @@ from tdmq_beam import (
     MessageMapping,
     MqttMessage,
     RetryPolicy,
+    TdmqConnection,
     WriteToTdmqMqtt,
     avro_mapping,
 )
@@ -398,3 +399,61 @@ def test_an_element_in_several_windows_is_published_once(batching, paho, unique,
         windows = sorted(tuple(json.loads(line)) for line in open(out_path))
         assert windows == [("m0", 5), ("m0", 10), ("m1", 5), ("m1", 10), ("m2", 5), ("m2", 10)]
         assert emu.stats()["requests"]["publish"] == {"200": 3}  # once per element, not per window
+
+
+def test_an_accepted_publish_without_a_message_id_is_published_once(tmp_path):
+    """A server that answers 200 but sends no X-Message-Id: the element is published (no id), never resent."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    requests: list[str] = []
+    ready = threading.Event()
+    state: dict = {}
+
+    async def accept(request: web.Request) -> web.Response:
+        requests.append(request.path)
+        await request.read()
+        return web.Response(status=200)
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/topics/{topic}", accept)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        state["port"] = runner.addresses[0][1]
+        state["loop"] = loop
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        connection = TdmqConnection(f"http://127.0.0.1:{state['port']}", username="u", password="p")
+        pipeline = beam.Pipeline()
+        published_path = str(tmp_path / "published.jsonl")
+        result = pipeline | beam.Create([MqttMessage(f"t/{i}", b"x") for i in range(5)]) | WriteToTdmqMqtt(connection)
+        (
+            result.published
+            | beam.Map(lambda r: json.dumps(r.as_dict()))
+            | beam.io.WriteToText(published_path, shard_name_template="")
+        )
+        outcome = pipeline.run()
+        outcome.wait_until_finish()
+    finally:
+        state["loop"].call_soon_threadsafe(state["loop"].stop)
+        thread.join(10)
+    published = read_json_lines(published_path)
+    assert len(published) == 5 and {record["message_id"] for record in published} == {None}
+    assert len(requests) == 5  # not one sent again
+    counters = {
+        m.key.metric.name: m.committed
+        for m in outcome.metrics().query(MetricsFilter().with_namespace("tdmq_beam.WriteToTdmqMqtt"))["counters"]
+    }
+    assert counters["published"] == 5 and counters["published_without_id"] == 5

@@ -137,6 +137,7 @@ class AsyncTdmqClient:
         self._open = False
         self.retries = 0
         self.throttled = 0
+        self.published_without_id = 0
 
     async def open(self) -> AsyncTdmqClient:
         """Resolves secrets, builds TLS, opens the pool.
@@ -240,8 +241,9 @@ class AsyncTdmqClient:
 
     # -- publish --------------------------------------------------------------
 
-    async def publish(self, message: MqttMessage) -> str:
-        """Publishes one message; returns the service's message id.
+    async def publish(self, message: MqttMessage) -> str | None:
+        """Publishes one message; returns the service's message id (None when the service accepted
+        it with a 200 but sent no ``X-Message-Id``: it is published, and not sent again).
 
         Raises:
             InvalidMessageError: the payload is over the connection's cap.
@@ -249,7 +251,7 @@ class AsyncTdmqClient:
         """
         return (await self.publish_with_attempts(message))[0]
 
-    async def publish_with_attempts(self, message: MqttMessage) -> tuple[str, int]:
+    async def publish_with_attempts(self, message: MqttMessage) -> tuple[str | None, int]:
         """Like `publish`, also returning the number of attempts."""
         problem = message.payload_problem(self.connection.max_payload_bytes)
         if problem:
@@ -278,14 +280,16 @@ class AsyncTdmqClient:
             return PublishResult(None, error.attempts, error, now() - started)
         return PublishResult(message_id, attempts, None, now() - started)
 
-    async def _publish_once(self, message: MqttMessage) -> str:
+    async def _publish_once(self, message: MqttMessage) -> str | None:
         try:
             answer = await self._request("POST", message.request_target(), message.payload)
         except TransportError as exc:
             raise type(exc)(f"publish {message.topic!r}: {exc.message}") from None
         message_id = answer.headers.get("x-message-id")
         if not message_id:
-            raise ServerError("the service answered 200 without an X-Message-Id", status=200)
+            # A 200 means published: sending it again would deliver it twice. Recorded without an id.
+            self.published_without_id += 1
+            return None
         return message_id
 
     # -- status and keep-alive ------------------------------------------------------
@@ -388,7 +392,7 @@ class TdmqClient:
         """Runs a coroutine on the client's loop and waits for its result."""
         return self.submit(coroutine).result()
 
-    def publish(self, message: MqttMessage) -> str:
+    def publish(self, message: MqttMessage) -> str | None:
         return self.run(self.aio.publish(message))
 
     def publish_batch(self, messages: Sequence[MqttMessage], concurrency: int | None = None) -> list[PublishResult]:

@@ -13,11 +13,15 @@ __all__ = ["FailedMessage", "PublishedMessage", "failure_from_error"]
 
 @dataclass(frozen=True)
 class PublishedMessage:
-    """An element published: the service's message id and the attempts it took."""
+    """An element published: the service's message id and the attempts it took.
+
+    ``message_id`` is None when the service accepted the message (200) without an
+    ``X-Message-Id``: it is published all the same, and was not sent again.
+    """
 
     element: Any
     topic: str
-    message_id: str
+    message_id: str | None
     attempts: int
 
     def as_dict(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class WriteToTdmqMqttResult(NamedTuple):
 class _PublishFn(BatchedCallsFn):
     """Maps elements to messages and publishes them in concurrent batches (see `BatchedCallsFn`)."""
 
-    COUNTERS = ("published", "failed", "retried", "throttled")
+    COUNTERS = ("published", "failed", "retried", "throttled", "published_without_id")
 
     def __init__(self, builder: MessageBuilder, **options: Any) -> None:
         super().__init__(**options)
@@ -64,7 +64,7 @@ class _PublishFn(BatchedCallsFn):
         if result.error is not None:
             return FAILED, failure_from_error(element, message.topic, result.error, result.attempts)
         else:
-            return None, PublishedMessage(element, message.topic, result.message_id or "", result.attempts)
+            return None, PublishedMessage(element, message.topic, result.message_id, result.attempts)
 
     def batch_done(self, results: list[PublishResult]) -> None:
         published = sum(1 for result in results if result.error is None)
@@ -73,6 +73,9 @@ class _PublishFn(BatchedCallsFn):
         retried = sum(result.attempts - 1 for result in results)
         if retried:
             self.counters["retried"].inc(retried)
+        without_id = sum(1 for result in results if result.error is None and result.message_id is None)
+        if without_id:
+            self.counters["published_without_id"].inc(without_id)
 
     def finish_bundle(self):
         yield from super().finish_bundle()
