@@ -412,3 +412,27 @@ def test_stats_count_what_the_client_sent(emulator):
     with TdmqClient(emulator.connection()) as client:
         client.is_online("counted")
     assert emulator.stats()["requests"]["status"]["200"] == before + 1
+
+
+def test_client_list_lookup_never_reports_a_known_client_as_unknown():
+    """DescribeClientList lists at most 1,024 of the ids sharing a prefix, in no set order (the emulator
+    shuffles them): a full list without the id is an error, never 'unknown', and is not cached."""
+    with TdmqEmulator(cloud_rate=1000) as emu, emu.simulated_clients() as devices:
+        devices.offline("dup")
+        for index in range(2100):
+            devices.offline(f"dup-{index:04d}")
+        devices.offline("solo-1")
+        with TdmqClient(emu.connection(), emu.cloud_config(api="DescribeClientList")) as client:
+            outcomes = []
+            for _ in range(8):
+                try:
+                    details = client.describe_client("dup")
+                except CloudApiError as error:
+                    assert error.code == "ClientListTruncated" and not error.retryable
+                    outcomes.append("truncated")
+                else:
+                    assert details is not None, "a known client came back unknown"
+                    outcomes.append(details.client_id)
+            assert set(outcomes) <= {"dup", "truncated"}
+            assert client.describe_client("solo-1").client_id == "solo-1"
+            assert client.describe_client("nobody-like-this") is None  # a short list: truly unknown

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import random
 import re
 import time
 import uuid
@@ -203,11 +204,13 @@ class CloudApi:
         if online_status not in (0, 1, 2):
             raise _CloudError("InvalidParameterValue", "OnlineStatus must be 0, 1 or 2")
         clients: list[dict] = []
-        for client_id in sorted(self.broker.sessions):
+        # In no particular order, as the service's console says it lists them ("randomly displayed"):
+        # a caller cannot count on the exact id coming first.
+        candidates = [client_id for client_id in self.broker.sessions if client_id.startswith(prefix)]
+        random.shuffle(candidates)
+        for client_id in candidates:
             if len(clients) >= number:
                 break
-            if not client_id.startswith(prefix):
-                continue
             session = self.broker.sessions[client_id]
             online = session.connection is not None
             if (online_status == 1 and not online) or (online_status == 2 and online):

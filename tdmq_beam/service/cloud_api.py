@@ -37,6 +37,9 @@ _ACTIONS = {
     "DescribeMQTTClient": ("trocket", "2023-03-08", "trocket.tencentcloudapi.com"),
     "DescribeClientList": ("mqtt", "2024-05-16", "mqtt.tencentcloudapi.com"),
 }
+CLIENT_LIST_LIMIT = 1024
+"""The most clients one DescribeClientList call answers."""
+
 # Codes meaning "this action is gone": switch generations under api="auto".
 _RETIRED_CODES = ("InvalidAction", "ActionOffline", "UnsupportedOperation", "NoSuchVersion")
 
@@ -244,6 +247,8 @@ class CloudApiCaller:
 
     async def _describe_once(self, action: str, client_id: str) -> ClientDetails | None:
         params: dict[str, Any] = {"InstanceId": self.config.instance_id, "ClientId": client_id}
+        if action == "DescribeClientList":
+            params["Number"] = str(CLIENT_LIST_LIMIT)
         try:
             response = await self.call(action, params)
         except CloudApiError as error:
@@ -252,9 +257,20 @@ class CloudApiCaller:
             raise
         if action == "DescribeMQTTClient":
             return ClientDetails.from_response(response)
-        for client in response.get("Clients") or ():
+        clients = response.get("Clients") or []
+        for client in clients:
             if client.get("ClientId") == client_id:  # the filter is a prefix match
                 return ClientDetails.from_response(client)
+        if len(clients) >= CLIENT_LIST_LIMIT:
+            # A full list without the id says nothing: the service lists at most 1,024 of the clients
+            # whose ids start with it, in no set order. Never report such a client as unknown.
+            raise CloudApiError(
+                "ClientListTruncated",
+                f"DescribeClientList answered {len(clients)} clients whose id starts with {client_id!r}, not "
+                f"{client_id!r} itself: more clients share the prefix than one call lists, so it cannot tell "
+                "whether the client exists",
+                request_id=response.get("RequestId"),
+            )
         return None
 
     async def call(self, action: str, params: dict) -> dict:
