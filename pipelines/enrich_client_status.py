@@ -7,7 +7,7 @@ Streaming (Pub/Sub in and out, the ``gcp`` extra)::
         --output_topic projects/P/topics/device-events-enriched \\
         --endpoint https://mqtt-xxxx-gz-public.mqtt.tencenttdmq.com --username enrich \\
         --password-file /secrets/tdmq-password \\
-        --secret-id AKID... --secret-key-file /secrets/tc-secret-key --region ap-guangzhou \\
+        --secret-id AKID... --secret-key-file /secrets/tc-secret-key --tencent-region ap-guangzhou \\
         --instance-id mqtt-xxxx --runner DataflowRunner --streaming ... --setup_file ./setup.py
 
 Batch, files in and out: ``--input 'events/*.jsonl' --output out/enriched``.

@@ -30,7 +30,9 @@ def add_cloud_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--secret-id", help="SecretId of the cloud API credential")
     group.add_argument("--secret-key-env", metavar="NAME", help="environment variable holding the SecretKey")
     group.add_argument("--secret-key-file", metavar="PATH", help="file holding the SecretKey")
-    group.add_argument("--region", help="region of the instance, e.g. ap-guangzhou")
+    group.add_argument(
+        "--tencent-region", help="Tencent Cloud region of the instance, e.g. ap-guangzhou (--region is Beam's)"
+    )
     group.add_argument("--instance-id", help="TDMQ for MQTT instance id")
     group.add_argument("--cloud-endpoint", help="cloud API endpoint (default: Tencent's hosts)")
     group.add_argument("--cloud-api", choices=("auto", "DescribeMQTTClient", "DescribeClientList"), default="auto")
@@ -71,7 +73,7 @@ def cloud_from_flags(args: argparse.Namespace) -> CloudApiConfig | None:
     return CloudApiConfig(
         secret_id=args.secret_id,
         secret_key=_secret(args.secret_key_env, args.secret_key_file, "SecretKey"),
-        region=args.region,
+        region=args.tencent_region,
         instance_id=args.instance_id,
         endpoint=args.cloud_endpoint,
         api=args.cloud_api,

@@ -50,7 +50,7 @@ def test_batch_files_with_real_use_flags(devices_emulator, tmp_path, monkeypatch
     argv = [
         "--input", str(source), "--output", str(tmp_path / "out"),
         "--endpoint", emu.http_url, "--username", emu.username, "--password-env", "ENRICH_TEST_PASSWORD",
-        "--secret-id", emu.secret_id, "--secret-key-file", str(secret_key), "--region", "ap-guangzhou",
+        "--secret-id", emu.secret_id, "--secret-key-file", str(secret_key), "--tencent-region", "ap-guangzhou",
         "--instance-id", emu.instance_id, "--cloud-endpoint", emu.http_url, "--client-id-field", "device",
     ]  # fmt: skip
     assert enrich_job.main(argv) == 0

@@ -1,0 +1,36 @@
+"""The pipelines' own flags never shadow a Beam pipeline option, and each reaches where it belongs."""
+
+from __future__ import annotations
+
+import pytest
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from pipelines import backfill_device_commands as backfill
+from pipelines import enrich_client_status as enrich_job
+from pipelines.service_flags import cloud_from_flags
+
+
+@pytest.mark.parametrize("module", [backfill, enrich_job], ids=lambda module: module.__name__)
+def test_no_flag_collides_with_a_beam_option(module):
+    beam_options = set(PipelineOptions([]).get_all_options())
+    ours = {
+        flag.lstrip("-").replace("-", "_")
+        for action in module._parser()._actions
+        for flag in action.option_strings
+        if flag not in ("-h", "--help")
+    }
+    assert ours & beam_options == set()
+
+
+def test_region_reaches_beam_and_tencent_region_the_cloud_api(monkeypatch):
+    monkeypatch.setenv("FLAGS_TEST_SECRET_KEY", "k")
+    argv = [
+        "--endpoint", "http://127.0.0.1:1", "--username", "u", "--password-env", "P",
+        "--secret-id", "AKIDtest", "--secret-key-env", "FLAGS_TEST_SECRET_KEY", "--instance-id", "mqtt-1",
+        "--tencent-region", "ap-guangzhou", "--region", "us-central1", "--project", "my-project",
+    ]  # fmt: skip
+    args, beam_args = enrich_job._parser().parse_known_args(argv)
+    google = PipelineOptions(beam_args).view_as(GoogleCloudOptions)
+    assert (google.region, google.project) == ("us-central1", "my-project")
+    cloud = cloud_from_flags(args)
+    assert cloud is not None and (cloud.region, cloud.instance_id) == ("ap-guangzhou", "mqtt-1")
