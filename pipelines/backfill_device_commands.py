@@ -23,10 +23,12 @@ Outputs: ``{output}-published-*.jsonl`` and ``{output}-failed-*.jsonl`` (or
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -41,6 +43,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from pipelines.command_input import ReadCommands
 from pipelines.service_flags import add_connection_flags, connection_from_flags
 from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
 from tdmq_beam.records.avro_mapping import load_schema
@@ -116,23 +119,6 @@ class _CountFailures(beam.DoFn):
         yield failure
 
 
-def _read(pipeline: beam.Pipeline, args: argparse.Namespace) -> beam.PCollection:
-    input_format = args.input_format
-    if input_format == "auto":
-        input_format = "avro" if args.input.endswith(".avro") else "jsonl"
-    if input_format == "avro":
-        records = pipeline | "ReadAvro" >> beam.io.ReadFromAvro(args.input)
-    else:
-        records = pipeline | "ReadJsonLines" >> beam.io.ReadFromText(args.input) | "ParseJson" >> beam.Map(json.loads)
-    read_counter = Metrics.counter(METRICS_NAMESPACE, "read")
-
-    def count(record):
-        read_counter.inc()
-        return record
-
-    return records | "CountRead" >> beam.Map(count)
-
-
 def _write_results(published: beam.PCollection, failed: beam.PCollection, args: argparse.Namespace) -> None:
     for name, pcoll in (("published", published), ("failed", failed)):
         prefix = f"{args.output}-{name}"
@@ -149,16 +135,20 @@ def _write_results(published: beam.PCollection, failed: beam.PCollection, args: 
 
 
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection: TdmqConnection) -> None:
-    """Read, map, publish, and write results and dead letters."""
-    mapping = avro_mapping(args.schema, args.mapping)
-    records = _read(pipeline, args)
-    published, failed = records | "Publish" >> WriteToTdmqMqtt(
+    """Read, check, map, publish, and write results and dead letters (bad input included)."""
+    schema = load_schema(args.schema)
+    mapping = avro_mapping(schema, args.mapping)
+    commands = pipeline | "Read" >> ReadCommands(
+        args.input, schema, file_format=args.input_format, counter_namespace=METRICS_NAMESPACE
+    )
+    published, failed = commands.records | "Publish" >> WriteToTdmqMqtt(
         connection,
         mapping=mapping,
         qos=args.qos,
         idempotency_key=IdempotencyKey() if args.idempotency_key else None,
     )
-    _write_results(published, failed | "CountFailures" >> beam.ParDo(_CountFailures()), args)
+    all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
+    _write_results(published, all_failed | "CountFailures" >> beam.ParDo(_CountFailures()), args)
 
 
 def _summary(result, seconds: float) -> dict[str, Any]:
@@ -198,10 +188,22 @@ def run(args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConn
     options.view_as(SetupOptions).save_main_session = False
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, args, connection)
+    temp_before = _temp_folders(args.output)
     started = time.monotonic()
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        for folder in _temp_folders(args.output) - temp_before:
+            shutil.rmtree(folder, ignore_errors=True)  # what a write left behind when the run stopped early
     return _summary(result, time.monotonic() - started)
+
+
+def _temp_folders(output_prefix: str) -> set[str]:
+    """The ``beam-temp-*`` folders beside a local output prefix (Beam's file writes stage there)."""
+    if "://" in output_prefix:
+        return set()
+    return set(glob.glob(os.path.join(os.path.dirname(os.path.abspath(output_prefix)), "beam-temp-*")))
 
 
 class _DeliveryCounter:

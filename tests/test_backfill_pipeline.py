@@ -28,7 +28,7 @@ def test_demo_on_the_embedded_emulator(capsys):
 
 def test_real_use_flags_with_json_lines_and_avro_results(emulator, paho, tmp_path, monkeypatch, capsys):
     records = backfill.generate_commands(120, 10, 2, seed=3)
-    records.append({"device_id": "dev-x", "command_id": "c", "command": "x", "qos": 7})  # qos out of range
+    records.append({"device_id": "dev-x", "command_id": "c", "command": "x", "issued_at": 0, "qos": 7})  # qos > 2
     source = tmp_path / "commands.jsonl"
     source.write_text("\n".join(json.dumps(r) for r in records))
     subscriber = paho("backfill-test-sub")
@@ -83,3 +83,60 @@ def test_generated_sample_fits_the_schema():
     records = backfill.generate_commands(50, 5, 1)
     assert all(fastavro.validation.validate(r, schema) for r in records)
     assert sum("#" in r["device_id"] for r in records) == 1
+
+
+def test_bad_input_goes_to_failed_with_file_and_line(emulator, tmp_path, monkeypatch, capsys):
+    good = backfill.generate_commands(3, 2, 0, seed=5)
+    lines = [
+        json.dumps(good[0]),
+        '{"device_id": "dev-1", "command_id": ',  # line 2: not JSON
+        json.dumps({**good[1], "device_id": 5}),  # line 3: an int where the schema says string
+        json.dumps({**good[2], "issued_at": "2025-01-01T00:00:00Z"}),  # line 4: an ISO string for a long
+        "",
+        "[1, 2]",  # line 6: not an object
+    ]
+    source = tmp_path / "commands.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emulator.password)
+    output = tmp_path / "out" / "run"
+    argv = [
+        "--input", str(source), "--output", str(output), "--endpoint", emulator.http_url,
+        "--username", emulator.username, "--password-env", "BACKFILL_TEST_PASSWORD",
+    ]  # fmt: skip
+    assert backfill.main(argv) == 0
+    summary = _numbers(capsys.readouterr().out)
+    assert (summary["read"], summary["published"]) == ("5", "1")
+    failed = []
+    for name in glob.glob(str(output) + "-failed*.jsonl"):
+        with open(name) as handle:
+            failed.extend(json.loads(line) for line in handle)
+    reasons = sorted(record["reason"] for record in failed)
+    assert len(reasons) == 4
+    assert reasons[0].startswith("commands.jsonl line 2: not valid JSON")
+    assert reasons[1].startswith("commands.jsonl line 3: does not match the schema") and "device_id" in reasons[1]
+    assert reasons[2].startswith("commands.jsonl line 4: does not match the schema") and "issued_at" in reasons[2]
+    assert reasons[3].startswith("commands.jsonl line 6: a command must be a JSON object")
+    assert {record["error_kind"] for record in failed} == {"unparseable", "invalid_record"}
+    assert not glob.glob(str(tmp_path / "out" / "beam-temp-*"))
+
+
+def test_avro_records_that_do_not_fit_the_schema_name_their_position(emulator, tmp_path, monkeypatch, capsys):
+    schema = json.loads((backfill.SCHEMAS / "device_command.avsc").read_text())
+    loose = {**schema, "fields": [{**f, "type": ["null", "string", "long"]} if f["name"] == "device_id" else f
+                                  for f in schema["fields"]]}  # fmt: skip
+    records = backfill.generate_commands(4, 2, 0, seed=9)
+    records[2]["device_id"] = 42  # valid for the file's schema, not for the command schema
+    source = tmp_path / "commands.avro"
+    with open(source, "wb") as handle:
+        fastavro.writer(handle, fastavro.parse_schema(loose), records)
+    monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emulator.password)
+    argv = [
+        "--input", str(source), "--output", str(tmp_path / "out"), "--endpoint", emulator.http_url,
+        "--username", emulator.username, "--password-env", "BACKFILL_TEST_PASSWORD",
+    ]  # fmt: skip
+    assert backfill.main(argv) == 0
+    summary = _numbers(capsys.readouterr().out)
+    assert (summary["read"], summary["published"]) == ("4", "3")
+    (failed_file,) = glob.glob(str(tmp_path / "out-failed*.jsonl"))
+    (record,) = [json.loads(line) for line in open(failed_file)]
+    assert record["reason"].startswith("commands.avro record 3: does not match the schema")

@@ -1,0 +1,131 @@
+"""Reading commands from files (JSON Lines or Avro), where a bad line or record never stops the run.
+
+Every line that is not JSON, and every record that does not fit its Avro schema
+(checked type by type with fastavro's validation), goes to the failed output as
+a `FailedMessage` whose reason says where it was: the file's name and the
+1-based line number (JSON Lines) or the record's 1-based position (Avro).
+Files are read whole by one worker each (``fileio.MatchFiles`` +
+``ReadMatches``): line numbers need that, and backfill inputs come as many files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import fastavro
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from fastavro.validation import ValidationError, validate
+
+from tdmq_beam import FailedMessage
+
+__all__ = ["CommandInput", "ReadCommands"]
+
+FAILED = "failed"
+
+
+class CommandInput(NamedTuple):
+    """The commands read (dicts), and the lines and records that could not be (`FailedMessage`)."""
+
+    records: beam.PCollection[dict]
+    failed: beam.PCollection[FailedMessage]
+
+
+def _schema_problem(record: Any, parsed_schema: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"a command must be a JSON object, got {type(record).__name__}"
+    try:
+        validate(record, parsed_schema, raise_errors=True)
+    except ValidationError as exc:
+        problems = "; ".join(str(problem) for problem in exc.errors) or str(exc)
+        return f"does not match the schema: {problems}"
+    return None
+
+
+class _ReadFile(beam.DoFn):
+    """One file's commands, each checked against the schema; what does not fit goes to ``failed``."""
+
+    def __init__(self, schema: dict, file_format: str, counter_namespace: str) -> None:
+        self._schema = schema
+        self._format = file_format
+        self._read = Metrics.counter(counter_namespace, "read")
+
+    def setup(self) -> None:
+        self._parsed = fastavro.parse_schema(self._schema)
+
+    def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
+        path = readable.metadata.path
+        name = os.path.basename(path)
+        file_format = self._format
+        if file_format == "auto":
+            file_format = "avro" if path.endswith(".avro") else "jsonl"
+        items = self._avro_records(readable, name) if file_format == "avro" else self._json_lines(readable, name)
+        for where, record, problem in items:
+            self._read.inc()
+            if problem is None:
+                problem = _schema_problem(record, self._parsed)
+            if problem is None:
+                yield record
+            else:
+                kind = "unparseable" if record is None else "invalid_record"
+                element = record if record is not None else where[1]
+                failure = FailedMessage(element, None, None, kind, f"{where[0]}: {problem}", 0)
+                yield beam.pvalue.TaggedOutput(FAILED, failure)
+
+    @staticmethod
+    def _json_lines(readable: fileio.ReadableFile, name: str) -> Iterator[tuple[tuple[str, Any], Any, str | None]]:
+        with readable.open() as handle:
+            for number, raw in enumerate(handle, 1):
+                where = f"{name} line {number}"
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield (where, raw.decode("utf-8", "replace").rstrip("\n")), None, f"not UTF-8 ({exc.reason})"
+                    continue
+                if not text.strip():
+                    continue
+                try:
+                    yield (where, text.rstrip("\n")), json.loads(text), None
+                except ValueError as exc:
+                    yield (where, text.rstrip("\n")), None, f"not valid JSON ({exc})"
+
+    @staticmethod
+    def _avro_records(readable: fileio.ReadableFile, name: str) -> Iterator[tuple[tuple[str, Any], Any, str | None]]:
+        with readable.open(mime_type="application/octet-stream") as handle:
+            try:
+                for position, record in enumerate(fastavro.reader(handle), 1):
+                    yield (f"{name} record {position}", None), record, None
+            except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
+                yield (f"{name}", name), None, f"not a readable Avro file ({exc})"
+
+
+class ReadCommands(beam.PTransform):
+    """Reads commands from files matching ``pattern``; returns a `CommandInput`.
+
+    Args:
+        pattern: a file pattern (local or any Beam file system).
+        schema: the Avro schema (a dict) each command must fit.
+        file_format: ``jsonl``, ``avro``, or ``auto`` (by each file's extension). Defaults to auto.
+        counter_namespace: where the ``read`` counter goes.
+    """
+
+    def __init__(self, pattern: str, schema: dict, *, file_format: str = "auto", counter_namespace: str) -> None:
+        super().__init__()
+        self._pattern = pattern
+        self._schema = schema
+        self._format = file_format
+        self._namespace = counter_namespace
+
+    def expand(self, pipeline: beam.pvalue.PBegin) -> CommandInput:
+        outputs = (
+            pipeline
+            | "Match" >> fileio.MatchFiles(self._pattern)
+            | "Open" >> fileio.ReadMatches()
+            | "ReadAndCheck"
+            >> beam.ParDo(_ReadFile(self._schema, self._format, self._namespace)).with_outputs(FAILED, main="records")
+        )
+        return CommandInput(outputs.records, outputs[FAILED])
