@@ -44,7 +44,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.command_input import ReadCommands
-from pipelines.service_flags import add_connection_flags, connection_from_flags
+from pipelines.service_flags import (
+    EXIT_RECORDS_FAILED,
+    add_connection_flags,
+    connection_from_flags,
+    preflight,
+    usage_error,
+)
 from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
 from tdmq_beam.records.avro_mapping import load_schema
 
@@ -77,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     behaviour = parser.add_argument_group("publishing")
     behaviour.add_argument("--qos", type=int, choices=(0, 1, 2), help="default QoS where a record sets none")
     behaviour.add_argument("--idempotency-key", action="store_true", help="add an idempotency-key user property")
+    behaviour.add_argument(
+        "--allow-failed", action="store_true",
+        help=f"exit 0 even when some records failed (otherwise exit {EXIT_RECORDS_FAILED})",
+    )  # fmt: skip
 
     demo = parser.add_argument_group("demo (no --endpoint: the embedded emulator)")
     demo.add_argument("--sample-commands", type=int, default=10_000, help="commands to generate")
@@ -112,10 +122,17 @@ def generate_commands(count: int, devices: int, invalid: int, seed: int = 7) -> 
 
 
 class _CountFailures(beam.DoFn):
-    """Counts dead letters by error kind, for the summary."""
+    """Counts dead letters by error kind, and keeps one example reason of each, for the summary."""
+
+    def start_bundle(self) -> None:
+        self._examples_given: set[str] = set()
 
     def process(self, failure):
-        Metrics.counter(METRICS_NAMESPACE, f"failed_{failure.error_kind}").inc()
+        kind = failure.error_kind
+        Metrics.counter(METRICS_NAMESPACE, f"failed_{kind}").inc()
+        if kind not in self._examples_given:
+            self._examples_given.add(kind)
+            Metrics.string_set(METRICS_NAMESPACE, f"example_{kind}").add(failure.reason)
         yield failure
 
 
@@ -160,12 +177,18 @@ def _summary(result, seconds: float) -> dict[str, Any]:
     failed_by_reason = {
         name[len("failed_") :]: count for name, count in sorted(counters.items()) if name.startswith("failed_")
     }
+    examples = {
+        metric.key.metric.name[len("example_") :]: min(metric.committed)
+        for metric in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["string_sets"]
+        if metric.committed
+    }
     published = counters.get("published", 0)
     return {
         "read": counters.get("read", 0),
         "published": published,
         "failed": sum(failed_by_reason.values()),
         "failed_by_reason": failed_by_reason,
+        "failure_examples": examples,
         "retried": counters.get("retried", 0),
         "seconds": round(seconds, 2),
         "messages_per_s": round(published / seconds) if seconds else 0,
@@ -177,6 +200,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"read:         {summary['read']}")
     print(f"published:    {summary['published']}")
     print(f"failed:       {summary['failed']} ({reasons})")
+    for kind, example in summary.get("failure_examples", {}).items():
+        print(f"  e.g. {kind}: {example}")
     print(f"retried:      {summary['retried']}")
     print(f"messages/s:   {summary['messages_per_s']} ({summary['seconds']} s)")
     if "delivered" in summary:
@@ -266,22 +291,44 @@ def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, An
     return summary
 
 
+PROGRAM = "backfill_device_commands"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the backfill (or the demo); returns the exit status.
+
+    Exit status: 0 every record published (or ``--allow-failed``, and always for
+    the demo); 2 usage or configuration errors, one line on stderr; 3 some records
+    failed (they are in the failed output).
+    """
     logging.basicConfig(level=logging.WARNING)
     args, beam_args = _parser().parse_known_args(argv)
     if args.endpoint is None:
         if args.input is not None:
-            raise SystemExit("--input needs --endpoint (without both, the demo runs on the embedded emulator)")
-        summary = run_demo(args, beam_args)
-    else:
-        if not args.input or not args.output:
-            raise SystemExit("--input and --output are required with --endpoint")
-        try:
-            connection = connection_from_flags(args)
+            usage_error(PROGRAM, "--input needs --endpoint (without both, the demo runs on the embedded emulator)")
+        try:  # the demo's connection settings, checked before the emulator starts
+            TdmqConnection(
+                "http://127.0.0.1:1", username="demo", password="demo",
+                max_in_flight=args.max_in_flight, timeout=args.timeout, tps=args.tps,
+            )  # fmt: skip
+            load_schema(args.schema)
         except ValueError as exc:
-            raise SystemExit(f"invalid connection settings: {exc}") from None
-        summary = run(args, beam_args, connection)
+            usage_error(PROGRAM, f"invalid settings: {exc}")
+        summary = run_demo(args, beam_args)
+        _print_summary(summary)
+        return 0
+    if not args.input or not args.output:
+        usage_error(PROGRAM, "--input and --output are required with --endpoint")
+    try:
+        connection = connection_from_flags(args)
+        load_schema(args.schema)
+    except ValueError as exc:
+        usage_error(PROGRAM, f"invalid settings: {exc}")
+    preflight(PROGRAM, connection)
+    summary = run(args, beam_args, connection)
     _print_summary(summary)
+    if summary["failed"] and not args.allow_failed:
+        return EXIT_RECORDS_FAILED
     return 0
 
 

@@ -40,7 +40,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from pipelines.service_flags import add_cloud_flags, add_connection_flags, cloud_from_flags, connection_from_flags
+from pipelines.service_flags import (
+    add_cloud_flags,
+    add_connection_flags,
+    cloud_from_flags,
+    connection_from_flags,
+    preflight,
+    usage_error,
+)
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
 from tdmq_beam.records.fields import json_default
 
@@ -233,23 +240,29 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"elements/s:      {summary['elements_per_s']} ({summary['seconds']} s)")
 
 
+PROGRAM = "enrich_client_status"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the enrichment (or the demo); returns the exit status: 0, or 2 for a usage or
+    configuration error (one line on stderr)."""
     logging.basicConfig(level=logging.WARNING)
     args, beam_args = _parser().parse_known_args(argv)
     if args.endpoint is None:
         if args.input or args.input_subscription:
-            raise SystemExit("an input needs --endpoint (without both, the demo runs on the embedded emulator)")
+            usage_error(PROGRAM, "an input needs --endpoint (without both, the demo runs on the embedded emulator)")
         summary = run_demo(args, beam_args)
     else:
         if bool(args.input_subscription) != bool(args.output_topic):
-            raise SystemExit("--input_subscription and --output_topic go together")
+            usage_error(PROGRAM, "--input_subscription and --output_topic go together")
         if not args.input_subscription and not (args.input and args.output):
-            raise SystemExit("give --input and --output (batch) or --input_subscription and --output_topic")
+            usage_error(PROGRAM, "give --input and --output (batch) or --input_subscription and --output_topic")
         try:
             connection = connection_from_flags(args)
             cloud = cloud_from_flags(args)
         except ValueError as exc:
-            raise SystemExit(f"invalid settings: {exc}") from None
+            usage_error(PROGRAM, f"invalid settings: {exc}")
+        preflight(PROGRAM, connection, cloud)
         summary = run(args, beam_args, connection, cloud)
     _print_summary(summary)
     return 0

@@ -3,10 +3,101 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import sys
+from typing import NoReturn
 
-from tdmq_beam import CloudApiConfig, RetryPolicy, Secret, TdmqConnection
+from tdmq_beam import (
+    AuthenticationError,
+    CloudApiConfig,
+    CloudApiError,
+    PermissionDeniedError,
+    RetryPolicy,
+    Secret,
+    TdmqClient,
+    TdmqConnection,
+    TdmqError,
+    TransportError,
+)
 
-__all__ = ["add_cloud_flags", "add_connection_flags", "cloud_from_flags", "connection_from_flags"]
+__all__ = [
+    "EXIT_RECORDS_FAILED",
+    "EXIT_USAGE",
+    "add_cloud_flags",
+    "add_connection_flags",
+    "cloud_from_flags",
+    "connection_from_flags",
+    "preflight",
+    "usage_error",
+]
+
+EXIT_USAGE = 2
+"""Exit status of a usage or configuration error (argparse's)."""
+EXIT_RECORDS_FAILED = 3
+"""Exit status of a run in which some records failed (unless --allow-failed)."""
+
+_PREFLIGHT_CLIENT = "tdmq-beam-preflight"
+
+
+def usage_error(program: str, message: str) -> NoReturn:
+    """Prints one line, ``{program}: error: {message}``, and exits with status 2 (no traceback)."""
+    print(f"{program}: error: {message}", file=sys.stderr)
+    error = SystemExit(message)
+    error.code = EXIT_USAGE
+    raise error
+
+
+def preflight(program: str, connection: TdmqConnection, cloud: CloudApiConfig | None = None) -> None:
+    """Checks once, before any input is read, that the endpoint answers and accepts the credentials
+    (an online-status call authenticates as a publish does), and the cloud API credential when given.
+    Exits with one line naming the cause and the flag to fix."""
+    probe = copy.copy(connection)
+    probe.retry = RetryPolicy(max_attempts=2, initial_backoff=0.2, deadline=30)  # quick, not five tries
+    try:
+        with TdmqClient(probe, cloud) as client:
+            _check_data_plane(program, client, connection)
+            if cloud is not None:
+                _check_cloud(program, client)
+    except ValueError as exc:  # ConfigurationError: a secret or certificate that cannot be read
+        usage_error(program, str(exc))
+
+
+def _check_data_plane(program: str, client: TdmqClient, connection: TdmqConnection) -> None:
+    endpoint = connection.endpoint
+    try:
+        client.is_online(_PREFLIGHT_CLIENT)
+    except AuthenticationError:
+        usage_error(
+            program,
+            f"{endpoint} refused the credentials (401): check --username and --password-env/--password-file, "
+            "or --client-cert/--client-key",
+        )
+    except PermissionDeniedError:
+        usage_error(program, f"{endpoint}: the user lacks the CONNECT permission (403): check the instance's ACL")
+    except TransportError as exc:
+        if "TLS" in exc.message or "SSL" in exc.message or "certificate" in exc.message.lower():
+            usage_error(program, f"TLS with {endpoint} failed: check http:// or https:// in --endpoint, and --ca-cert")
+        if not connection.is_tls and "connection lost" in exc.message:
+            usage_error(program, f"{endpoint} closed the connection: is it an https endpoint? Check --endpoint")
+        usage_error(program, f"cannot reach {endpoint}: {exc.message}; check --endpoint")
+    except TdmqError as exc:
+        usage_error(program, f"{endpoint} answered the pre-flight check with {exc}; check --endpoint")
+
+
+def _check_cloud(program: str, client: TdmqClient) -> None:
+    try:
+        client.describe_client(_PREFLIGHT_CLIENT)
+    except CloudApiError as exc:
+        if exc.code.startswith("AuthFailure"):
+            usage_error(
+                program, f"the cloud API refused the credential ({exc.code}): check --secret-id and --secret-key-*"
+            )
+        if exc.code.startswith("ResourceNotFound.Instance"):
+            usage_error(program, f"the cloud API does not know the instance ({exc.code}): check --instance-id")
+        if exc.code == "MissingParameter":
+            usage_error(program, f"the cloud API needs more ({exc}): check --tencent-region")
+    except TdmqError as exc:
+        usage_error(program, f"the cloud API cannot be reached: {exc}; check --cloud-endpoint")
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ import fastavro
 import pytest
 
 from pipelines import backfill_device_commands as backfill
+from pipelines.service_flags import EXIT_RECORDS_FAILED, EXIT_USAGE
 
 
 def _numbers(output: str) -> dict[str, str]:
@@ -38,6 +39,7 @@ def test_real_use_flags_with_json_lines_and_avro_results(emulator, paho, tmp_pat
         "--input", str(source), "--output", str(tmp_path / "out"), "--output-format", "avro",
         "--endpoint", emulator.http_url, "--username", emulator.username,
         "--password-env", "BACKFILL_TEST_PASSWORD", "--qos", "0", "--idempotency-key", "--max-attempts", "2",
+        "--allow-failed",
     ]  # fmt: skip
     assert backfill.main(argv) == 0
     lines = _numbers(capsys.readouterr().out)
@@ -103,9 +105,13 @@ def test_bad_input_goes_to_failed_with_file_and_line(emulator, tmp_path, monkeyp
         "--input", str(source), "--output", str(output), "--endpoint", emulator.http_url,
         "--username", emulator.username, "--password-env", "BACKFILL_TEST_PASSWORD",
     ]  # fmt: skip
-    assert backfill.main(argv) == 0
-    summary = _numbers(capsys.readouterr().out)
+    assert backfill.main(argv) == EXIT_RECORDS_FAILED  # some records failed, and that was not allowed
+    printed = capsys.readouterr().out
+    summary = _numbers(printed)
     assert (summary["read"], summary["published"]) == ("5", "1")
+    assert summary["failed"] == "4 (invalid_record=3, unparseable=1)"
+    assert "  e.g. unparseable: commands.jsonl line 2: not valid JSON" in printed
+    assert "  e.g. invalid_record: commands.jsonl line " in printed
     failed = []
     for name in glob.glob(str(output) + "-failed*.jsonl"):
         with open(name) as handle:
@@ -132,11 +138,65 @@ def test_avro_records_that_do_not_fit_the_schema_name_their_position(emulator, t
     monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emulator.password)
     argv = [
         "--input", str(source), "--output", str(tmp_path / "out"), "--endpoint", emulator.http_url,
-        "--username", emulator.username, "--password-env", "BACKFILL_TEST_PASSWORD",
+        "--username", emulator.username, "--password-env", "BACKFILL_TEST_PASSWORD", "--allow-failed",
     ]  # fmt: skip
-    assert backfill.main(argv) == 0
+    assert backfill.main(argv) == 0  # the failure was allowed
     summary = _numbers(capsys.readouterr().out)
     assert (summary["read"], summary["published"]) == ("4", "3")
     (failed_file,) = glob.glob(str(tmp_path / "out-failed*.jsonl"))
     (record,) = [json.loads(line) for line in open(failed_file)]
     assert record["reason"].startswith("commands.avro record 3: does not match the schema")
+
+
+def _usage_exit(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exited:
+        backfill.main(argv)
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line, no traceback
+    return err
+
+
+def test_configuration_mistakes_print_one_line_and_exit_2(emulator, tmp_path, monkeypatch, capsys):
+    service = ["--endpoint", emulator.http_url, "--username", emulator.username]
+    source = tmp_path / "c.jsonl"
+    source.write_text("{}\n")
+    io = ["--input", str(source), "--output", str(tmp_path / "out")]
+    monkeypatch.delenv("BACKFILL_UNSET_VARIABLE", raising=False)
+    assert "BACKFILL_UNSET_VARIABLE is not set" in _usage_exit(
+        [*io, *service, "--password-env", "BACKFILL_UNSET_VARIABLE"], capsys
+    )
+    assert "--input and --output are required" in _usage_exit([*service, "--password-env", "X"], capsys)
+    not_json = tmp_path / "schema.avsc"
+    not_json.write_text("{not json")
+    monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emulator.password)
+    password = ["--password-env", "BACKFILL_TEST_PASSWORD"]
+    assert "is not JSON" in _usage_exit([*io, *service, *password, "--schema", str(not_json)], capsys)
+    assert "tps must be positive" in _usage_exit(["--tps", "0"], capsys)  # the demo
+
+
+def test_preflight_names_the_cause_and_the_flag(emulator, tmp_path, monkeypatch, capsys):
+    source = tmp_path / "c.jsonl"
+    source.write_text("{}\n")
+    io = ["--input", str(source), "--output", str(tmp_path / "out")]
+    monkeypatch.setenv("BACKFILL_WRONG_PASSWORD", "wrong")
+    wrong = [
+        "--endpoint",
+        emulator.http_url,
+        "--username",
+        emulator.username,
+        "--password-env",
+        "BACKFILL_WRONG_PASSWORD",
+    ]
+    assert "refused the credentials (401): check --username and --password-env" in _usage_exit([*io, *wrong], capsys)
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    nowhere = ["--endpoint", f"http://127.0.0.1:{port}", "--username", "u", "--password-env", "BACKFILL_WRONG_PASSWORD"]
+    assert "cannot reach http://127.0.0.1" in _usage_exit([*io, *nowhere], capsys)
+    https = ["--endpoint", f"https://127.0.0.1:{emulator.http_port}", "--username", "u",
+             "--password-env", "BACKFILL_WRONG_PASSWORD"]  # fmt: skip
+    assert "TLS with https://127.0.0.1" in _usage_exit([*io, *https], capsys)
+    assert not (tmp_path / "out-published-00000-of-00001.jsonl").exists()  # no input was read

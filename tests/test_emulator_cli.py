@@ -137,3 +137,19 @@ def test_command_announces_the_websocket_listener():
         assert process.wait(timeout=20) == 0
     finally:
         process.kill()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "tdmq_beam.emulator", "--http-port", "0", "--mqtt-port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.startswith("tdmq-emulator: error: cannot listen on 127.0.0.1")
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr

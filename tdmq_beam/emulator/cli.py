@@ -141,7 +141,12 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
 
 async def _serve(config: EmulatorConfig) -> None:
     emulator = Emulator(config)
-    await emulator.start()
+    try:
+        await emulator.start()
+    except OSError as exc:  # a port in use (1883 wherever mosquitto runs), an address not on this machine
+        await emulator.stop()
+        print(f"tdmq-emulator: error: cannot listen on {config.host}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     listeners = " ".join(f"{name}={url}" for name, url in emulator.urls().items())
     print(f"tdmq-emulator serving {listeners}", flush=True)
     stop = asyncio.Event()
