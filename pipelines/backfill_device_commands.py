@@ -66,6 +66,7 @@ COMMANDS = ("reboot", "update-firmware", "set-interval", "lock", "unlock", "ping
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         prog="python -m pipelines.backfill_device_commands",
         description="Publish device commands to TDMQ for MQTT; with no arguments, a demo on the embedded emulator.",
         epilog="Any other argument is a Beam pipeline option (--runner, --project, --direct_num_workers, ...).",

@@ -56,6 +56,10 @@ class _ReadFile(beam.DoFn):
 
     def setup(self) -> None:
         self._parsed = fastavro.parse_schema(self._schema)
+        # A JSON record may leave out fields that have a default, as an Avro reader would fill them in.
+        self._defaults = {
+            field["name"]: field["default"] for field in self._schema.get("fields", ()) if "default" in field
+        }
 
     def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
         path = readable.metadata.path
@@ -69,7 +73,7 @@ class _ReadFile(beam.DoFn):
             if problem is None:
                 problem = _schema_problem(record, self._parsed)
             if problem is None:
-                yield record
+                yield {**self._defaults, **record} if self._defaults else record
             else:
                 kind = "unparseable" if record is None else "invalid_record"
                 element = record if record is not None else where[1]

@@ -60,6 +60,7 @@ EVENT_TYPES = ("telemetry", "alarm", "heartbeat", "door_opened")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         prog="python -m pipelines.enrich_client_status",
         description="Enrich device events with client status; with no arguments, a demo on the embedded emulator.",
         epilog="Any other argument is a Beam pipeline option (--runner, --streaming, --project, ...).",

@@ -200,3 +200,19 @@ def test_preflight_names_the_cause_and_the_flag(emulator, tmp_path, monkeypatch,
              "--password-env", "BACKFILL_WRONG_PASSWORD"]  # fmt: skip
     assert "TLS with https://127.0.0.1" in _usage_exit([*io, *https], capsys)
     assert not (tmp_path / "out-published-00000-of-00001.jsonl").exists()  # no input was read
+
+
+def test_json_lines_may_leave_out_fields_with_defaults(emulator, paho, tmp_path, monkeypatch, capsys):
+    subscriber = paho("backfill-defaults-sub")
+    subscriber.subscribe("devices/dev-1/commands", 1)
+    source = tmp_path / "commands.jsonl"
+    source.write_text('{"device_id": "dev-1", "command_id": "c-1", "command": "reboot", "issued_at": 0}\n')
+    monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emulator.password)
+    argv = [
+        "--input", str(source), "--output", str(tmp_path / "out"), "--endpoint", emulator.http_url,
+        "--username", emulator.username, "--password-env", "BACKFILL_TEST_PASSWORD",
+    ]  # fmt: skip
+    assert backfill.main(argv) == 0
+    assert _numbers(capsys.readouterr().out)["published"] == "1"
+    payload = json.loads(subscriber.receive(1)[0].payload)
+    assert payload["params"] == {} and payload["command"] == "reboot"  # params: the schema's default

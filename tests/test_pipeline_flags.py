@@ -34,3 +34,20 @@ def test_region_reaches_beam_and_tencent_region_the_cloud_api(monkeypatch):
     assert (google.region, google.project) == ("us-central1", "my-project")
     cloud = cloud_from_flags(args)
     assert cloud is not None and (cloud.region, cloud.instance_id) == ("ap-guangzhou", "mqtt-1")
+
+
+@pytest.mark.parametrize(
+    "parser",
+    [
+        backfill._parser,
+        enrich_job._parser,
+        lambda: __import__("tdmq_beam.emulator.cli", fromlist=["_"])._build_parser(),
+    ],
+    ids=["backfill", "enrich", "tdmq-emulator"],
+)
+def test_help_shows_every_default(parser):
+    built = parser()
+    shown = built.format_help()
+    for action in built._actions:
+        if action.default not in (None, False, [], "==SUPPRESS==") and action.help:
+            assert f"(default: {action.default})" in " ".join(shown.split()), action.option_strings

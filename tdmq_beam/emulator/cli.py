@@ -33,22 +33,23 @@ def _user(text: str) -> tuple[str, str]:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tdmq-emulator",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="A local TDMQ for MQTT: an MQTT 3.1.1/5 broker with the HTTP data-plane and cloud APIs.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--http-port", type=int, default=8080, help="HTTP(S) API port, 0 for a free one (default 8080)")
-    parser.add_argument("--mqtt-port", type=int, default=1883, help="MQTT port, 0 for a free one (default 1883)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--http-port", type=int, default=8080, help="HTTP(S) API port, 0 for a free one")
+    parser.add_argument("--mqtt-port", type=int, default=1883, help="MQTT port, 0 for a free one")
     parser.add_argument(
         "--user", action="append", type=_user, metavar="NAME:PASSWORD",
-        help="a user (repeatable); default user0:secret0, as in the documentation's examples",
+        help="a user (repeatable); without one, user0:secret0, as in the documentation's examples",
     )  # fmt: skip
     parser.add_argument("--allow-anonymous", action="store_true", help="accept MQTT connections without a username")
     parser.add_argument("--acl", metavar="FILE", help="JSON ACL file: first matching rule wins")
-    parser.add_argument("--tps", type=float, default=0.0, help="data-plane requests/s before 429 (default 0: no limit)")
+    parser.add_argument("--tps", type=float, default=0.0, help="data-plane requests/s before 429, 0 for no limit")
     parser.add_argument("--secret-id", default=DEFAULT_SECRET_ID, help="cloud API SecretId")
     parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY, help="cloud API SecretKey")
-    parser.add_argument("--instance-id", default=DEFAULT_INSTANCE_ID, help="instance id (default mqtt-local)")
-    parser.add_argument("--cloud-rate", type=float, default=20.0, help="cloud API requests/s per action (default 20)")
+    parser.add_argument("--instance-id", default=DEFAULT_INSTANCE_ID, help="instance id")
+    parser.add_argument("--cloud-rate", type=float, default=20.0, help="cloud API requests/s per action")
     parser.add_argument(
         "--offline-action", action="append", default=[], metavar="ACTION",
         help="answer this cloud API action with ActionOffline (repeatable)",
@@ -61,19 +62,17 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-payload", type=int, default=1024 * 1024, help="largest HTTP publish body in bytes")
     parser.add_argument(
         "--max-inflight", type=int, default=16,
-        help="QoS 1/2 window per MQTT 3.x client, and the Receive Maximum announced to MQTT 5 clients (default 16)",
+        help="QoS 1/2 window per MQTT 3.x client, and the Receive Maximum announced to MQTT 5 clients",
     )  # fmt: skip
     parser.add_argument(
         "--retry-interval", type=float, default=120.0,
-        help="seconds before an unacknowledged QoS 1/2 message is resent while connected (default 120; 0: never)",
+        help="seconds before an unacknowledged QoS 1/2 message is resent while connected, 0 for never",
     )  # fmt: skip
-    parser.add_argument("--max-subscriptions", type=int, default=30, help="topic filters per client (default 30)")
-    parser.add_argument(
-        "--topic-alias-maximum", type=int, default=64, help="topic aliases a client may use (default 64)"
-    )
+    parser.add_argument("--max-subscriptions", type=int, default=30, help="topic filters per client")
+    parser.add_argument("--topic-alias-maximum", type=int, default=64, help="topic aliases a client may use")
     parser.add_argument(
         "--max-keepalive", type=int, default=0,
-        help="cap on client keep-alive, imposed on MQTT 5 clients with Server Keep Alive (default 0: none)",
+        help="cap on client keep-alive, imposed on MQTT 5 clients with Server Keep Alive, 0 for none",
     )  # fmt: skip
     parser.add_argument(
         "--max-cloud-body", type=int, default=10 * 1024 * 1024, help="largest cloud API request body in bytes"
@@ -90,7 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", help="serve HTTPS (and MQTTS, WSS) with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--client-ca", help="with TLS: verify client certificates against this CA (mTLS)")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--log-level", default="WARNING", help="logging level")
     return parser
 
 
@@ -147,12 +146,12 @@ async def _serve(config: EmulatorConfig) -> None:
         await emulator.stop()
         print(f"tdmq-emulator: error: cannot listen on {config.host}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    listeners = " ".join(f"{name}={url}" for name, url in emulator.urls().items())
-    print(f"tdmq-emulator serving {listeners}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a Ctrl-C right after it stops cleanly
         loop.add_signal_handler(signum, stop.set)
+    listeners = " ".join(f"{name}={url}" for name, url in emulator.urls().items())
+    print(f"tdmq-emulator serving {listeners}", flush=True)
     await stop.wait()
     await emulator.stop()
 
