@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from fastavro.validation import ValidationError, validate
 
 from tdmq_beam import FailedMessage
+from tdmq_beam.transforms.outputs import par_do_with_outputs
 
 __all__ = ["CommandInput", "ReadCommands"]
 
@@ -49,9 +50,10 @@ def _schema_problem(record: Any, parsed_schema: Any) -> str | None:
 class _ReadFile(beam.DoFn):
     """One file's commands, each checked against the schema; what does not fit goes to ``failed``."""
 
-    def __init__(self, schema: dict, file_format: str, counter_namespace: str) -> None:
+    def __init__(self, schema: dict, file_format: str, counter_namespace: str, pairs: bool) -> None:
         self._schema = schema
         self._format = file_format
+        self._pairs = pairs  # (tag, value) on one output: see tdmq_beam.transforms.outputs
         self._read = Metrics.counter(counter_namespace, "read")
 
     def setup(self) -> None:
@@ -73,12 +75,13 @@ class _ReadFile(beam.DoFn):
             if problem is None:
                 problem = _schema_problem(record, self._parsed)
             if problem is None:
-                yield {**self._defaults, **record} if self._defaults else record
+                command = {**self._defaults, **record} if self._defaults else record
+                yield (None, command) if self._pairs else command
             else:
                 kind = "unparseable" if record is None else "invalid_record"
                 element = record if record is not None else where[1]
                 failure = FailedMessage(element, None, None, kind, f"{where[0]}: {problem}", 0)
-                yield beam.pvalue.TaggedOutput(FAILED, failure)
+                yield (FAILED, failure) if self._pairs else beam.pvalue.TaggedOutput(FAILED, failure)
 
     @staticmethod
     def _json_lines(readable: fileio.ReadableFile, name: str) -> Iterator[tuple[tuple[str, Any], Any, str | None]]:
@@ -125,11 +128,12 @@ class ReadCommands(beam.PTransform):
         self._namespace = counter_namespace
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> CommandInput:
-        outputs = (
-            pipeline
-            | "Match" >> fileio.MatchFiles(self._pattern)
-            | "Open" >> fileio.ReadMatches()
-            | "ReadAndCheck"
-            >> beam.ParDo(_ReadFile(self._schema, self._format, self._namespace)).with_outputs(FAILED, main="records")
+        files = pipeline | "Match" >> fileio.MatchFiles(self._pattern) | "Open" >> fileio.ReadMatches()
+        outputs = par_do_with_outputs(
+            files,
+            "ReadAndCheck",
+            lambda pairs: _ReadFile(self._schema, self._format, self._namespace, pairs),
+            "records",
+            {"records": dict, FAILED: FailedMessage},
         )
-        return CommandInput(outputs.records, outputs[FAILED])
+        return CommandInput(outputs["records"], outputs[FAILED])

@@ -98,3 +98,18 @@ def test_defaults_as_one_object(emulator, paho, unique):
 def test_bad_settings_raise_configuration_error(emulator, make):
     with pytest.raises(ConfigurationError):
         make(emulator.connection())
+
+
+def test_outputs_as_pairs_where_a_runner_would_mix_tagged_outputs(emulator, tmp_path, monkeypatch):
+    """The shape used on Beam's Dask runner (one output of (tag, value), split by FlatMaps), run here."""
+    from tdmq_beam.transforms import outputs
+
+    monkeypatch.setattr(outputs, "mixes_tagged_outputs", lambda pipeline: True)
+    published_path, failed_path = str(tmp_path / "published"), str(tmp_path / "failed")
+    with beam.Pipeline(options=PipelineOptions([])) as pipeline:
+        published, failed = pipeline | beam.Create(RECORDS) | WriteToTdmqMqtt(emulator.connection(), mapping=MAPPING)
+        assert published.element_type is PublishedMessage and failed.element_type is FailedMessage
+        published | beam.Map(lambda r: r.topic) | beam.io.WriteToText(published_path, shard_name_template="")
+        failed | "F" >> beam.Map(lambda r: r.reason) | "WF" >> beam.io.WriteToText(failed_path, shard_name_template="")
+    assert sorted(open(published_path).read().split()) == [f"results/d{i}" for i in range(5)]
+    assert len(open(failed_path).read().splitlines()) == 1

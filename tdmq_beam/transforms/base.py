@@ -34,6 +34,7 @@ from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, sharded_batches
+from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.results import FailedMessage
 
 __all__ = ["Batching", "CallTransform"]
@@ -118,20 +119,24 @@ class CallTransform(beam.PTransform):
 
     def expand(self, pcoll: pvalue.PCollection) -> Any:
         sharded = self._batching.sharded_for(pcoll)
-        fn = self.new_fn(
-            connection=self._connection,
-            cloud=self._cloud,
-            tag=self._tag,
-            namespace=self.metrics_namespace,
-            batch_size=self._batching.batch_size,
-            max_pending_batches=self._batching.max_pending_batches,
-            batched_input=sharded,
-        )
+
+        def make_fn(pairs: bool) -> BatchedCallsFn:
+            return self.new_fn(
+                connection=self._connection,
+                cloud=self._cloud,
+                tag=self._tag,
+                namespace=self.metrics_namespace,
+                batch_size=self._batching.batch_size,
+                max_pending_batches=self._batching.max_pending_batches,
+                batched_input=sharded,
+                output_pairs=pairs,
+            )
+
         if sharded:
             pcoll = sharded_batches(pcoll, self._batching.batch_size, self._batching.max_buffering_duration_secs)
-        outputs = pcoll | self.LABEL >> beam.ParDo(fn).with_output_types(
-            self.main_type, **{FAILED: FailedMessage}
-        ).with_outputs(FAILED, main=self.MAIN)
+        outputs = par_do_with_outputs(
+            pcoll, self.LABEL, make_fn, self.MAIN, {self.MAIN: self.main_type, FAILED: FailedMessage}
+        )
         main, failed = outputs[self.MAIN], outputs[FAILED]
         if self._error_handler is not None:
             self._error_handler.add_error_pcollection(failed)

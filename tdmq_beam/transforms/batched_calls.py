@@ -71,6 +71,7 @@ class BatchedCallsFn(beam.DoFn):
         namespace: the metrics namespace; ``COUNTERS`` become ``self.counters``.
         batch_size, max_pending_batches: see `CallTransform`.
         batched_input: elements arrive batched by `sharded_batches`.
+        output_pairs: emit ``(tag, value)`` on the main output instead of tagged outputs.
     """
 
     COUNTERS: tuple[str, ...] = ("failed",)
@@ -85,6 +86,7 @@ class BatchedCallsFn(beam.DoFn):
         batch_size: int,
         max_pending_batches: int,
         batched_input: bool = False,
+        output_pairs: bool = False,
     ) -> None:
         self._connection = connection
         self._cloud = cloud
@@ -92,6 +94,7 @@ class BatchedCallsFn(beam.DoFn):
         self._batch_size = batch_size
         self._max_pending = max_pending_batches
         self._batched_input = batched_input
+        self._output_pairs = output_pairs  # (tag, value) on the one output: see `outputs.par_do_with_outputs`
         self.counters = {name: Metrics.counter(namespace, name) for name in self.COUNTERS}
         self.client: TdmqClient  # set up by setup(), on the worker
 
@@ -164,7 +167,7 @@ class BatchedCallsFn(beam.DoFn):
         try:
             work = self.prepare(element)
         except InvalidMessageError as error:
-            self._ready.append(_in_windows(self.reject(element, error), windowed))
+            self._ready.append(self._in_windows(self.reject(element, error), windowed))
             return
         self._buffer.append((element, work, windowed))
         if len(self._buffer) >= self._batch_size:
@@ -188,20 +191,22 @@ class BatchedCallsFn(beam.DoFn):
         else:
             done = {future for future in self._outstanding if future.done()}
         output = self.output
+        in_windows = self._in_windows
         ready = self._ready
         for future in done:
             batch = self._outstanding.pop(future)
             results = future.result()
             for (element, work, windowed), result in zip(batch, results, strict=True):
-                ready.append(_in_windows(output(element, work, result), windowed))
+                ready.append(in_windows(output(element, work, result), windowed))
             self.batch_done(results)
 
-
-def _in_windows(output: Output, windowed: WindowedValue) -> Any:
-    """An output in the timestamp, windows and pane of the input it came from."""
-    tag, value = output
-    result = windowed.with_value(value)
-    return result if tag is None else beam.pvalue.TaggedOutput(tag, result)
+    def _in_windows(self, output: Output, windowed: WindowedValue) -> Any:
+        """An output in the timestamp, windows and pane of the input it came from."""
+        if self._output_pairs:
+            return windowed.with_value(output)
+        tag, value = output
+        result = windowed.with_value(value)
+        return result if tag is None else beam.pvalue.TaggedOutput(tag, result)
 
 
 class AttachWindowing(beam.DoFn):
