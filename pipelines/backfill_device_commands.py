@@ -47,8 +47,10 @@ from pipelines.command_input import ReadCommands
 from pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
     add_connection_flags,
+    add_progress_flags,
     connection_from_flags,
     preflight,
+    show_progress,
     usage_error,
 )
 from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
@@ -80,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--output-format", choices=("jsonl", "avro"), default="jsonl")
 
     add_connection_flags(parser)
+    add_progress_flags(parser)
 
     behaviour = parser.add_argument_group("publishing")
     behaviour.add_argument("--qos", type=int, choices=(0, 1, 2), help="default QoS where a record sets none")
@@ -159,12 +162,13 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection
     commands = pipeline | "Read" >> ReadCommands(
         args.input, schema, file_format=args.input_format, counter_namespace=METRICS_NAMESPACE
     )
-    published, failed = commands.records | "Publish" >> WriteToTdmqMqtt(
+    write = WriteToTdmqMqtt(
         connection,
         mapping=mapping,
         qos=args.qos,
         idempotency_key=IdempotencyKey() if args.idempotency_key else None,
-    )
+    ).with_progress(None if args.quiet else args.progress_interval, expected=getattr(args, "expected", None))
+    published, failed = commands.records | "Publish" >> write
     all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
     _write_results(published, all_failed | "CountFailures" >> beam.ParDo(_CountFailures()), args)
 
@@ -273,6 +277,7 @@ def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, An
 
     with TdmqEmulator() as emulator, tempfile.TemporaryDirectory(prefix="backfill-demo-") as workdir:
         records = generate_commands(args.sample_commands, args.sample_devices, args.sample_invalid)
+        args.expected = len(records)  # the demo knows its input size: progress lines give an ETA
         sample = os.path.join(workdir, "commands.avro")
         with open(sample, "wb") as handle:
             fastavro.writer(handle, fastavro.parse_schema(load_schema(args.schema)), records)
@@ -304,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     logging.basicConfig(level=logging.WARNING)
     args, beam_args = _parser().parse_known_args(argv)
+    show_progress(args)
     if args.endpoint is None:
         if args.input is not None:
             usage_error(PROGRAM, "--input needs --endpoint (without both, the demo runs on the embedded emulator)")

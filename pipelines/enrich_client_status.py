@@ -43,9 +43,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from pipelines.service_flags import (
     add_cloud_flags,
     add_connection_flags,
+    add_progress_flags,
     cloud_from_flags,
     connection_from_flags,
     preflight,
+    show_progress,
     usage_error,
 )
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--input", help="file pattern of JSON Lines events (batch)")
     io.add_argument("--output", help="prefix of the enriched JSON Lines files (batch)")
     io.add_argument("--failed-output", help="prefix of the failed-lookup files (batch; default OUTPUT-failed)")
+    add_progress_flags(parser)
     add_connection_flags(parser)
     add_cloud_flags(parser)
     enrich = parser.add_argument_group("enrichment")
@@ -148,7 +151,7 @@ def build_pipeline(
         status_ttl=args.status_ttl,
         details_ttl=args.details_ttl,
         negative_ttl=args.negative_ttl,
-    )
+    ).with_progress(None if args.quiet else args.progress_interval)
     enriched = (
         result.enriched
         | "CountStates" >> beam.ParDo(_CountStates())
@@ -249,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configuration error (one line on stderr)."""
     logging.basicConfig(level=logging.WARNING)
     args, beam_args = _parser().parse_known_args(argv)
+    show_progress(args)
     if args.endpoint is None:
         if args.input or args.input_subscription:
             usage_error(PROGRAM, "an input needs --endpoint (without both, the demo runs on the embedded emulator)")

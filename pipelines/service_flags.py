@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import sys
 from typing import NoReturn
 
@@ -19,15 +20,18 @@ from tdmq_beam import (
     TdmqError,
     TransportError,
 )
+from tdmq_beam.transforms.progress import LOGGER_NAME
 
 __all__ = [
     "EXIT_RECORDS_FAILED",
     "EXIT_USAGE",
     "add_cloud_flags",
     "add_connection_flags",
+    "add_progress_flags",
     "cloud_from_flags",
     "connection_from_flags",
     "preflight",
+    "show_progress",
     "usage_error",
 ]
 
@@ -98,6 +102,32 @@ def _check_cloud(program: str, client: TdmqClient) -> None:
             usage_error(program, f"the cloud API needs more ({exc}): check --tencent-region")
     except TdmqError as exc:
         usage_error(program, f"the cloud API cannot be reached: {exc}; check --cloud-endpoint")
+
+
+def add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("progress")
+    group.add_argument("--quiet", action="store_true", help="no progress lines while the run goes on")
+    group.add_argument(
+        "--progress-interval", type=float, default=5.0, help="seconds between two progress lines of a worker"
+    )
+
+
+def show_progress(args: argparse.Namespace) -> None:
+    """Progress lines of the workers (``tdmq_beam.progress``) on stderr, unless ``--quiet``."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if args.quiet:
+        logger.setLevel(logging.WARNING)
+        return
+    handler = next((h for h in logger.handlers if getattr(h, "_tdmq_progress", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("progress: %(message)s"))
+        handler._tdmq_progress = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    else:
+        handler.stream = sys.stderr  # type: ignore[attr-defined]  # today's stderr (main may run again)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:

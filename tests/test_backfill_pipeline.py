@@ -216,3 +216,23 @@ def test_json_lines_may_leave_out_fields_with_defaults(emulator, paho, tmp_path,
     assert _numbers(capsys.readouterr().out)["published"] == "1"
     payload = json.loads(subscriber.receive(1)[0].payload)
     assert payload["params"] == {} and payload["command"] == "reboot"  # params: the schema's default
+
+
+def test_progress_lines_unless_quiet(capsys):
+    argv = [
+        "--sample-commands",
+        "3000",
+        "--sample-devices",
+        "20",
+        "--sample-invalid",
+        "0",
+        "--progress-interval",
+        "0.01",
+    ]
+    assert backfill.main(argv) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
+    assert lines, "no progress line"
+    assert "WriteToTdmqMqtt: " in lines[0] and " done (" in lines[0] and "/s; " in lines[0] and "retried" in lines[0]
+    assert any("s to go" in line for line in lines)  # the demo knows its input size: an ETA
+    assert backfill.main([*argv, "--quiet"]) == 0
+    assert "progress: " not in capsys.readouterr().err

@@ -333,3 +333,15 @@ def test_every_class_naming_the_message_settings_names_exactly_the_table():
     transform_only = {"connection", "mapping", "user_properties", "idempotency_key", "defaults", "batch_size",
                       "max_pending_batches", "batching", "max_buffering_duration_secs"}  # fmt: skip
     assert set(inspect.signature(WriteToTdmqMqtt).parameters) - transform_only == table
+
+
+def test_progress_logs_at_most_once_per_interval_with_an_eta():
+    from tdmq_beam.transforms.progress import Progress
+
+    progress = Progress("WriteToTdmqMqtt", interval=3600, expected=1000)
+    assert progress.add(100, 1, 5, 0) is None  # not yet an interval since the start
+    progress._logged -= 3600  # as if an interval had passed
+    line = progress.add(100, 0, 7, 2)
+    assert line is not None and line.startswith("WriteToTdmqMqtt: 200 done (1 failed) in ")
+    assert "7 retried, 2 throttled" in line and "s to go" in line
+    assert progress.add(100, 0, 7, 2) is None  # the next one waits a whole interval again

@@ -94,6 +94,7 @@ class CallTransform(beam.PTransform):
         )
         self._tag = f"{type(self).__name__}-{uuid.uuid4()}"  # one worker-process client per transform
         self._error_handler: Any = None
+        self._progress: tuple[str, float, int | None] | None = (type(self).__name__, 10.0, None)
 
     # -- for subclasses ---------------------------------------------------------------
 
@@ -117,6 +118,16 @@ class CallTransform(beam.PTransform):
         self._error_handler = error_handler
         return self
 
+    def with_progress(self, interval: float | None = 10.0, *, expected: int | None = None) -> CallTransform:
+        """Each worker process logs this transform's progress (done, failed, rate, retries,
+        throttling, and an ETA given ``expected`` elements per process) on the
+        ``tdmq_beam.progress`` logger at INFO, at most every ``interval`` seconds (default 10).
+        None turns it off. Returns the transform, for chaining."""
+        if interval is not None and interval <= 0:
+            raise ConfigurationError(f"the progress interval must be positive, got {interval}")
+        self._progress = None if interval is None else (type(self).__name__, float(interval), expected)
+        return self
+
     def expand(self, pcoll: pvalue.PCollection) -> Any:
         sharded = self._batching.sharded_for(pcoll)
 
@@ -130,6 +141,7 @@ class CallTransform(beam.PTransform):
                 max_pending_batches=self._batching.max_pending_batches,
                 batched_input=sharded,
                 output_pairs=pairs,
+                progress=self._progress,
             )
 
         if sharded:

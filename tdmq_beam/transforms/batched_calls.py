@@ -37,6 +37,7 @@ from tdmq_beam.errors import ConfigurationError, InvalidMessageError
 from tdmq_beam.service.client import TdmqClient
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.transforms.progress import Progress, progress_for
 from tdmq_beam.transforms.results import failure_from_error
 from tdmq_beam.transforms.worker_client import acquire_client
 
@@ -72,6 +73,7 @@ class BatchedCallsFn(beam.DoFn):
         batch_size, max_pending_batches: see `CallTransform`.
         batched_input: elements arrive batched by `sharded_batches`.
         output_pairs: emit ``(tag, value)`` on the main output instead of tagged outputs.
+        progress: (label, interval seconds, expected elements or None) to log progress, or None.
     """
 
     COUNTERS: tuple[str, ...] = ("failed",)
@@ -87,6 +89,7 @@ class BatchedCallsFn(beam.DoFn):
         max_pending_batches: int,
         batched_input: bool = False,
         output_pairs: bool = False,
+        progress: tuple[str, float, int | None] | None = None,
     ) -> None:
         self._connection = connection
         self._cloud = cloud
@@ -95,6 +98,8 @@ class BatchedCallsFn(beam.DoFn):
         self._max_pending = max_pending_batches
         self._batched_input = batched_input
         self._output_pairs = output_pairs  # (tag, value) on the one output: see `outputs.par_do_with_outputs`
+        self._progress_settings = progress
+        self._progress: Progress | None = None
         self.counters = {name: Metrics.counter(namespace, name) for name in self.COUNTERS}
         self.client: TdmqClient  # set up by setup(), on the worker
 
@@ -132,6 +137,11 @@ class BatchedCallsFn(beam.DoFn):
 
     def setup(self) -> None:
         self.client = acquire_client(self._connection, self._cloud, self._tag)
+        self._setup_progress()
+
+    def _setup_progress(self) -> None:
+        if self._progress_settings is not None:
+            self._progress = progress_for(self._tag, *self._progress_settings)
 
     def start_bundle(self) -> None:
         self._buffer: list[_Pending] = []
@@ -196,9 +206,15 @@ class BatchedCallsFn(beam.DoFn):
         for future in done:
             batch = self._outstanding.pop(future)
             results = future.result()
+            failed = 0
             for (element, work, windowed), result in zip(batch, results, strict=True):
-                ready.append(in_windows(output(element, work, result), windowed))
+                outcome = output(element, work, result)
+                failed += outcome[0] == FAILED
+                ready.append(in_windows(outcome, windowed))
             self.batch_done(results)
+            if self._progress is not None:
+                aio = self.client.aio
+                self._progress.add(len(results), failed, aio.retries, aio.throttled)
 
     def _in_windows(self, output: Output, windowed: WindowedValue) -> Any:
         """An output in the timestamp, windows and pane of the input it came from."""

@@ -76,6 +76,7 @@ class _EnrichFn(BatchedCallsFn):
     def setup(self) -> None:
         self.lookup = acquire_status_lookup(self._connection, self._cloud, self._settings, self._tag)
         self.client = self.lookup.client
+        self._setup_progress()
 
     def _joined(self, element: Any, status: ClientStatus) -> Any:
         if self._join is not None:
