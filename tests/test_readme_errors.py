@@ -1,0 +1,75 @@
+"""Every error text the README quotes is the text the code prints."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import apache_beam as beam
+import fastavro
+import pytest
+
+from pipelines import backfill_device_commands as backfill
+from pipelines.command_input import _ReadFile, _schema_problem
+from tdmq_beam import MessageMapping, WriteToTdmqMqtt
+
+README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+
+
+def quoted(text: str) -> None:
+    assert f"`{text}`" in README or text in README, f"the README does not quote: {text}"
+
+
+def test_invalid_record_reason(emulator, tmp_path):
+    path = str(tmp_path / "failed")
+    with beam.Pipeline() as pipeline:
+        result = (
+            pipeline
+            | beam.Create([{"t": "x", "body": "b", "q": 3}])
+            | WriteToTdmqMqtt(emulator.connection(), mapping=MessageMapping(topic="{t}", payload="body", qos="q"))
+        )
+        (
+            result.failed
+            | beam.Map(lambda r: r.reason.replace("'q'", "'qos'"))
+            | beam.io.WriteToText(path, shard_name_template="")
+        )
+    (reason,) = open(path).read().splitlines()
+    quoted(reason)
+
+
+def test_schema_mismatch_reason():
+    schema = fastavro.parse_schema(json.loads((backfill.SCHEMAS / "device_command.avsc").read_text()))
+    problem = _schema_problem({"device_id": 5, "command_id": "c", "command": "x", "issued_at": 0}, schema)
+    quoted(f"commands.jsonl line 3: {problem}")
+
+
+def test_unparseable_line_reason():
+    class Readable:  # the two things _ReadFile asks of Beam's ReadableFile
+        class metadata:
+            path = "/data/commands.jsonl"
+
+        @staticmethod
+        def open(**_options):
+            return io.BytesIO(b'{"device_id": "d"}\n{"device_id": \n')
+
+    schema = json.loads((backfill.SCHEMAS / "device_command.avsc").read_text())
+    read = _ReadFile(schema, "auto", "readme-test", pairs=True)
+    read.setup()
+    outputs = list(read.process(Readable()))
+    reason = next(value.reason for tag, value in outputs if tag == "failed" and "line 2" in value.reason)
+    assert reason.startswith("commands.jsonl line 2: not valid JSON (")
+    quoted(reason.split(" (")[0] + " (...)")
+
+
+def test_preflight_refusal(emulator, tmp_path, monkeypatch, capsys):
+    source = tmp_path / "c.jsonl"
+    source.write_text("{}\n")
+    monkeypatch.setenv("README_WRONG_PASSWORD", "wrong")
+    argv = ["--input", str(source), "--output", str(tmp_path / "out"), "--endpoint", emulator.http_url,
+            "--username", "user0", "--password-env", "README_WRONG_PASSWORD"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        backfill.main(argv)
+    printed = capsys.readouterr().err.strip()
+    quoted(re.sub(r"http://127\.0\.0\.1:\d+", "http://h:8080", printed))
