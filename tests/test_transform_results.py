@@ -27,17 +27,23 @@ RECORDS = [{"device": f"d{i}", "body": "on"} for i in range(5)] + [{"body": "no 
 MAPPING = MessageMapping(topic="results/{device}", payload="body")
 
 
-def test_results_unpack_and_carry_element_types(emulator, paho, tmp_path, unique):
-    subscriber = paho(unique("s"))
-    subscriber.subscribe("results/#", 1)
+def _write_records(emulator, tmp_path) -> tuple[list[str], list[str]]:
+    """RECORDS through WriteToTdmqMqtt, unpacking its result; (published topics, failure reasons)."""
     published_path, failed_path = str(tmp_path / "published"), str(tmp_path / "failed")
     with beam.Pipeline(options=PipelineOptions([])) as pipeline:
         published, failed = pipeline | beam.Create(RECORDS) | WriteToTdmqMqtt(emulator.connection(), mapping=MAPPING)
         assert published.element_type is PublishedMessage and failed.element_type is FailedMessage
         published | beam.Map(lambda r: r.topic) | beam.io.WriteToText(published_path, shard_name_template="")
         failed | "F" >> beam.Map(lambda r: r.reason) | "WF" >> beam.io.WriteToText(failed_path, shard_name_template="")
-    assert sorted(open(published_path).read().split()) == [f"results/d{i}" for i in range(5)]
-    assert "device" in open(failed_path).read()
+    return open(published_path).read().split(), open(failed_path).read().splitlines()
+
+
+def test_results_unpack_and_carry_element_types(emulator, paho, tmp_path, unique):
+    subscriber = paho(unique("s"))
+    subscriber.subscribe("results/#", 1)
+    topics, reasons = _write_records(emulator, tmp_path)
+    assert sorted(topics) == [f"results/d{i}" for i in range(5)]
+    assert len(reasons) == 1 and "device" in reasons[0]
     assert len(subscriber.receive(5)) == 5
 
     pipeline = beam.Pipeline()
@@ -105,11 +111,6 @@ def test_outputs_as_pairs_where_a_runner_would_mix_tagged_outputs(emulator, tmp_
     from tdmq_beam.transforms import outputs
 
     monkeypatch.setattr(outputs, "mixes_tagged_outputs", lambda pipeline: True)
-    published_path, failed_path = str(tmp_path / "published"), str(tmp_path / "failed")
-    with beam.Pipeline(options=PipelineOptions([])) as pipeline:
-        published, failed = pipeline | beam.Create(RECORDS) | WriteToTdmqMqtt(emulator.connection(), mapping=MAPPING)
-        assert published.element_type is PublishedMessage and failed.element_type is FailedMessage
-        published | beam.Map(lambda r: r.topic) | beam.io.WriteToText(published_path, shard_name_template="")
-        failed | "F" >> beam.Map(lambda r: r.reason) | "WF" >> beam.io.WriteToText(failed_path, shard_name_template="")
-    assert sorted(open(published_path).read().split()) == [f"results/d{i}" for i in range(5)]
-    assert len(open(failed_path).read().splitlines()) == 1
+    topics, reasons = _write_records(emulator, tmp_path)
+    assert sorted(topics) == [f"results/d{i}" for i in range(5)]
+    assert len(reasons) == 1 and "device" in reasons[0]
