@@ -69,45 +69,54 @@ class _ReadFile(beam.DoFn):
         file_format = self._format
         if file_format == "auto":
             file_format = "avro" if path.endswith(".avro") else "jsonl"
-        items = self._avro_records(readable, name) if file_format == "avro" else self._json_lines(readable, name)
-        for where, record, problem in items:
+        items = _avro_records(readable, name) if file_format == "avro" else _json_lines(readable, name)
+        for item in items:
             self._read.inc()
+            problem = item.problem or _schema_problem(item.record, self._parsed)
             if problem is None:
-                problem = _schema_problem(record, self._parsed)
-            if problem is None:
-                command = {**self._defaults, **record} if self._defaults else record
+                command = {**self._defaults, **item.record} if self._defaults else item.record
                 yield (None, command) if self._pairs else command
             else:
-                kind = "unparseable" if record is None else "invalid_record"
-                element = record if record is not None else where[1]
-                failure = FailedMessage(element, None, None, kind, f"{where[0]}: {problem}", 0)
+                kind = "unparseable" if item.record is None else "invalid_record"
+                element = item.record if item.record is not None else item.raw
+                failure = FailedMessage(element, None, None, kind, f"{item.location}: {problem}", 0)
                 yield (FAILED, failure) if self._pairs else beam.pvalue.TaggedOutput(FAILED, failure)
 
-    @staticmethod
-    def _json_lines(readable: fileio.ReadableFile, name: str) -> Iterator[tuple[tuple[str, Any], Any, str | None]]:
-        with readable.open() as handle:
-            for number, raw in enumerate(handle, 1):
-                where = f"{name} line {number}"
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    yield (where, raw.decode("utf-8", "replace").rstrip("\n")), None, f"not UTF-8 ({exc.reason})"
-                    continue
-                if not text.strip():
-                    continue
-                try:
-                    yield (where, text.rstrip("\n")), json.loads(text), None
-                except ValueError as exc:
-                    yield (where, text.rstrip("\n")), None, f"not valid JSON ({exc})"
 
-    @staticmethod
-    def _avro_records(readable: fileio.ReadableFile, name: str) -> Iterator[tuple[tuple[str, Any], Any, str | None]]:
-        with readable.open(mime_type="application/octet-stream") as handle:
+class _Item(NamedTuple):
+    """One line or record: where it was, its text (lines), the record it holds, or why it holds none."""
+
+    location: str
+    raw: str | None
+    record: Any
+    problem: str | None = None
+
+
+def _json_lines(readable: fileio.ReadableFile, name: str) -> Iterator[_Item]:
+    with readable.open() as handle:
+        for number, data in enumerate(handle, 1):
+            location = f"{name} line {number}"
+            text = data.decode("utf-8", "replace").rstrip("\n")
             try:
-                for position, record in enumerate(fastavro.reader(handle), 1):
-                    yield (f"{name} record {position}", None), record, None
-            except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
-                yield (f"{name}", name), None, f"not a readable Avro file ({exc})"
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield _Item(location, text, None, f"not UTF-8 ({exc.reason})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield _Item(location, text, json.loads(text))
+            except ValueError as exc:
+                yield _Item(location, text, None, f"not valid JSON ({exc})")
+
+
+def _avro_records(readable: fileio.ReadableFile, name: str) -> Iterator[_Item]:
+    with readable.open(mime_type="application/octet-stream") as handle:
+        try:
+            for position, record in enumerate(fastavro.reader(handle), 1):
+                yield _Item(f"{name} record {position}", None, record)
+        except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
+            yield _Item(name, name, None, f"not a readable Avro file ({exc})")
 
 
 class ReadCommands(beam.PTransform):
