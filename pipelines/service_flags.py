@@ -20,6 +20,7 @@ from tdmq_beam import (
     TdmqError,
     TransportError,
 )
+from tdmq_beam.errors import TlsError
 from tdmq_beam.transforms.progress import LOGGER_NAME
 
 __all__ = [
@@ -78,9 +79,9 @@ def _check_data_plane(program: str, client: TdmqClient, connection: TdmqConnecti
         )
     except PermissionDeniedError:
         usage_error(program, f"{endpoint}: the user lacks the CONNECT permission (403): check the instance's ACL")
+    except TlsError:
+        usage_error(program, f"TLS with {endpoint} failed: check http:// or https:// in --endpoint, and --ca-cert")
     except TransportError as exc:
-        if "TLS" in exc.message or "SSL" in exc.message or "certificate" in exc.message.lower():
-            usage_error(program, f"TLS with {endpoint} failed: check http:// or https:// in --endpoint, and --ca-cert")
         if not connection.is_tls and "connection lost" in exc.message:
             usage_error(program, f"{endpoint} closed the connection: is it an https endpoint? Check --endpoint")
         usage_error(program, f"cannot reach {endpoint}: {exc.message}; check --endpoint")

@@ -20,6 +20,7 @@ __all__ = [
     "ServerError",
     "TdmqError",
     "TimeoutError",
+    "TlsError",
     "TransportError",
     "error_for_status",
 ]
@@ -119,6 +120,11 @@ class TransportError(TdmqError):
 class TimeoutError(TransportError):
     """No answer in time: connecting or the whole request took longer than the connection's timeout.
     Its ``kind`` stays ``transport``, as dead-letter records have always said."""
+
+
+class TlsError(TransportError):
+    """The TLS handshake failed: an untrusted or mismatched certificate, or TLS against a plain
+    HTTP server. Its ``kind`` stays ``transport``."""
 
 
 class CloudApiError(TdmqError):

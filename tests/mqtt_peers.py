@@ -209,9 +209,10 @@ class RawClient:
     def quiet(self, wait: float = 0.5) -> bool:
         """Whether nothing arrives (and the connection stays open) for ``wait`` seconds."""
         try:
-            return self.read(timeout=wait) is None and False
+            self.read(timeout=wait)  # a packet, or the server closing: not quiet
         except TimeoutError:
             return True
+        return False
 
     def closed_by_server(self, timeout: float = WAIT) -> bool:
         """Whether the server closes the connection (reading and dropping packets) within ``timeout``."""

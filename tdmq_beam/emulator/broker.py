@@ -222,8 +222,8 @@ class Broker:
 
     # -- publishing -------------------------------------------------------------
 
-    def publish(self, message: Message, *, event: bool = False) -> int:
-        """Routes one message to every matching session and shared group; returns how many took it."""
+    def publish(self, message: Message, *, event: bool = False) -> None:
+        """Routes one message to every matching session and shared group."""
         self.counters["events_published" if event else "messages_received"] += 1
         if message.retain:
             if message.payload and not message.immediate:
@@ -238,7 +238,6 @@ class Broker:
                 self._deliver(session, message, match)
         for group in groups:
             self._dispatch_shared(group, message)
-        return len(matches) + len(groups)
 
     def _deliver(self, session: Session, message: Message, match: Match) -> None:
         qos = min(message.qos, match.qos)

@@ -238,10 +238,10 @@ class MqttConnection(asyncio.Protocol):
             raise ProtocolError(f"clients do not send {PacketType.NAMES[packet_type]} here")
 
     def _refuse(self, codes: tuple[int, int], reason: str) -> None:
+        """CONNACK with a refusal (MQTT 5: with its reason string, which CONNACK may always carry), then close."""
         code = codes[1] if self.level == 5 else codes[0]
         _LOGGER.info("refusing MQTT connection from %s: %s", self.peer, reason)
-        props = self._reason(reason) if self.problem_information else None
-        self.transport.write(codec.encode_connack(False, code, self.level, props or {}))
+        self.transport.write(codec.encode_connack(False, code, self.level, self._reason(reason) or {}))
         self.closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -270,10 +270,8 @@ class MqttConnection(asyncio.Protocol):
             raise MalformedPacket("CONNECT with reserved flags")
         try:
             packet = codec.decode_connect(body)
-        except codec.UnsupportedProtocol:
-            self.transport.write(codec.encode_connack(False, ReasonCode.V3_UNACCEPTABLE_PROTOCOL_VERSION, 4, {}))
-            self.closed = True
-            self.transport.close()
+        except codec.UnsupportedProtocol as exc:
+            self._refuse((ReasonCode.V3_UNACCEPTABLE_PROTOCOL_VERSION,) * 2, str(exc))  # answered as 3.1.1 does
             return
         self.level = packet.protocol_level
         props = packet.properties

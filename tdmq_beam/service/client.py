@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 import logging
 import random
@@ -188,19 +187,18 @@ class AsyncTdmqClient:
     def _count_retry(self, error: TdmqError) -> None:
         self.retries += 1
 
-    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    def _require_open(self) -> None:
         if not self._open:
             raise ConfigurationError("the client is not open: use 'async with' or await open()")
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        self._require_open()
         return await self._retry.run(call, on_retry=self._count_retry, clock=self._clock)
 
     # -- the data plane: one request path, one mapping of answers to errors -----------
 
     async def _request(self, method: str, target: str, body: bytes = b"") -> HttpAnswer:
-        """One data-plane request after the rate limits; a non-200 answer raises its `TdmqError`.
-
-        The publish path (`_publish_once`) makes the same three steps inline, to spare the hot
-        path a coroutine: throttle, send, `_accepted`.
-        """
+        """One data-plane request after the rate limits; a non-200 answer raises its `TdmqError`."""
         if self._throttler is not None or self._bucket is not None:
             await self._throttle()
         assert self._transport is not None
@@ -276,32 +274,23 @@ class AsyncTdmqClient:
         Returns:
             One `PublishResult` per message, in input order.
         """
-        if not self._open:
-            raise ConfigurationError("the client is not open: use 'async with' or await open()")
+        self._require_open()
         results = await run_bounded(messages, self._publish_result, concurrency or self.connection.max_in_flight)
         return results  # type: ignore[return-value]  # _publish_result never raises
 
     async def _publish_result(self, message: MqttMessage) -> PublishResult:
-        """`publish_with_attempts` as a `PublishResult` (inlined: this is the hot path)."""
+        """`publish_with_attempts` as a `PublishResult`, timed."""
         now = self._clock.now
         started = now()
-        problem = message.payload_problem(self.connection.max_payload_bytes)
-        if problem:
-            return PublishResult(None, 0, InvalidMessageError(problem, attempts=0), now() - started)
         try:
-            message_id, attempts = await self._retry.run(
-                functools.partial(self._publish_once, message), on_retry=self._count_retry, clock=self._clock
-            )
+            message_id, attempts = await self.publish_with_attempts(message)
         except TdmqError as error:
             return PublishResult(None, error.attempts, error, now() - started)
         return PublishResult(message_id, attempts, None, now() - started)
 
     async def _publish_once(self, message: MqttMessage) -> str | None:
-        if self._throttler is not None or self._bucket is not None:
-            await self._throttle()
-        assert self._transport is not None
         try:
-            answer = self._accepted(await self._transport.request("POST", message.request_target(), message.payload))
+            answer = await self._request("POST", message.request_target(), message.payload)
         except TransportError as exc:
             raise type(exc)(f"publish {message.topic!r}: {exc.message}") from None
         message_id = answer.headers.get("x-message-id")

@@ -25,7 +25,7 @@ from typing import NamedTuple, Protocol
 
 import httptools
 
-from tdmq_beam.errors import TimeoutError, TransportError
+from tdmq_beam.errors import TimeoutError, TlsError, TransportError
 
 __all__ = ["HttpAnswer", "HttpTransport", "Transport"]
 
@@ -208,7 +208,7 @@ class HttpTransport:
         except asyncio.TimeoutError:
             raise TimeoutError(f"connecting to {self._host}:{self._port} timed out") from None
         except ssl.SSLError as exc:
-            raise TransportError(f"TLS handshake with {self._host}:{self._port} failed: {exc}") from None
+            raise TlsError(f"TLS handshake with {self._host}:{self._port} failed: {exc}") from None
         except OSError as exc:
             raise TransportError(f"cannot connect to {self._host}:{self._port}: {exc.strerror or exc}") from None
         return connection

@@ -41,7 +41,6 @@ class MessageProperty:
         valid: whether a value has the right type and range.
         choices: the values an enumerated setting takes (qos, payload format), else empty.
         string_rule: the value is text held to MQTT's string rules (UTF-8, no U+0000, 65,535 bytes).
-        mqtt5: an MQTT 5 property (MQTT 3.1.1 subscribers do not see it).
     """
 
     name: str
@@ -51,7 +50,6 @@ class MessageProperty:
     valid: Callable[[Any], bool]
     choices: tuple[int, ...] = ()
     string_rule: bool = False
-    mqtt5: bool = True
 
     def is_valid(self, value: Any) -> bool:
         """Whether ``value`` has the right type and range (the string rules aside)."""
@@ -68,13 +66,9 @@ class MessageProperty:
         return None
 
     def query(self, value: Any) -> str:
-        """``parameter=value`` for the publish request's query, percent-encoded."""
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, bytes):
-            text = value.decode("utf-8")
-        else:
-            text = str(value)
+        """``parameter=value`` for the publish request's query, percent-encoded (qos and retained,
+        which every request carries, are written by `MqttMessage.request_target` itself)."""
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
         return f"{self.parameter}={quote_component(text)}"
 
 
@@ -103,10 +97,10 @@ _STRINGS = frozenset({"string"})
 
 # In the order the publish request names them.
 MESSAGE_PROPERTIES: tuple[MessageProperty, ...] = (
-    MessageProperty("qos", "qos", "0, 1 or 2", _INTEGERS, _is_choice, (0, 1, 2), mqtt5=False),
-    MessageProperty("retained", "retained", "a bool", frozenset({"boolean"}), _is_bool, mqtt5=False),
-    MessageProperty("client_id", "client_id", "a str", _STRINGS, _is_str, string_rule=True, mqtt5=False),
-    MessageProperty("username", "username", "a str", _STRINGS, _is_str, string_rule=True, mqtt5=False),
+    MessageProperty("qos", "qos", "0, 1 or 2", _INTEGERS, _is_choice, (0, 1, 2)),
+    MessageProperty("retained", "retained", "a bool", frozenset({"boolean"}), _is_bool),
+    MessageProperty("client_id", "client_id", "a str", _STRINGS, _is_str, string_rule=True),
+    MessageProperty("username", "username", "a str", _STRINGS, _is_str, string_rule=True),
     MessageProperty("response_topic", "ResponseTopic", "a str", _STRINGS, _is_str),
     MessageProperty(
         "correlation_data", "CorrelationData", "bytes or str", frozenset({"string", "bytes", "fixed"}), _is_bytes_or_str
