@@ -25,6 +25,8 @@ _EXPORTS = {
     "CloudApiConfig": "tdmq_beam.service.cloud_api",
     "CloudApiError": "tdmq_beam.errors",
     "ConfigurationError": "tdmq_beam.errors",
+    "DecodeMqttMessages": "tdmq_beam.transforms.decode",
+    "DecodeResult": "tdmq_beam.transforms.decode",
     "EnrichResult": "tdmq_beam.transforms.enrich",
     "EnrichWithClientStatus": "tdmq_beam.transforms.enrich",
     "FailedMessage": "tdmq_beam.transforms.results",
@@ -35,6 +37,7 @@ _EXPORTS = {
     "JsonPayload": "tdmq_beam.records.payload",
     "KeepAliveResult": "tdmq_beam.transforms.keepalive",
     "KeepAliveSet": "tdmq_beam.transforms.keepalive",
+    "MessageDecoder": "tdmq_beam.records.message_decoding",
     "MessageDefaults": "tdmq_beam.records.mapping",
     "MessageMapping": "tdmq_beam.records.mapping",
     "MqttMessage": "tdmq_beam.service.message",
@@ -42,6 +45,8 @@ _EXPORTS = {
     "PublishResult": "tdmq_beam.service.client",
     "PublishedMessage": "tdmq_beam.transforms.results",
     "RateLimitedError": "tdmq_beam.errors",
+    "ReadFromTdmqMqtt": "tdmq_beam.transforms.read",
+    "ReceivedMessage": "tdmq_beam.records.received_message",
     "RetryPolicy": "tdmq_beam.service.retry",
     "Secret": "tdmq_beam.secret",
     "ServerError": "tdmq_beam.errors",
@@ -51,6 +56,7 @@ _EXPORTS = {
     "TdmqConnection": "tdmq_beam.service.connection",
     "TdmqError": "tdmq_beam.errors",
     "TransportError": "tdmq_beam.errors",
+    "UserProperty": "tdmq_beam.records.received_message",
     "WriteToTdmqMqtt": "tdmq_beam.transforms.write",
     "WriteToTdmqMqttResult": "tdmq_beam.transforms.write",
     "avro_mapping": "tdmq_beam.records.avro_mapping",
@@ -66,6 +72,8 @@ __all__ = [
     "CloudApiConfig",
     "CloudApiError",
     "ConfigurationError",
+    "DecodeMqttMessages",
+    "DecodeResult",
     "EnrichResult",
     "EnrichWithClientStatus",
     "FailedMessage",
@@ -76,6 +84,7 @@ __all__ = [
     "JsonPayload",
     "KeepAliveResult",
     "KeepAliveSet",
+    "MessageDecoder",
     "MessageDefaults",
     "MessageMapping",
     "MqttMessage",
@@ -83,6 +92,8 @@ __all__ = [
     "PublishResult",
     "PublishedMessage",
     "RateLimitedError",
+    "ReadFromTdmqMqtt",
+    "ReceivedMessage",
     "RetryPolicy",
     "Secret",
     "ServerError",
@@ -92,6 +103,7 @@ __all__ = [
     "TdmqConnection",
     "TdmqError",
     "TransportError",
+    "UserProperty",
     "WriteToTdmqMqtt",
     "WriteToTdmqMqttResult",
     "avro_mapping",
@@ -126,7 +138,9 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     )
     from tdmq_beam.records.avro_mapping import avro_mapping
     from tdmq_beam.records.mapping import IdempotencyKey, MessageDefaults, MessageMapping
+    from tdmq_beam.records.message_decoding import MessageDecoder
     from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload
+    from tdmq_beam.records.received_message import ReceivedMessage, UserProperty
     from tdmq_beam.secret import Secret
     from tdmq_beam.service.client import AsyncTdmqClient, PublishResult, TdmqClient
     from tdmq_beam.service.cloud_api import ClientDetails, ClientSubscription, CloudApiConfig
@@ -134,8 +148,10 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.service.message import MqttMessage
     from tdmq_beam.service.retry import RetryPolicy
     from tdmq_beam.service.status_lookup import ClientStatus
+    from tdmq_beam.transforms.decode import DecodeMqttMessages, DecodeResult
     from tdmq_beam.transforms.enrich import EnrichResult, EnrichWithClientStatus
     from tdmq_beam.transforms.enrichment_handler import TdmqClientStatusHandler
     from tdmq_beam.transforms.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive
+    from tdmq_beam.transforms.read import ReadFromTdmqMqtt
     from tdmq_beam.transforms.results import FailedMessage, PublishedMessage
     from tdmq_beam.transforms.write import WriteToTdmqMqtt, WriteToTdmqMqttResult

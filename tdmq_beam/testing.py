@@ -157,8 +157,9 @@ class TdmqEmulator:
     # -- connector configuration -------------------------------------------------
 
     def connection(self, **options: Any) -> TdmqConnection:
-        """A `TdmqConnection` to this emulator as its first user; ``options`` override."""
+        """A `TdmqConnection` to this emulator (HTTP and MQTT) as its first user; ``options`` override."""
         options.setdefault("username", self.username)
+        options.setdefault("mqtt_endpoint", f"mqtt://{self.host}:{self.mqtt_port}")
         options.setdefault("password", self.password)
         return TdmqConnection(self.http_url, **options)
 

@@ -1,6 +1,7 @@
-"""MQTT 3.1.1 and 5 packets: decoding what clients send, encoding what the broker sends.
+"""MQTT 3.1.1 and 5 packets, both ways: what clients send and what the broker sends.
 
-Written for the emulator's broker. No library on PyPI offers a sans-I/O codec
+Written for the emulator's broker, and used by the read side's subscriber
+(`service.subscriber`) for the client's half. No library on PyPI offers a sans-I/O codec
 for both protocol levels 4 and 5 (paho-mqtt is a client, amqtt speaks 3.1.1
 only, mqttproto and mqtt5 speak 5 only), so the packet layouts of the two
 specifications are written out here. Every decoder raises `MalformedPacket`
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "PINGREQ",
     "PINGRESP",
     "PROPERTIES",
+    "ConnAck",
     "Connect",
     "Disconnect",
     "MalformedPacket",
@@ -26,22 +29,27 @@ __all__ = [
     "ProtocolError",
     "Publish",
     "ReasonCode",
+    "SubAck",
     "Subscribe",
     "Unsubscribe",
     "Will",
+    "decode_connack",
     "decode_connect",
     "decode_disconnect",
     "decode_fixed_header",
     "decode_packet_id",
     "decode_publish",
+    "decode_suback",
     "decode_subscribe",
     "decode_unsubscribe",
     "encode_ack",
     "encode_connack",
+    "encode_connect",
     "encode_disconnect",
     "encode_properties",
     "encode_publish",
     "encode_suback",
+    "encode_subscribe",
     "encode_unsuback",
     "encode_utf8",
     "encode_varint",
@@ -203,6 +211,8 @@ _ALLOWED_IN_ACK = _allowed_in("PUBACK")
 _ALLOWED_IN_SUBSCRIBE = _allowed_in("SUBSCRIBE")
 _ALLOWED_IN_UNSUBSCRIBE = _allowed_in("UNSUBSCRIBE")
 _ALLOWED_IN_DISCONNECT = _allowed_in("DISCONNECT")
+_ALLOWED_IN_CONNACK = _allowed_in("CONNACK")
+_ALLOWED_IN_SUBACK = _allowed_in("SUBACK")
 
 Properties = dict[int, Any]
 """Decoded properties: id -> value; repeatable ones (user property, subscription
@@ -279,6 +289,20 @@ class PacketId:
 
     packet_id: int
     reason_code: int
+    properties: Properties
+
+
+@dataclass(slots=True)
+class ConnAck:
+    session_present: bool
+    reason_code: int  # MQTT 3.1.1: the return code
+    properties: Properties
+
+
+@dataclass(slots=True)
+class SubAck:
+    packet_id: int
+    reason_codes: list[int]  # granted QoS, or a failure code (0x80 and up)
     properties: Properties
 
 
@@ -531,6 +555,27 @@ def decode_disconnect(body: bytes, level: int) -> Disconnect:
     return Disconnect(reason, props)
 
 
+def decode_connack(body: bytes, level: int) -> ConnAck:
+    reader = _Reader(body)
+    flags = reader.byte()
+    if flags & 0xFE:
+        raise MalformedPacket("CONNACK reserved flags are set")
+    reason = reader.byte()
+    props = reader.properties(_ALLOWED_IN_CONNACK) if level == 5 and reader.remaining() else {}
+    reader.end()
+    return ConnAck(bool(flags & 0x01), reason, props)
+
+
+def decode_suback(body: bytes, level: int) -> SubAck:
+    reader = _Reader(body)
+    packet_id = reader.uint16()
+    props = reader.properties(_ALLOWED_IN_SUBACK) if level == 5 else {}
+    codes = list(body[reader.pos :])
+    if not codes:
+        raise MalformedPacket("SUBACK without a reason code")
+    return SubAck(packet_id, codes, props)
+
+
 # -- encoding -----------------------------------------------------------------
 
 _UINT16 = struct.Struct(">H")
@@ -660,26 +705,42 @@ def encode_disconnect(reason_code: int, props: Properties | None = None) -> byte
 PINGRESP = b"\xd0\x00"
 
 
-# -- client side (simulated devices, fuzzing): MQTT 3.1.1 only -----------------------
+# -- client side (the read side's subscriber, simulated devices, fuzzing) ------
 
 
 def encode_connect(
-    client_id: str, *, clean: bool = True, keepalive: int = 60, username: str | None = None, password: str | None = None
+    client_id: str,
+    *,
+    clean: bool = True,
+    keepalive: int = 60,
+    username: str | None = None,
+    password: str | bytes | None = None,
+    level: int = 4,
+    properties: Properties | None = None,
 ) -> bytes:
-    """An MQTT 3.1.1 CONNECT."""
+    """A CONNECT without a will: MQTT 3.1.1 (``level`` 4) or 5 (with ``properties``)."""
     flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-    body = _utf8("MQTT") + bytes((4, flags)) + _UINT16.pack(keepalive) + _utf8(client_id)
+    body = _utf8("MQTT") + bytes((level, flags)) + _UINT16.pack(keepalive)
+    if level == 5:
+        body += encode_properties(properties or {})
+    body += _utf8(client_id)
     if username is not None:
         body += _utf8(username)
     if password is not None:
-        body += _utf8(password)
+        body += _binary(password.encode() if isinstance(password, str) else password)
     return _packet(0x10, body)
 
 
-def encode_subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
-    """An MQTT 3.1.1 SUBSCRIBE of (topic filter, qos) pairs."""
-    body = _UINT16.pack(packet_id) + b"".join(_utf8(topic_filter) + bytes((qos,)) for topic_filter, qos in filters)
+def encode_subscribe(
+    packet_id: int, filters: list[tuple[str, int]], level: int = 4, properties: Properties | None = None
+) -> bytes:
+    """A SUBSCRIBE of (topic filter, options) pairs; under MQTT 3.1.1 the options are just the QoS."""
+    body = _UINT16.pack(packet_id)
+    if level == 5:
+        body += encode_properties(properties or {})
+    body += b"".join(_utf8(topic_filter) + bytes((options,)) for topic_filter, options in filters)
     return _packet(0x82, body)
 
 
+PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"

@@ -25,6 +25,25 @@ def _readable_file_error(name: str, path: str) -> str | None:
     return None
 
 
+def _mqtt_endpoint(endpoint: object) -> str:
+    """``endpoint`` checked and normalised as ``mqtt[s]://host[:port]``."""
+    if not isinstance(endpoint, str):
+        raise ConfigurationError(f"mqtt_endpoint must be a URL string, got {type(endpoint).__name__}")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigurationError(f"mqtt_endpoint must start with mqtt:// or mqtts://, got scheme {parts.scheme!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError("mqtt_endpoint must not carry credentials; give username= and password= instead")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"mqtt_endpoint {endpoint!r} has an invalid port") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError(f"mqtt_endpoint {endpoint!r} must be mqtt[s]://host[:port] without path or query")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
 class TdmqConnection:
     """The data-plane endpoint of one TDMQ for MQTT instance, and its credentials.
 
@@ -54,6 +73,10 @@ class TdmqConnection:
         adaptive_throttling: after the service first answers 429, hold back
             requests client-side in proportion to how many it refuses (Beam's
             `AdaptiveThrottler`). Defaults to True.
+        mqtt_endpoint: the instance's MQTT access point, for the read side:
+            ``mqtt://host[:port]`` (port 1883 by default) or ``mqtts://host[:port]``
+            (8883; TLS with ``ca_cert``, and the client certificate when given).
+            Defaults to None (no read side).
     """
 
     def __init__(
@@ -72,6 +95,7 @@ class TdmqConnection:
         retry: RetryPolicy | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         adaptive_throttling: bool = True,
+        mqtt_endpoint: str | None = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ConfigurationError(f"endpoint must be a URL string, got {type(endpoint).__name__}")
@@ -98,10 +122,12 @@ class TdmqConnection:
             raise ConfigurationError("username must be a non-empty str without ':'")
         if (client_cert is None) != (client_key is None):
             raise ConfigurationError("client_cert and client_key go together")
-        if client_cert is not None and parts.scheme != "https":
-            raise ConfigurationError("a client certificate (mTLS) needs an https endpoint")
-        if ca_cert is not None and parts.scheme != "https":
-            raise ConfigurationError("ca_cert needs an https endpoint")
+        self.mqtt_endpoint = _mqtt_endpoint(mqtt_endpoint) if mqtt_endpoint is not None else None
+        any_tls = parts.scheme == "https" or (self.mqtt_endpoint or "").startswith("mqtts:")
+        if client_cert is not None and not any_tls:
+            raise ConfigurationError("a client certificate (mTLS) needs an https or mqtts endpoint")
+        if ca_cert is not None and not any_tls:
+            raise ConfigurationError("ca_cert needs an https or mqtts endpoint")
         if username is None and client_cert is None:
             raise ConfigurationError("credentials are required: username and password, or client_cert and client_key")
         if not timeout or timeout <= 0:
@@ -138,6 +164,19 @@ class TdmqConnection:
         credentials = f"{self.username}:{self.password.resolve()}".encode()
         return "Basic " + base64.b64encode(credentials).decode()
 
+    def mqtt_address(self) -> tuple[str, int, bool]:
+        """(host, port, whether TLS) of the MQTT access point.
+
+        Raises:
+            ConfigurationError: the connection has no ``mqtt_endpoint``.
+        """
+        if self.mqtt_endpoint is None:
+            raise ConfigurationError("reading needs the connection's mqtt_endpoint (mqtt://host:1883 or mqtts://...)")
+        parts = urlsplit(self.mqtt_endpoint)
+        tls = parts.scheme == "mqtts"
+        assert parts.hostname is not None  # checked in __init__
+        return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for https endpoints (with the client certificate for mTLS).
 
@@ -145,8 +184,13 @@ class TdmqConnection:
             ConfigurationError: a certificate or key file is missing, unreadable
                 or not valid PEM (the message names the file, never its content).
         """
-        if not self.is_tls:
-            return None
+        return self._tls_context() if self.is_tls else None
+
+    def mqtt_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an mqtts endpoint, as `ssl_context` builds it; None for mqtt."""
+        return self._tls_context() if self.mqtt_address()[2] else None
+
+    def _tls_context(self) -> ssl.SSLContext:
         for name, path in (
             ("ca_cert", self.ca_cert),
             ("client_cert", self.client_cert),
@@ -182,6 +226,8 @@ class TdmqConnection:
             data["ca_cert"] = self.ca_cert
         if self.tps is not None:
             data["tps"] = self.tps
+        if self.mqtt_endpoint is not None:
+            data["mqtt_endpoint"] = self.mqtt_endpoint
         return data
 
     def __repr__(self) -> str:
