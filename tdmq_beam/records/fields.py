@@ -77,5 +77,8 @@ def json_default(value: Any) -> Any:
 
 
 def element_to_json(element: Any) -> str:
-    """The element as JSON text: bytes as base64, times as ISO 8601, anything else as its repr."""
+    """The element as JSON text: bytes as base64, times as ISO 8601, anything else as its repr.
+    A NamedTuple element (a `ReceivedMessage`) is an object, not the list JSON makes of tuples."""
+    if hasattr(element, "_asdict"):
+        element = element._asdict()
     return json.dumps(element, default=json_default, ensure_ascii=False, separators=(",", ":"))

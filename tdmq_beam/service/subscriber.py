@@ -175,6 +175,7 @@ class MqttSubscriber:
         self._ready: collections.deque[Delivery] = collections.deque()  # received, not yet handed out
         self._arrived = threading.Event()
         self._unacked: collections.deque[tuple[int, int, int, float]] = collections.deque()  # seq, packet id, qos, t
+        self._awaiting_release: set[int] = set()  # QoS 2 packet ids we sent PUBREC for
         self._sequence = 0  # of the last message received
         self.handed_out = 0  # sequence of the last message handed out
         self._paused = False
@@ -416,7 +417,9 @@ class MqttSubscriber:
                 protocol.transport.pause_reading()
         elif kind == PacketType.PUBREL:
             # The broker received our PUBREC, which was sent only after the commit.
-            self._send(codec.encode_ack(PacketType.PUBCOMP, codec.decode_packet_id(body, level).packet_id, 0, level))
+            packet_id = codec.decode_packet_id(body, level).packet_id
+            self._awaiting_release.discard(packet_id)
+            self._send(codec.encode_ack(PacketType.PUBCOMP, packet_id, 0, level))
         elif kind == PacketType.CONNACK:
             self._resolve("connack", codec.decode_connack(body, level))
         elif kind == PacketType.SUBACK:
@@ -452,6 +455,8 @@ class MqttSubscriber:
             unacked = self._unacked
             while unacked and unacked[0][0] <= sequence:
                 _, packet_id, qos, received = unacked.popleft()
+                if qos == 2:
+                    self._awaiting_release.add(packet_id)
                 packets.append(
                     codec.encode_ack(PacketType.PUBACK if qos == 1 else PacketType.PUBREC, packet_id, 0, level)
                 )
@@ -470,6 +475,10 @@ class MqttSubscriber:
             self._loop.create_task(self._close_soon())
 
     async def _close_soon(self) -> None:
+        # QoS 2: let the broker's PUBRELs come and be answered, or it keeps the messages in flight.
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while self._awaiting_release and self._protocol is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         await self._disconnect()
         self._closing = True
         self._loop.stop()
@@ -515,6 +524,7 @@ class MqttSubscriber:
         self.generation = ""
         self._ready.clear()
         self._unacked.clear()
+        self._awaiting_release.clear()
         self._paused = False
         if self._keepalive_timer is not None:
             self._keepalive_timer.cancel()

@@ -31,10 +31,13 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import coders
+from apache_beam.coders import BooleanCoder
+from apache_beam.internal import pickler
 from apache_beam.io.unbounded_source import CheckpointMark, ReadFromUnboundedSource, UnboundedReader, UnboundedSource
 from apache_beam.metrics.metric import Lineage, Metrics
-from apache_beam.transforms.deduplicate import DeduplicatePerKey
+from apache_beam.transforms import userstate
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from tdmq_beam.errors import ConfigurationError
@@ -266,6 +269,11 @@ class _MqttSource(UnboundedSource):
         self.spec = spec
         self.index = index
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Beam encodes the source as an element with plain pickle: Beam's own pickler
+        # carries what plain pickle cannot (a lambda as timestamp_fn).
+        return _load_source, (pickler.dumps(self.spec), self.index)
+
     @property
     def client_id(self) -> str:
         assert self.index is not None
@@ -306,6 +314,10 @@ class _MqttSource(UnboundedSource):
         return coders.registry.get_coder(ReceivedMessage)
 
 
+def _load_source(spec: bytes, index: int | None) -> _MqttSource:
+    return _MqttSource(pickler.loads(spec), index)
+
+
 def _continues(session: MqttSubscriber, mark: _AckMark | None) -> bool:
     """Whether ``mark`` is exactly where the live session stands (nothing handed out since)."""
     if mark is None:
@@ -317,6 +329,35 @@ def _report_lineage(spec: _ReadSpec) -> None:
     host, port, _ = spec.connection.mqtt_address()
     for topic_filter in spec.filters:
         Lineage.sources().add("tdmq_mqtt", f"{host}:{port}", topic_filter, subtype="topic")
+
+
+class _FirstPerKeyFn(beam.DoFn):
+    """Passes the first value of each key, then drops the key's values until ``window`` seconds
+    of event time later. Beam's `DeduplicatePerKey` also declares a processing-time timer,
+    which sends a DirectRunner pipeline to the runner that cannot run this source."""
+
+    SEEN = userstate.ReadModifyWriteStateSpec("seen", BooleanCoder())
+    EXPIRY = userstate.TimerSpec("expiry", TimeDomain.WATERMARK)
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+
+    def process(
+        self,
+        element: tuple[str, ReceivedMessage],
+        timestamp=beam.DoFn.TimestampParam,
+        seen=beam.DoFn.StateParam(SEEN),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ) -> Iterable[ReceivedMessage]:
+        if seen.read():
+            return
+        seen.write(True)
+        expiry.set(timestamp + self._window)
+        yield element[1]
+
+    @userstate.on_timer(EXPIRY)
+    def forget(self, seen=beam.DoFn.StateParam(SEEN)) -> None:
+        seen.clear()
 
 
 def _by_idempotency_key(message: ReceivedMessage, partitions: int, property_name: str) -> int:
@@ -366,8 +407,9 @@ class ReadFromTdmqMqtt(beam.PTransform):
             trail the receive time; the watermark is held back that much. Defaults to 0.
         deduplicate_window: drop a message whose ``idempotency-key`` user property
             (what `WriteToTdmqMqtt` adds with ``idempotency_key``) was seen within this
-            many seconds (processing time; Beam's `DeduplicatePerKey`). Messages
-            without the property pass. Defaults to None (no de-duplication).
+            many seconds of event time (state per key, forgotten once the watermark
+            passes). Messages without the property pass. Defaults to None (no
+            de-duplication).
         idempotency_property: the user property ``deduplicate_window`` reads.
             Defaults to ``idempotency-key``.
         keepalive: MQTT keep-alive seconds. Defaults to 60.
@@ -486,6 +528,9 @@ class ReadFromTdmqMqtt(beam.PTransform):
             max_read_time_seconds=self._max_bundle_time,
         )
         messages.element_type = ReceivedMessage
+        # A read with max_records or max_read_time ends: downstream may treat it as bounded (file
+        # sinks, global-window aggregations), as Java's BoundedReadFromUnboundedSource does.
+        messages.is_bounded = self._spec.max_records is not None or self._spec.max_read_time is not None
         if self._deduplicate_window is None:
             return messages
         key = self._idempotency_property
@@ -493,8 +538,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
         unique = (
             keyed
             | "KeyByIdempotencyKey" >> beam.Map(lambda message: (message.user_property(key), message))
-            | "Deduplicate" >> DeduplicatePerKey(processing_time_duration=self._deduplicate_window)
-            | "DropKeys" >> beam.Values().with_output_types(ReceivedMessage)
+            | "Deduplicate" >> beam.ParDo(_FirstPerKeyFn(self._deduplicate_window)).with_output_types(ReceivedMessage)
         )
         return (unique, unkeyed) | "Merge" >> beam.Flatten().with_output_types(ReceivedMessage)
 
