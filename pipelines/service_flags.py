@@ -185,6 +185,7 @@ def connection_from_flags(args: argparse.Namespace) -> TdmqConnection:
         max_in_flight=args.max_in_flight,
         tps=args.tps,
         retry=RetryPolicy(max_attempts=args.max_attempts),
+        mqtt_endpoint=getattr(args, "mqtt_endpoint", None),  # the read side's flag
     )
 
 

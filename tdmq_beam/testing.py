@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from tdmq_beam.emulator.config import EmulatorConfig, FaultConfig
 from tdmq_beam.emulator.server import Emulator
-from tdmq_beam.mqtt.codec import DISCONNECT, encode_connect, encode_subscribe
+from tdmq_beam.mqtt.codec import DISCONNECT, encode_connect, encode_publish, encode_subscribe, encode_utf8
 from tdmq_beam.service.client import new_event_loop
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
@@ -247,6 +247,7 @@ class SimulatedClients:
         self._address = (host, port)
         self._credentials = (username, password)
         self._sockets: dict[str, socket.socket] = {}
+        self._next_packet_id: dict[str, int] = {}
 
     def _connect(self, client_id: str, *, persistent: bool, keepalive: int, subscriptions) -> socket.socket:
         sock = socket.create_connection(self._address, timeout=_START_TIMEOUT)
@@ -272,6 +273,25 @@ class SimulatedClients:
         self._sockets[client_id] = self._connect(
             client_id, persistent=persistent, keepalive=keepalive, subscriptions=subscriptions
         )
+
+    def publish(self, client_id: str, messages: list[tuple[str, bytes]]) -> int:
+        """Publishes ``(topic, payload)`` pairs at QoS 1 from online client ``client_id``, all
+        sent before the PUBACKs are read; returns how many the broker acknowledged."""
+        sock = self._sockets[client_id]
+        start = self._next_packet_id.get(client_id, 1)
+        ids = [(start + offset - 1) % 65535 + 1 for offset in range(len(messages))]
+        self._next_packet_id[client_id] = ids[-1] % 65535 + 1 if ids else start
+        sock.sendall(b"".join(
+            encode_publish(encode_utf8(topic), payload, 1, False, False, packet_id, 4, None)
+            for (topic, payload), packet_id in zip(messages, ids, strict=True)
+        ))  # fmt: skip
+        acknowledged = 0
+        for _ in ids:
+            header = _read_exactly(sock, 2)
+            body = _read_exactly(sock, header[1])
+            if header[0] >> 4 == 4:  # PUBACK (the device subscribes to nothing that is published here)
+                acknowledged += 1
+        return acknowledged
 
     def offline(self, client_id: str, *, subscriptions=()) -> None:
         """Leaves a persistent session for ``client_id``, disconnected."""

@@ -32,12 +32,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def pubsub_emulator():
     gcloud = shutil.which("gcloud")
-    if (
-        gcloud is None
-        or subprocess.run(
-            [gcloud, "beta", "emulators", "pubsub", "env-init"], capture_output=True, timeout=60
-        ).returncode
-    ):
+    if gcloud is None:
         pytest.skip(HOW_TO_INSTALL)
     port = _free_port()
     process = subprocess.Popen(
@@ -52,7 +47,8 @@ def pubsub_emulator():
             break
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
-                os.killpg(process.pid, 15)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, 15)
                 pytest.skip(f"the Pub/Sub emulator did not start; {HOW_TO_INSTALL}")
             time.sleep(0.2)
     previous = os.environ.get("PUBSUB_EMULATOR_HOST")
@@ -116,3 +112,56 @@ def test_streaming_enrichment_through_pubsub(pubsub_emulator, emulator, tmp_path
     for seq, enriched in received.items():
         assert enriched["client_id"] == events[seq]["client_id"]
         assert enriched["online"] is (enriched["client_id"] == "stream-on")
+
+
+def test_telemetry_ingest_to_pubsub(pubsub_emulator, tmp_path):
+    """The ingest pipeline's Pub/Sub output: telemetry read from MQTT arrives enriched on a real topic."""
+    from tdmq_beam.testing import TdmqEmulator
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    name = f"ingest-out-{os.getpid()}"
+    topic = publisher.topic_path(PROJECT, name)
+    subscription = subscriber.subscription_path(PROJECT, name)
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=subscription, topic=topic)
+    with TdmqEmulator() as emulator, emulator.simulated_clients() as devices:
+        devices.online("sensor-p")
+        env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator, "INGEST_PASSWORD": emulator.password}
+        job = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.ingest_device_telemetry", "--quiet",
+             "--endpoint", emulator.http_url, "--mqtt-endpoint", f"mqtt://127.0.0.1:{emulator.mqtt_port}",
+             "--username", emulator.username, "--password-env", "INGEST_PASSWORD",
+             "--client-id-prefix", "ingest-pubsub", "--max-records", "20", "--max-read-time", "90",
+             "--output_topic", topic, f"--project={PROJECT}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 90
+            readers = ("ingest-pubsub-0", "ingest-pubsub-1")
+            while not all((emulator.session_state(r) or {}).get("connected") for r in readers):
+                if time.monotonic() > deadline or job.poll() is not None:
+                    raise AssertionError(f"the readers did not connect: {job.communicate(timeout=60)[0][-3000:]}")
+                time.sleep(0.1)
+            readings = [
+                ("devices/sensor-p/telemetry",
+                 json.dumps({"seq": i, "sent_at": int(time.time() * 1000), "temperature": 20.0 + i}).encode())
+                for i in range(20)
+            ]  # fmt: skip
+            assert devices.publish("sensor-p", readings) == 20
+            output = job.communicate(timeout=120)[0]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, 15)
+    assert job.returncode == 0, output[-3000:]
+    received: dict[int, dict] = {}
+    deadline = time.monotonic() + 60
+    while len(received) < 20 and time.monotonic() < deadline:
+        response = subscriber.pull(subscription=subscription, max_messages=50, timeout=10)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+        for message in response.received_messages:
+            record = json.loads(message.message.data)
+            received[record["seq"]] = record
+    assert sorted(received) == list(range(20)), output[-3000:]
+    assert all(record["device_id"] == "sensor-p" and record["online"] is True for record in received.values())

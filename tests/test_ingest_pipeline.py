@@ -1,0 +1,80 @@
+"""The telemetry ingest pipeline: its demo end to end, real flags against the emulator, and its usage errors."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from pipelines import ingest_device_telemetry
+from tdmq_beam.testing import TdmqEmulator
+
+
+def test_the_demo_reads_everything_the_devices_published(capsys):
+    status = ingest_device_telemetry.main(
+        ["--quiet", "--demo-devices", "5", "--demo-rate", "200", "--demo-seconds", "2", "--demo-invalid", "4"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    lines = dict(line.split(":", 1) for line in out.splitlines() if ":" in line and not line.startswith("emulator"))
+    assert int(lines["published"]) == 400
+    assert int(lines["received"]) >= 400
+    assert int(lines["failed"]) == 4 and int(lines["decoded"]) >= 396
+    assert int(lines["lost"]) == 0
+    assert "latency p50/p99" in lines
+
+
+def test_a_bounded_ingest_of_what_is_queued_with_real_flags(tmp_path, capsys):
+    with TdmqEmulator() as emulator, emulator.simulated_clients() as devices:
+        devices.online("sensor-a")
+        flags = [
+            "--endpoint", emulator.http_url, "--mqtt-endpoint", f"mqtt://127.0.0.1:{emulator.mqtt_port}",
+            "--username", emulator.username, "--password-env", "INGEST_TEST_PASSWORD",
+            "--client-id-prefix", "ingest-test", "--quiet", "--output", str(tmp_path / "out"),
+        ]  # fmt: skip
+        os.environ["INGEST_TEST_PASSWORD"] = emulator.password
+        try:
+            # First run: opens the shared sessions; nothing is queued yet.
+            assert ingest_device_telemetry.main([*flags, "--max-read-time", "1"]) == 0
+            readings = [(f"devices/sensor-{'a' if i % 2 else 'b'}/telemetry",
+                         json.dumps({"seq": i, "sent_at": 1_700_000_000_000 + i, "temperature": 21.0}).encode())
+                        for i in range(30)]  # fmt: skip
+            assert devices.publish("sensor-a", readings) == 30
+            assert ingest_device_telemetry.main([*flags, "--max-records", "30"]) == 0
+        finally:
+            os.environ.pop("INGEST_TEST_PASSWORD", None)
+    records = [json.loads(line) for name in glob.glob(str(tmp_path / "out-0*.jsonl")) for line in open(name)]
+    assert sorted(record["seq"] for record in records) == list(range(30))
+    by_device = {record["device_id"]: record["online"] for record in records}
+    assert by_device == {"sensor-a": True, "sensor-b": False}  # sensor-b never connected
+    assert all(record["ingested_at"] >= record["sent_at"] for record in records)
+    assert "received:        30" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--num-readers", "2", "--share-group", ""], "needs --share-group"),
+        (["--schema", "/nonexistent.avsc"], "does not exist"),
+        (["--mqtt-endpoint", "mqtt://h:1883"], "need --endpoint"),
+        (["--endpoint", "http://127.0.0.1:9", "--username", "u", "--password-env", "X", "--output", "o"],
+         "give --mqtt-endpoint"),
+        (["--endpoint", "http://127.0.0.1:9", "--mqtt-endpoint", "ftp://h", "--username", "u",
+          "--password-env", "X", "--output", "o"], "mqtt_endpoint must start with mqtt://"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as caught:
+        ingest_device_telemetry.main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        ingest_device_telemetry.main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: ingest-telemetry)" in out and "(default: 2)" in out
