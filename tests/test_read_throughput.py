@@ -1,0 +1,24 @@
+"""benchmarks/read_throughput.py at a small size: every reader reads the whole feed, and the RESULT line is there."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "read_throughput.py")
+
+
+def test_read_throughput_loses_nothing():
+    run = subprocess.run(
+        [sys.executable, SCRIPT, "--rate", "500", "--seconds", "2"], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    readers = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"reader"')]
+    assert [reader["reader"] for reader in readers] == ["paho", "beam x1", "beam x2"]
+    assert all(reader["read"] == reader["published"] == 1000 for reader in readers), readers
+    result = re.search(r"^RESULT read_throughput ratio_vs_paho=([\d.]+) msgs_per_s=(\d+) lost=(\d+)$", run.stdout, re.M)
+    assert result is not None, run.stdout[-2000:]
+    assert result[3] == "0"
