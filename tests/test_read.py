@@ -452,3 +452,25 @@ def test_received_message_rows_have_a_schema():
         beam.utils.timestamp.Timestamp(1),
     )  # fmt: skip
     assert coder.decode(coder.encode(message)) == message
+
+
+def test_metrics_and_lineage_hold_no_secret(emulator, paho, unique, tmp_path):
+    from apache_beam.metrics.metric import Lineage, MetricsFilter
+
+    connection = emulator.connection()
+    prefix = unique("metrics")
+    open_sessions(connection, prefix, tmp_path)
+    publish(paho, 10)
+    pipeline = beam.Pipeline()
+    _ = pipeline | ReadFromTdmqMqtt(connection, "tele/#", client_id_prefix=prefix, max_records=10) | beam.Map(len)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {
+        m.key.metric.name: m.committed
+        for m in result.metrics().query(MetricsFilter().with_namespace("tdmq_beam.ReadFromTdmqMqtt"))["counters"]
+    }
+    assert counters["received"] == 10 and counters.get("redelivered", 0) == 0
+    sources = Lineage.query(result.metrics(), Lineage.SOURCE)
+    assert sources == {f"tdmq_mqtt:topic:127.0.0.1:{emulator.mqtt_port}.tele/#"}
+    everything = repr(result.metrics().query(MetricsFilter())) + repr(sources)
+    assert emulator.password not in everything
