@@ -288,7 +288,7 @@ class SimulatedClients:
         acknowledged = 0
         for _ in ids:
             header = _read_exactly(sock, 2)
-            body = _read_exactly(sock, header[1])
+            _read_exactly(sock, header[1])  # the packet id: PUBACKs come in order
             if header[0] >> 4 == 4:  # PUBACK (the device subscribes to nothing that is published here)
                 acknowledged += 1
         return acknowledged
