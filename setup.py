@@ -13,9 +13,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["tdmq_beam", "tdmq_beam.*", "pipelines", "pipelines.*"]),
-    package_data={"tdmq_beam": ["py.typed"]},
+    package_data={"tdmq_beam": ["py.typed"], "tdmq_beam.beam_yaml": ["providers.yaml"]},
     install_requires=[
-        "apache-beam>=2.60",
+        "apache-beam>=2.76",  # apache_beam.io.unbounded_source, under ReadFromTdmqMqtt
         "aiohttp>=3.9",
         "httptools>=0.6",
         "fastavro>=1.9",
@@ -33,8 +33,10 @@ setup(
             "tencentcloud-sdk-python-common>=3.0.1100",
             "ruff>=0.6",
             "mypy>=1.10",
+            "apache-beam[yaml]>=2.76",  # the Beam YAML examples' tests
         ],
-        "gcp": ["apache-beam[gcp]>=2.60"],
+        "gcp": ["apache-beam[gcp]>=2.76"],
+        "yaml": ["apache-beam[yaml]>=2.76"],
     },
     entry_points={"console_scripts": ["tdmq-emulator=tdmq_beam.emulator.cli:main"]},
     classifiers=[

@@ -26,6 +26,7 @@ import concurrent.futures
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -133,6 +134,14 @@ class BatchedCallsFn(beam.DoFn):
     def batch_done(self, results: Any) -> None:
         """Called once per finished batch, on the DoFn's thread (for metrics)."""
 
+    def report_lineage(self) -> None:
+        """Reports Beam `Lineage` sources and sinks once per DoFn instance, in its first bundle."""
+
+    @property
+    def instance(self) -> str:
+        """``host:port`` of the instance, as lineage names it."""
+        return urlsplit(self._connection.endpoint).netloc
+
     # -- beam.DoFn ----------------------------------------------------------------
 
     def setup(self) -> None:
@@ -144,6 +153,9 @@ class BatchedCallsFn(beam.DoFn):
             self._progress = progress_for(self._tag, *self._progress_settings)
 
     def start_bundle(self) -> None:
+        if not getattr(self, "_lineage_reported", False):
+            self._lineage_reported = True
+            self.report_lineage()
         self._buffer: list[_Pending] = []
         self._outstanding: dict[concurrent.futures.Future, list[_Pending]] = {}
         self._ready: collections.deque[Any] = collections.deque()

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import apache_beam as beam
+from apache_beam.metrics.metric import Lineage
 
 from tdmq_beam.errors import ConfigurationError, TdmqError
 from tdmq_beam.records.fields import client_id_getter
@@ -58,6 +59,11 @@ class _EnrichFn(BatchedCallsFn):
     """Looks up client ids in concurrent batches on the process's `StatusLookup`."""
 
     COUNTERS = ("hits", "misses", "status_calls", "details_calls", "throttled", "failed")
+
+    def report_lineage(self) -> None:
+        Lineage.sources().add("tdmq_mqtt", self.instance, subtype="client_status")
+        if self._cloud is not None:
+            Lineage.sources().add("tencentcloud_mqtt", self._cloud.instance_id, subtype="clients")
 
     def __init__(
         self,

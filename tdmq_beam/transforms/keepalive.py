@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+from apache_beam.metrics.metric import Lineage
 
 from tdmq_beam.errors import ConfigurationError, TdmqError
 from tdmq_beam.records.fields import MappingError, as_record, client_id_getter, element_to_json
@@ -66,6 +67,9 @@ def _interval_getter(interval: str | int | Callable[[Any], int]) -> Callable[[An
 
 class _KeepAliveFn(BatchedCallsFn):
     COUNTERS = ("set", "failed")
+
+    def report_lineage(self) -> None:
+        Lineage.sinks().add("tdmq_mqtt", self.instance, subtype="keepalive")
 
     def __init__(self, client_id: Callable[[Any], str], interval: Callable[[Any], int], **options: Any) -> None:
         super().__init__(**options)

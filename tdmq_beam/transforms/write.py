@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import Lineage
 
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.mapping import IdempotencyKey, MessageBuilder, MessageDefaults, MessageMapping
@@ -39,6 +40,11 @@ class WriteToTdmqMqttResult(NamedTuple):
     failed: beam.PCollection[FailedMessage]
 
 
+_LINEAGE_TOPICS = 1000
+"""Distinct topics a DoFn instance reports as lineage sinks (per-device topics would be millions;
+Beam bounds the lineage it keeps anyway)."""
+
+
 class _PublishFn(BatchedCallsFn):
     """Maps elements to messages and publishes them in concurrent batches (see `BatchedCallsFn`)."""
 
@@ -48,6 +54,7 @@ class _PublishFn(BatchedCallsFn):
         super().__init__(**options)
         self._builder = builder
         self._latency = Metrics.distribution(options["namespace"], "publish_latency_ms")
+        self._sinks_reported: set[str] = set()
 
     def start_bundle(self) -> None:
         super().start_bundle()
@@ -63,8 +70,11 @@ class _PublishFn(BatchedCallsFn):
         self._latency.update(int(result.seconds * 1000))
         if result.error is not None:
             return FAILED, failure_from_error(element, message.topic, result.error, result.attempts)
-        else:
-            return None, PublishedMessage(element, message.topic, result.message_id, result.attempts)
+        topic = message.topic
+        if topic not in self._sinks_reported and len(self._sinks_reported) < _LINEAGE_TOPICS:
+            self._sinks_reported.add(topic)
+            Lineage.sinks().add("tdmq_mqtt", self.instance, topic, subtype="topic")
+        return None, PublishedMessage(element, topic, result.message_id, result.attempts)
 
     def batch_done(self, results: list[PublishResult]) -> None:
         published = sum(1 for result in results if result.error is None)
