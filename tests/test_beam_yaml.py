@@ -172,3 +172,36 @@ def test_the_provider_listing_is_what_the_examples_and_readme_name():
     readme = (ROOT / "README.md").read_text()
     for name, target in listing[0]["transforms"].items():
         assert f"{name}: {target}" in readme
+
+
+def test_enrichment_with_client_details_in_yaml(emulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("TDMQ_SECRET_KEY", emulator.secret_key)
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"client_id": "yaml-detailed"}\n{"client_id": "yaml-nobody"}\n')
+    document = {
+        "pipeline": {"transforms": [
+            {"type": "ReadFromJson", "name": "Read", "config": {"path": str(source)}},
+            {"type": "EnrichWithClientStatus", "name": "Enrich", "input": "Read",
+             "config": {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD",
+                        "secret_id": emulator.secret_id, "secret_key_env": "TDMQ_SECRET_KEY",
+                        "tencent_region": "ap-guangzhou", "instance_id": emulator.instance_id,
+                        "cloud_endpoint": emulator.http_url}},
+            # Downstream YAML reads the nested client row by its schema's field names.
+            {"type": "MapToFields", "name": "Flatten", "input": "Enrich",
+             "config": {"language": "python", "fields": {
+                 "client_id": "client_id", "online": "online",
+                 "status": "client.connection_status if client else None",
+                 "topics": "[sub.topic_filter for sub in client.subscriptions] if client else []"}}},
+            {"type": "WriteToJson", "input": "Flatten", "config": {"path": str(tmp_path / "out")}},
+        ]},
+        "providers": [{"include": PROVIDERS_FILE}],
+    }  # fmt: skip
+    path = tmp_path / "details.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with emulator.simulated_clients() as devices:
+        devices.online("yaml-detailed", subscriptions=["devices/yaml-detailed/commands"])
+        run_yaml(path, {}, monkeypatch)
+    rows = {row["client_id"]: row for row in read_json_files(str(tmp_path / "out"))}
+    assert rows["yaml-detailed"] == {"client_id": "yaml-detailed", "online": True, "status": "CONNECTED",
+                                     "topics": ["devices/yaml-detailed/commands"]}  # fmt: skip
+    assert rows["yaml-nobody"] == {"client_id": "yaml-nobody", "online": False, "status": None, "topics": []}
