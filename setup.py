@@ -34,9 +34,11 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "apache-beam[yaml]>=2.76",  # the Beam YAML examples' tests
+            "dask[distributed]>=2024.1",  # the backfill on Beam's Dask runner
         ],
         "gcp": ["apache-beam[gcp]>=2.76"],
         "yaml": ["apache-beam[yaml]>=2.76"],
+        "dask": ["dask[distributed]>=2024.1"],
     },
     entry_points={"console_scripts": ["tdmq-emulator=tdmq_beam.emulator.cli:main"]},
     classifiers=[

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ from pipelines.service_flags import (
     usage_error,
 )
 from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
+from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.avro_mapping import load_schema
+from tdmq_beam.transforms.runner_limits import is_dask
 
 __all__ = ["build_pipeline", "generate_commands", "main"]
 
@@ -155,6 +158,44 @@ def _write_results(published: beam.PCollection, failed: beam.PCollection, args: 
             )
 
 
+class _AppendLines(beam.DoFn):
+    """Writes each bundle's lines to a file of its own, ``{prefix}-{uuid}.jsonl``, as a side effect.
+
+    For Beam's Dask runner, where ``WriteToText`` writes nothing (it drops what a
+    DoFn emits in ``finish_bundle``); it emits nothing itself.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    def start_bundle(self) -> None:
+        self._handle = None
+
+    def process(self, line: str) -> None:
+        if self._handle is None:
+            self._handle = open(f"{self._prefix}-{uuid.uuid4().hex}.jsonl", "w", encoding="utf-8")
+        self._handle.write(line + "\n")
+
+    def finish_bundle(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _write_results_on_dask(published: beam.PCollection, failed: beam.PCollection, args: argparse.Namespace) -> None:
+    """The results as JSON Lines on Beam's Dask runner, which computes only the branch of the last
+    transform applied: both writes feed one last step, so that both run."""
+    if args.output_format == "avro":
+        raise ConfigurationError("--output-format avro: Beam's Dask runner writes no files through Beam; use jsonl")
+    written = []
+    for name, pcoll in (("published", published), ("failed", failed)):
+        written.append(
+            pcoll
+            | f"{name}ToJson" >> beam.Map(lambda result: json.dumps(result.as_dict(), ensure_ascii=False))
+            | f"Write{name}" >> beam.ParDo(_AppendLines(f"{args.output}-{name}"))
+        )
+    _ = tuple(written) | "AllWritten" >> beam.Flatten() | "Done" >> beam.Map(lambda nothing: nothing)
+
+
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection: TdmqConnection) -> None:
     """Read, check, map, publish, and write results and dead letters (bad input included)."""
     schema = load_schema(args.schema)
@@ -170,7 +211,33 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection
     ).with_progress(None if args.quiet else args.progress_interval, expected=getattr(args, "expected", None))
     published, failed = commands.records | "Publish" >> write
     all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
-    _write_results(published, all_failed | "CountFailures" >> beam.ParDo(_CountFailures()), args)
+    counted = all_failed | "CountFailures" >> beam.ParDo(_CountFailures())
+    if is_dask(pipeline):
+        _write_results_on_dask(published, counted, args)
+    else:
+        _write_results(published, counted, args)
+
+
+def _summary_from_files(output: str, seconds: float) -> dict[str, Any]:
+    """The summary, read back from the result files (Beam's Dask runner reports no metrics)."""
+    published = [json.loads(line) for name in glob.glob(f"{output}-published-*.jsonl") for line in open(name)]
+    failed = [json.loads(line) for name in glob.glob(f"{output}-failed-*.jsonl") for line in open(name)]
+    failed_by_reason: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for failure in failed:
+        kind = failure["error_kind"]
+        failed_by_reason[kind] = failed_by_reason.get(kind, 0) + 1
+        examples.setdefault(kind, failure["reason"])
+    return {
+        "read": len(published) + len(failed),  # every line or record read ends in one of the two
+        "published": len(published),
+        "failed": len(failed),
+        "failed_by_reason": dict(sorted(failed_by_reason.items())),
+        "failure_examples": examples,
+        "retried": sum(max(0, record["attempts"] - 1) for record in published + failed),
+        "seconds": round(seconds, 2),
+        "messages_per_s": round(len(published) / seconds) if seconds else 0,
+    }
 
 
 def _summary(result, seconds: float) -> dict[str, Any]:
@@ -226,6 +293,10 @@ def run(args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConn
     finally:
         for folder in _temp_folders(args.output) - temp_before:
             shutil.rmtree(folder, ignore_errors=True)  # what a write left behind when the run stopped early
+    if is_dask(pipeline):
+        seconds = time.monotonic() - started
+        result.client.close()  # the runner's Dask client would otherwise outlive the run
+        return _summary_from_files(args.output, seconds)
     return _summary(result, time.monotonic() - started)
 
 

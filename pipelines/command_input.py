@@ -18,11 +18,13 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import fastavro
 from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from fastavro.validation import ValidationError, validate
 
 from tdmq_beam import FailedMessage
 from tdmq_beam.transforms.outputs import par_do_with_outputs
+from tdmq_beam.transforms.runner_limits import is_dask
 
 __all__ = ["CommandInput", "ReadCommands"]
 
@@ -137,7 +139,13 @@ class ReadCommands(beam.PTransform):
         self._namespace = counter_namespace
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> CommandInput:
-        files = pipeline | "Match" >> fileio.MatchFiles(self._pattern) | "Open" >> fileio.ReadMatches()
+        if is_dask(pipeline.pipeline):
+            # Beam's Dask runner translates no file read (fileio's yields nothing there): the
+            # files are matched here and handed over as elements.
+            matched = FileSystems.match([self._pattern])[0].metadata_list
+            files = pipeline | "Files" >> beam.Create([fileio.ReadableFile(metadata) for metadata in matched])
+        else:
+            files = pipeline | "Match" >> fileio.MatchFiles(self._pattern) | "Open" >> fileio.ReadMatches()
         outputs = par_do_with_outputs(
             files,
             "ReadAndCheck",

@@ -33,9 +33,16 @@ from apache_beam.transforms.display import DisplayDataItem
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
-from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, BatchingOptions, sharded_batches
+from tdmq_beam.transforms.batched_calls import (
+    FAILED,
+    BatchedCallsFn,
+    BatchingOptions,
+    grouped_batches,
+    sharded_batches,
+)
 from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.results import FailedMessage
+from tdmq_beam.transforms.runner_limits import drops_finish_bundle_outputs
 
 __all__ = ["Batching", "CallTransform"]
 
@@ -129,7 +136,10 @@ class CallTransform(beam.PTransform):
         return self
 
     def expand(self, pcoll: pvalue.PCollection) -> Any:
-        sharded = self._batching.sharded_for(pcoll)
+        # Beam's Dask runner drops what a DoFn emits in finish_bundle: there, batches come from
+        # a GroupByKey and every call completes inside process (see `grouped_batches`).
+        grouped = drops_finish_bundle_outputs(pcoll.pipeline)
+        sharded = not grouped and self._batching.sharded_for(pcoll)
 
         def make_fn(pairs: bool) -> BatchedCallsFn:
             return self.new_fn(
@@ -139,12 +149,15 @@ class CallTransform(beam.PTransform):
                 namespace=self.metrics_namespace,
                 batch_size=self._batching.batch_size,
                 max_pending_batches=self._batching.max_pending_batches,
-                batched_input=sharded,
+                batched_input=sharded or grouped,
+                complete_in_process=grouped,
                 output_pairs=pairs,
                 progress=self._progress,
             )
 
-        if sharded:
+        if grouped:
+            pcoll = grouped_batches(pcoll)
+        elif sharded:
             pcoll = sharded_batches(pcoll, self._batching.batch_size, self._batching.max_buffering_duration_secs)
         outputs = par_do_with_outputs(
             pcoll, self.LABEL, make_fn, self.MAIN, {self.MAIN: self.main_type, FAILED: FailedMessage}

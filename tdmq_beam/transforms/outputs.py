@@ -15,12 +15,9 @@ from typing import Any
 
 import apache_beam as beam
 
+from tdmq_beam.transforms.runner_limits import mixes_tagged_outputs
+
 __all__ = ["mixes_tagged_outputs", "par_do_with_outputs"]
-
-
-def mixes_tagged_outputs(pipeline: beam.Pipeline) -> bool:
-    """Whether the pipeline's runner would mix a ParDo's tagged outputs (Beam's Dask runner)."""
-    return type(pipeline.runner).__name__ == "DaskRunner"
 
 
 def _pick(pair: tuple[str | None, Any], tag: str | None) -> Iterator[Any]:
