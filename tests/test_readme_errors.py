@@ -73,3 +73,37 @@ def test_preflight_refusal(emulator, tmp_path, monkeypatch, capsys):
         backfill.main(argv)
     printed = capsys.readouterr().err.strip()
     quoted(re.sub(r"http://127\.0\.0\.1:\d+", "http://h:8080", printed))
+
+
+def test_acl_refusal_reason():
+    from tdmq_beam import AuthenticationError, MqttMessage, TdmqClient
+    from tdmq_beam.emulator.config import Acl
+    from tdmq_beam.testing import TdmqEmulator
+
+    acl = Acl.from_json({"rules": [{"user": "user0", "action": "publish", "topic": "y", "permission": "deny"}]})
+    with TdmqEmulator(acl=acl) as emulator:
+        client = TdmqClient(emulator.connection())
+        try:
+            with pytest.raises(AuthenticationError) as caught:
+                client.publish(MqttMessage(topic="y", payload=b"p"))
+        finally:
+            client.close()
+    quoted(str(caught.value).replace("'user0'", "'x'"))
+
+
+def test_mapping_role_problem():
+    from tdmq_beam import ConfigurationError, avro_mapping
+
+    schema = {"type": "record", "name": "R", "mqtt.topic": "t/{q}", "mqtt.payload": "q",
+              "fields": [{"name": "q", "type": "string", "mqtt.role": "qos"}]}  # fmt: skip
+    with pytest.raises(ConfigurationError) as caught:
+        avro_mapping(schema)
+    quoted(str(caught.value))
+
+
+def test_yaml_literal_secret_refusal():
+    from tdmq_beam.beam_yaml.transforms import YamlWriteToTdmqMqtt
+
+    with pytest.raises(ValueError) as caught:
+        YamlWriteToTdmqMqtt(endpoint="http://h:8080", username="u", password="literal", topic="t")
+    quoted(f'"{caught.value}"')
