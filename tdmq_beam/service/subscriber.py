@@ -225,17 +225,20 @@ class MqttSubscriber:
         """
         if self._failure is not None:
             raise self._failure
-        try:
-            delivery = self._ready.popleft()
-        except IndexError:
-            self._arrived.clear()
-            if self._ready:  # raced with an arrival
-                return self.next_delivery()
-            return None
-        if delivery.generation != self.generation:
-            return self.next_delivery()  # its connection ended: the broker sends it again
+        ready = self._ready
+        while True:
+            try:
+                delivery = ready.popleft()
+            except IndexError:
+                self._arrived.clear()
+                if not ready:
+                    return None
+                continue  # raced with an arrival
+            if delivery.generation == self.generation:
+                break
+            # Its connection ended: the broker sends it again on the new one.
         self.handed_out = delivery.sequence
-        if self._paused and len(self._ready) < _RESUME_AT:
+        if self._paused and len(ready) < _RESUME_AT:
             self._loop.call_soon_threadsafe(self._resume_reading)
         return delivery
 
@@ -266,6 +269,7 @@ class MqttSubscriber:
         bundle failed after messages were handed out).
         """
         asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(self.settings.connect_timeout)
+        self._failure = None
         self.start()
 
     def take_stats(self) -> SubscriberStats:
