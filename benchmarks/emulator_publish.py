@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from servers import CLIENT_CPU, cpu_seconds, emulator_server, pin
 
-from tdmq_beam.mqtt.codec import PacketType, decode_fixed_header, encode_connect, encode_subscribe
+from tdmq_beam.mqtt.codec import PacketFramer, PacketType, encode_connect, encode_subscribe
 
 TOPIC = "bench/emulator"
 
@@ -39,7 +39,7 @@ def subscriber_main(port: int, expected: int, timeout: float) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(encode_connect("bench-sub", keepalive=0, username="user0", password="secret0"))
     sock.sendall(encode_subscribe(1, [(TOPIC, 0)]))
-    buffer = bytearray()
+    framer = PacketFramer()
     count = 0
     print("ready", flush=True)
     sock.settimeout(timeout)
@@ -48,15 +48,7 @@ def subscriber_main(port: int, expected: int, timeout: float) -> None:
             chunk = sock.recv(1 << 20)
             if not chunk:
                 break
-            buffer += chunk
-            pos = 0
-            while (header := decode_fixed_header(buffer, pos)) is not None:
-                first, length, body = header
-                if body + length > len(buffer):
-                    break
-                count += first >> 4 == PacketType.PUBLISH
-                pos = body + length
-            del buffer[:pos]
+            count += sum(first >> 4 == PacketType.PUBLISH for first, _, _ in framer.feed(chunk))
     except TimeoutError:
         pass
     print(count, flush=True)

@@ -15,7 +15,7 @@ from tdmq_beam.emulator.broker import Broker
 from tdmq_beam.emulator.session import NEVER_EXPIRES, Message, Session
 from tdmq_beam.emulator.subscription_tree import Subscription
 from tdmq_beam.mqtt import codec
-from tdmq_beam.mqtt.codec import MalformedPacket, PacketType, Prop, ProtocolError, ReasonCode
+from tdmq_beam.mqtt.codec import MalformedPacket, PacketTooLarge, PacketType, Prop, ProtocolError, ReasonCode
 from tdmq_beam.mqtt.topics import split_shared, topic_filter_error
 
 __all__ = ["CONNECT_TIMEOUT", "MqttConnection", "certificate_common_name"]
@@ -61,7 +61,7 @@ class MqttConnection(asyncio.Protocol):
         self.config = broker.config
         self.loop = broker.loop
         self.transport: asyncio.Transport  # set by connection_made, before anything else
-        self.buffer = bytearray()
+        self.framer = codec.PacketFramer(broker.config.max_packet_size)
         self.level = 4
         self.session: Session | None = None
         self.will: codec.Will | None = None
@@ -87,33 +87,18 @@ class MqttConnection(asyncio.Protocol):
         if self.closed:
             return
         self.last_received = self.loop.time()
-        buffer = self.buffer
-        buffer += data
-        start = 0
         try:
-            while True:
-                header = codec.decode_fixed_header(buffer, start)
-                if header is None:
-                    break
-                first, length, body_start = header
-                if body_start - start + length > self.config.max_packet_size:
-                    self.close("packet_too_large", ReasonCode.PACKET_TOO_LARGE, "packet exceeds Maximum Packet Size")
-                    return
-                end = body_start + length
-                if end > len(buffer):
-                    break
-                body = bytes(buffer[body_start:end])
+            for first, body, size in self.framer.feed(data):
                 if self.session is not None:
-                    self.session.count("out", first, end - start)
-                start = end
+                    self.session.count("out", first, size)
                 self._handle(first, body)
                 if self.closed:
                     return
+        except PacketTooLarge as exc:
+            self.close("packet_too_large", exc.reason_code, str(exc))
         except MalformedPacket as exc:
             _LOGGER.info("closing MQTT connection %s: %s", self.peer, exc)
             self.close("protocol_error", exc.reason_code, str(exc))
-            return
-        del buffer[:start]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish("sock_closed")

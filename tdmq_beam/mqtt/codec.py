@@ -11,6 +11,7 @@ on input that breaks the specification; the connection that sent it is closed.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,9 @@ __all__ = [
     "Connect",
     "Disconnect",
     "MalformedPacket",
+    "PacketFramer",
     "PacketId",
+    "PacketTooLarge",
     "PacketType",
     "Prop",
     "PropertySpec",
@@ -229,6 +232,12 @@ class MalformedPacket(ValueError):
     reason_code = ReasonCode.MALFORMED_PACKET
 
 
+class PacketTooLarge(MalformedPacket):
+    """A packet is larger than the receiver's Maximum Packet Size (MQTT 5 reason code 0x95)."""
+
+    reason_code = ReasonCode.PACKET_TOO_LARGE
+
+
 class ProtocolError(MalformedPacket):
     """A packet parses but breaks a rule of the protocol (MQTT 5 reason code 0x82)."""
 
@@ -426,6 +435,45 @@ def decode_fixed_header(buffer: bytes | bytearray, start: int) -> tuple[int, int
         if not byte & 0x80:
             return buffer[start], value, pos
     raise MalformedPacket("remaining length longer than 4 bytes")
+
+
+class PacketFramer:
+    """Cuts whole packets out of a byte stream, however it arrives in pieces (sans-I/O).
+
+    Args:
+        max_packet_size: the largest packet accepted, fixed header included; 0 for no limit.
+    """
+
+    __slots__ = ("_buffer", "_max")
+
+    def __init__(self, max_packet_size: int = 0) -> None:
+        self._buffer = bytearray()
+        self._max = max_packet_size
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, bytes, int]]:
+        """Adds ``data``; yields (first byte, body, packet size) for each packet now whole.
+
+        Raises:
+            PacketTooLarge: a packet's header announces more than ``max_packet_size``
+                (before its body arrives).
+            MalformedPacket: a remaining length longer than 4 bytes.
+        """
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        try:
+            while (header := decode_fixed_header(buffer, start)) is not None:
+                first, length, body_start = header
+                end = body_start + length
+                if self._max and end - start > self._max:
+                    raise PacketTooLarge("packet exceeds Maximum Packet Size")
+                if end > len(buffer):
+                    return
+                body = bytes(buffer[body_start:end])
+                size, start = end - start, end
+                yield first, body, size
+        finally:
+            del buffer[:start]
 
 
 def decode_connect(body: bytes) -> Connect:

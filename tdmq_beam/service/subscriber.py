@@ -117,7 +117,7 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, subscriber: MqttSubscriber, generation: str) -> None:
         self.subscriber = subscriber
         self.generation = generation
-        self.buffer = bytearray()
+        self.framer = codec.PacketFramer()
         self.transport: asyncio.Transport | None = None
         self.established = False  # connected and subscribed: worth reconnecting when lost
 
@@ -125,24 +125,13 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        start = 0
         try:
-            while True:
-                header = codec.decode_fixed_header(buffer, start)
-                if header is None:
-                    break
-                first, length, body_at = header
-                if body_at + length > len(buffer):
-                    break
-                start = body_at + length
-                self.subscriber._on_packet(self, first, bytes(buffer[body_at:start]))
+            for first, body, _ in self.framer.feed(data):
+                self.subscriber._on_packet(self, first, body)
         except MalformedPacket as exc:
             _LOGGER.warning("MQTT reader %s: malformed packet from the broker (%s); reconnecting", self.subscriber, exc)
             if self.transport is not None:
                 self.transport.abort()
-        del buffer[:start]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.subscriber._on_connection_lost(self, exc)
