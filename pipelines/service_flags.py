@@ -21,6 +21,7 @@ from tdmq_beam import (
     TransportError,
 )
 from tdmq_beam.errors import TlsError
+from tdmq_beam.secret import secret_reference
 from tdmq_beam.transforms.progress import LOGGER_NAME
 
 __all__ = [
@@ -161,22 +162,12 @@ def add_cloud_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cloud-rate", type=float, default=20.0, help="cloud API requests/s per worker process")
 
 
-def _secret(env: str | None, file: str | None, what: str) -> Secret | None:
-    if env and file:
-        raise ValueError(f"give the {what} by environment variable or by file, not both")
-    if env:
-        return Secret.env(env)
-    if file:
-        return Secret.file(file)
-    return None
-
-
 def connection_from_flags(args: argparse.Namespace) -> TdmqConnection:
     """The connection the flags describe; `ValueError` naming what does not fit."""
     return TdmqConnection(
         args.endpoint,
         username=args.username,
-        password=_secret(args.password_env, args.password_file, "password"),
+        password=secret_reference("password", args.password_env, args.password_file),
         client_cert=args.client_cert,
         client_key=args.client_key,
         ca_cert=args.ca_cert,
@@ -195,7 +186,7 @@ def cloud_from_flags(args: argparse.Namespace) -> CloudApiConfig | None:
         return None
     return CloudApiConfig(
         secret_id=args.secret_id,
-        secret_key=_secret(args.secret_key_env, args.secret_key_file, "SecretKey"),
+        secret_key=secret_reference("SecretKey", args.secret_key_env, args.secret_key_file),
         region=args.tencent_region,
         instance_id=args.instance_id,
         endpoint=args.cloud_endpoint,

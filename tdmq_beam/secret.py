@@ -15,7 +15,7 @@ from typing import Literal
 
 from tdmq_beam.errors import ConfigurationError
 
-__all__ = ["Secret", "SecretLike", "as_secret"]
+__all__ = ["Secret", "SecretLike", "as_secret", "secret_reference"]
 
 
 class Secret:
@@ -113,3 +113,21 @@ def as_secret(value: SecretLike | None) -> Secret | None:
     if isinstance(value, str):
         return Secret.value(value)
     raise TypeError(f"expected a str or Secret, got {type(value).__name__}")
+
+
+def secret_reference(what: str, env: str | None, file: str | None) -> Secret | None:
+    """The `Secret` read from environment variable ``env`` or from file ``file``; None without either.
+
+    Args:
+        what: the secret's name in the complaint when both are given.
+
+    Raises:
+        ConfigurationError: both are given.
+    """
+    if env and file:
+        raise ConfigurationError(f"give the {what} by environment variable or by file, not both")
+    if env:
+        return Secret.env(env)
+    if file:
+        return Secret.file(file)
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tdmq_beam.errors import ConfigurationError
-from tdmq_beam.secret import Secret
+from tdmq_beam.secret import Secret, secret_reference
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.retry import RetryPolicy
@@ -26,13 +26,7 @@ def reference(key: str, literal: Any, env: str | None, file: str | None) -> Secr
     """The `Secret` that ``{key}_env`` or ``{key}_file`` names; a literal ``{key}`` is refused."""
     if literal is not None:
         raise ConfigurationError(LITERAL_SECRET.format(key=key))
-    if env and file:
-        raise ConfigurationError(f"{key}_env and {key}_file: give one")
-    if env:
-        return Secret.env(env)
-    if file:
-        return Secret.file(file)
-    return None
+    return secret_reference(f"{key} ({key}_env or {key}_file)", env, file)
 
 
 def connection_from_config(

@@ -25,21 +25,25 @@ def _readable_file_error(name: str, path: str) -> str | None:
     return None
 
 
-def _mqtt_endpoint(endpoint: object) -> str:
-    """``endpoint`` checked and normalised as ``mqtt[s]://host[:port]``."""
+def _normalised_endpoint(key: str, endpoint: object, schemes: tuple[str, str]) -> str:
+    """``endpoint`` checked and normalised as ``scheme://host[:port]``, with ``key`` (the option's
+    name) in every complaint; ``schemes`` are the plain and the TLS scheme allowed."""
     if not isinstance(endpoint, str):
-        raise ConfigurationError(f"mqtt_endpoint must be a URL string, got {type(endpoint).__name__}")
+        raise ConfigurationError(f"{key} must be a URL string, got {type(endpoint).__name__}")
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigurationError(f"mqtt_endpoint must start with mqtt:// or mqtts://, got scheme {parts.scheme!r}")
+    if parts.scheme not in schemes:
+        plain, tls = schemes
+        raise ConfigurationError(f"{key} must start with {plain}:// or {tls}://, got scheme {parts.scheme!r}")
     if parts.username is not None or parts.password is not None:
-        raise ConfigurationError("mqtt_endpoint must not carry credentials; give username= and password= instead")
+        raise ConfigurationError(f"{key} must not carry credentials; give username= and password= instead")
     try:
         port = parts.port
     except ValueError:
-        raise ConfigurationError(f"mqtt_endpoint {endpoint!r} has an invalid port") from None
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigurationError(f"mqtt_endpoint {endpoint!r} must be mqtt[s]://host[:port] without path or query")
+        raise ConfigurationError(f"{key} {endpoint!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ConfigurationError(f"{key} {endpoint!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError(f"{key} {endpoint!r} must be scheme://host[:port] without path or query")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
@@ -97,24 +101,13 @@ class TdmqConnection:
         adaptive_throttling: bool = True,
         mqtt_endpoint: str | None = None,
     ) -> None:
-        if not isinstance(endpoint, str):
-            raise ConfigurationError(f"endpoint must be a URL string, got {type(endpoint).__name__}")
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https"):
-            raise ConfigurationError(f"endpoint must start with http:// or https://, got scheme {parts.scheme!r}")
-        if parts.username is not None or parts.password is not None:
-            raise ConfigurationError("endpoint must not carry credentials; give username= and password= instead")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigurationError(f"endpoint {endpoint!r} has an invalid port") from None
-        if not parts.hostname:
-            raise ConfigurationError(f"endpoint {endpoint!r} has no host")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ConfigurationError(f"endpoint {endpoint!r} must be scheme://host[:port] without path or query")
-        self.endpoint = f"{parts.scheme}://{parts.hostname if ':' not in parts.hostname else f'[{parts.hostname}]'}"
-        if port is not None:
-            self.endpoint += f":{port}"
+        self.endpoint = _normalised_endpoint("endpoint", endpoint, ("http", "https"))
+        self.mqtt_endpoint = (
+            _normalised_endpoint("mqtt_endpoint", mqtt_endpoint, ("mqtt", "mqtts"))
+            if mqtt_endpoint is not None
+            else None
+        )
+        tls_anywhere = self.endpoint.startswith("https:") or (self.mqtt_endpoint or "").startswith("mqtts:")
 
         if (username is None) != (password is None):
             raise ConfigurationError("username and password go together")
@@ -122,11 +115,9 @@ class TdmqConnection:
             raise ConfigurationError("username must be a non-empty str without ':'")
         if (client_cert is None) != (client_key is None):
             raise ConfigurationError("client_cert and client_key go together")
-        self.mqtt_endpoint = _mqtt_endpoint(mqtt_endpoint) if mqtt_endpoint is not None else None
-        any_tls = parts.scheme == "https" or (self.mqtt_endpoint or "").startswith("mqtts:")
-        if client_cert is not None and not any_tls:
+        if client_cert is not None and not tls_anywhere:
             raise ConfigurationError("a client certificate (mTLS) needs an https or mqtts endpoint")
-        if ca_cert is not None and not any_tls:
+        if ca_cert is not None and not tls_anywhere:
             raise ConfigurationError("ca_cert needs an https or mqtts endpoint")
         if username is None and client_cert is None:
             raise ConfigurationError("credentials are required: username and password, or client_cert and client_key")
