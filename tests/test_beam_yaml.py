@@ -205,3 +205,23 @@ def test_enrichment_with_client_details_in_yaml(emulator, tmp_path, monkeypatch)
     assert rows["yaml-detailed"] == {"client_id": "yaml-detailed", "online": True, "status": "CONNECTED",
                                      "topics": ["devices/yaml-detailed/commands"]}  # fmt: skip
     assert rows["yaml-nobody"] == {"client_id": "yaml-nobody", "online": False, "status": None, "topics": []}
+
+
+def test_an_unknown_key_is_named_when_the_pipeline_is_built(emulator, tmp_path, monkeypatch):
+    transform = {"type": "WriteToTdmqMqtt", "name": "Publish",
+                 "config": {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD",
+                            "topic": "t/{id}", "retain": True}}  # fmt: skip
+    with pytest.raises(Exception, match="retain"):
+        run_yaml(_pipeline(tmp_path, transform, [{"id": "a"}]), {}, monkeypatch)
+
+
+def test_every_transform_declares_the_connection_keys_to_beam_yaml():
+    from apache_beam.yaml.yaml_provider import InlineProvider
+
+    listing = yaml.safe_load(Path(PROVIDERS_FILE).read_text())[0]["transforms"]
+    for name, target in listing.items():
+        module, _, attribute = target.rpartition(".")
+        factory = getattr(__import__(module, fromlist=[attribute]), attribute)
+        fields = {field.name: field for field in InlineProvider.config_schema_from_callable(factory).fields}
+        assert {"endpoint", "username", "password_env", "password_file", "ca_cert", "max_attempts"} <= set(fields), name
+        assert fields["password_env"].description.startswith("environment variable"), name

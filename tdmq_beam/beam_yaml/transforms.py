@@ -13,9 +13,10 @@ No ``from __future__ import annotations`` here: Beam YAML reads the
 configuration schema from the evaluated signatures.
 """
 
+import inspect
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Optional
 
 import apache_beam as beam
 from apache_beam.typehints.row_type import RowTypeConstraint
@@ -27,6 +28,8 @@ from tdmq_beam.records.avro_mapping import avro_mapping, load_mapping_file
 from tdmq_beam.records.mapping import MessageMapping
 from tdmq_beam.records.payload import FieldPayload, JsonPayload
 from tdmq_beam.records.received_message import ReceivedMessage
+from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.transforms.client_rows import ClientRow
 from tdmq_beam.transforms.enrich import EnrichWithClientStatus
 from tdmq_beam.transforms.keepalive import SetClientKeepAlive
 from tdmq_beam.transforms.read import ReadFromTdmqMqtt
@@ -34,26 +37,59 @@ from tdmq_beam.transforms.results import FailedMessage
 from tdmq_beam.transforms.write import WriteToTdmqMqtt
 
 __all__ = [
-    "ClientRow",
     "YamlEnrichWithClientStatus",
     "YamlReadFromTdmqMqtt",
     "YamlSetClientKeepAlive",
     "YamlWriteToTdmqMqtt",
 ]
 
-# The keys every transform takes to reach the service, and what they become.
-_CONNECTION_KEYS = (
-    "endpoint", "username", "password", "password_env", "password_file", "client_cert", "client_key",
-    "ca_cert", "key_password_env", "mqtt_endpoint", "tps", "max_in_flight", "timeout", "max_attempts",
-)  # fmt: skip
-_CLOUD_KEYS = (
-    "secret_id", "secret_key", "secret_key_env", "secret_key_file", "tencent_region", "instance_id",
-    "cloud_endpoint", "cloud_rate",
-)  # fmt: skip
+# The keys every transform takes to reach the service: (name, type, default, what it is). They
+# are added to each transform's signature (which Beam YAML reads as its configuration schema)
+# and docstring by `_takes_connection_keys`, and become a `TdmqConnection`.
+_REQUIRED = inspect.Parameter.empty
+_CONNECTION_KEYS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("endpoint", str, _REQUIRED, "the instance's HTTP access point, ``http(s)://host[:port]``."),
+    ("username", Optional[str], None, "Basic authentication user."),  # noqa: UP045 (Beam YAML reads typing.Optional)
+    ("password_env", Optional[str], None, "environment variable holding the password (on the workers)."),  # noqa: UP045
+    ("password_file", Optional[str], None, "file holding the password (on the workers)."),  # noqa: UP045
+    ("password", Optional[str], None, "refused: a YAML file is no place for a secret."),  # noqa: UP045
+    ("client_cert", Optional[str], None, "client certificate chain (PEM) for mTLS."),  # noqa: UP045
+    ("client_key", Optional[str], None, "client private key (PEM) for mTLS."),  # noqa: UP045
+    ("ca_cert", Optional[str], None, "CA bundle of the server certificate. Default: the system's."),  # noqa: UP045
+    ("key_password_env", Optional[str], None, "environment variable holding the client key's passphrase."),  # noqa: UP045
+    ("mqtt_endpoint", Optional[str], None, "the MQTT access point, ``mqtt://host:1883`` or ``mqtts://host:8883``."),  # noqa: UP045
+    ("tps", Optional[float], None, "requests per second per worker process. Default: no cap."),  # noqa: UP045
+    ("max_in_flight", int, 64, "requests in flight per worker process. Default: 64."),
+    ("timeout", float, 10.0, "seconds per request. Default: 10."),
+    ("max_attempts", int, 5, "attempts per call, the first included. Default: 5."),
+)
+_CONNECTION_KEY_NAMES = frozenset(name for name, _, _, _ in _CONNECTION_KEYS)
 
 
-def _pick(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    return {key: values[key] for key in keys if key in values}
+def _takes_connection_keys(cls: type) -> type:
+    """Declares the connection keys on a YAML transform: its ``__init__(self, *, <own keys>,
+    **connection)`` gets them in its signature, after its own (those it declares itself
+    are left as it declares them), and its docstring describes them."""
+    init = cls.__init__  # type: ignore[misc]
+    own = inspect.signature(init)
+    parameters = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    declared = {p.name for p in parameters}
+    added = [(name, kind, default, doc) for name, kind, default, doc in _CONNECTION_KEYS if name not in declared]
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default, _ in added
+    ]
+    init.__signature__ = own.replace(parameters=parameters)
+    docs = "".join(f"        {name}: {doc}\n" for name, _, _, doc in added)
+    cls.__doc__ = (cls.__doc__ or "").replace("    Args:\n", "    Args:\n" + docs, 1)
+    return cls
+
+
+def _connection(keys: Mapping[str, Any]) -> TdmqConnection:
+    unknown = sorted(set(keys) - _CONNECTION_KEY_NAMES)
+    if unknown:
+        raise ConfigurationError(f"unknown key(s) {unknown}")
+    return connection_from_config(**keys)
 
 
 def _input_fields(rows: beam.PCollection, transform: str) -> list[tuple[str, Any]]:
@@ -80,21 +116,6 @@ def _fail(row: Any) -> None:
     raise RuntimeError(f"{row.msg} (add error_handling: {{output: NAME}} to route failures instead)")
 
 
-def _with_errors(
-    main: beam.PCollection, main_name: str, failed: beam.PCollection, input_type: Any, error_handling: Any
-) -> Any:
-    """Beam YAML's convention for a transform that can fail (see the module docstring)."""
-    errors = failed | "ErrorRows" >> beam.Map(_error_row).with_output_types(
-        RowTypeConstraint.from_fields([("element", input_type), ("msg", str), ("stack", str)])
-    )
-    if error_handling:
-        if not isinstance(error_handling, Mapping) or not isinstance(error_handling.get("output"), str):
-            raise ConfigurationError("error_handling must be {output: NAME}")
-        return {main_name: main, error_handling["output"]: errors}
-    _ = errors | "FailOnError" >> beam.Map(_fail)
-    return main
-
-
 def _published_row(published: Any) -> beam.Row:
     return beam.Row(
         **_fields(published.element), topic=published.topic, message_id=published.message_id,
@@ -102,22 +123,70 @@ def _published_row(published: Any) -> beam.Row:
     )  # fmt: skip
 
 
-class YamlWriteToTdmqMqtt(beam.PTransform):
+def _enriched_row(enriched: Any) -> beam.Row:
+    return beam.Row(**_fields(enriched))  # it already holds online
+
+
+def _enriched_row_with_client(enriched: Any) -> beam.Row:
+    fields = _fields(enriched)
+    fields["client"] = ClientRow.of(fields.get("client"))  # the details, as the declared type
+    return beam.Row(**fields)
+
+
+def _updated_row(done: Any) -> beam.Row:
+    return beam.Row(**_fields(done.element), keepalive=done.keepalive)
+
+
+class _YamlCallTransform(beam.PTransform):
+    """Base of the YAML transforms over a `CallTransform`: Rows in, the main output as Rows with
+    the input's fields plus ``EXTRA`` (declared), and failures by Beam YAML's convention (see
+    the module docstring)."""
+
+    NAME: ClassVar[str]
+    """The transform's name in YAML, for messages."""
+    EXTRA: ClassVar[list[tuple[str, Any]]]
+    """The fields the main output adds to the input's."""
+
+    def __init__(self, inner: Any, error_handling: Optional[Mapping[str, str]]) -> None:  # noqa: UP045
+        super().__init__()
+        if error_handling is not None and (
+            not isinstance(error_handling, Mapping) or not isinstance(error_handling.get("output"), str)
+        ):
+            raise ConfigurationError("error_handling must be {output: NAME}")
+        self._inner = inner
+        self._error_handling = error_handling
+
+    def to_row(self) -> Callable[[Any], beam.Row]:
+        """A function from an element of the inner transform's main output to its output row."""
+        raise NotImplementedError
+
+    def extra_fields(self) -> list[tuple[str, Any]]:
+        return self.EXTRA
+
+    def expand(self, rows: beam.PCollection) -> Any:
+        fields = _input_fields(rows, self.NAME)
+        main_name = self._inner.MAIN
+        result = rows | self._inner.LABEL >> self._inner
+        main = getattr(result, main_name) | "Rows" >> beam.Map(self.to_row()).with_output_types(
+            RowTypeConstraint.from_fields([*fields, *self.extra_fields()])
+        )
+        errors = result.failed | "ErrorRows" >> beam.Map(_error_row).with_output_types(
+            RowTypeConstraint.from_fields([("element", rows.element_type), ("msg", str), ("stack", str)])  # type: ignore[list-item]
+        )
+        if self._error_handling:
+            return {main_name: main, self._error_handling["output"]: errors}
+        _ = errors | "FailOnError" >> beam.Map(_fail)
+        return main
+
+
+@_takes_connection_keys
+class YamlWriteToTdmqMqtt(_YamlCallTransform):
     """Publishes each row as an MQTT message through the HTTP publish API.
 
     Outputs the rows with ``topic``, ``message_id`` and ``attempts`` added;
     with ``error_handling``, the rows that failed, with the reason.
 
     Args:
-        endpoint: the instance's HTTP access point, ``http(s)://host[:port]``.
-        username: Basic authentication user.
-        password_env: environment variable holding the password (on the workers).
-        password_file: file holding the password (on the workers).
-        password: refused: a YAML file is no place for a secret.
-        client_cert: client certificate chain (PEM) for mTLS.
-        client_key: client private key (PEM) for mTLS.
-        ca_cert: CA bundle of the server certificate. Defaults to the system's.
-        key_password_env: environment variable holding the client key's passphrase.
         schema: an Avro schema (.avsc) with ``mqtt.*`` annotations: the mapping of rows onto messages.
         mapping_file: a mapping file beside ``schema``.
         topic: topic template over the row's fields, e.g. ``devices/{device_id}/commands``
@@ -134,25 +203,16 @@ class YamlWriteToTdmqMqtt(beam.PTransform):
         content_type: MQTT 5 content type, where a row sets none.
         payload_format_indicator: 0 or 1, where a row sets none.
         response_topic: MQTT 5 response topic, where a row sets none.
-        tps: requests per second per worker process. Default: no cap.
-        max_in_flight: requests in flight per worker process. Default: 64.
-        timeout: seconds per request. Default: 10.
-        max_attempts: attempts per message, the first included. Default: 5.
         error_handling: ``{output: NAME}``: failed rows go to output NAME.
     """
 
+    NAME = "WriteToTdmqMqtt"
+    EXTRA = [("topic", str), ("message_id", Optional[str]), ("attempts", int)]  # noqa: UP045
+
     def __init__(
         self,
-        endpoint: str,
-        username: Optional[str] = None,  # noqa: UP045 (Beam YAML reads typing.Optional)
-        password_env: Optional[str] = None,  # noqa: UP045
-        password_file: Optional[str] = None,  # noqa: UP045
-        password: Optional[str] = None,  # noqa: UP045
-        client_cert: Optional[str] = None,  # noqa: UP045
-        client_key: Optional[str] = None,  # noqa: UP045
-        ca_cert: Optional[str] = None,  # noqa: UP045
-        key_password_env: Optional[str] = None,  # noqa: UP045
-        schema: Optional[str] = None,  # noqa: UP045
+        *,
+        schema: Optional[str] = None,  # noqa: UP045 (Beam YAML reads typing.Optional)
         mapping_file: Optional[str] = None,  # noqa: UP045
         topic: Optional[str] = None,  # noqa: UP045
         payload_field: Optional[str] = None,  # noqa: UP045
@@ -165,34 +225,24 @@ class YamlWriteToTdmqMqtt(beam.PTransform):
         content_type: Optional[str] = None,  # noqa: UP045
         payload_format_indicator: Optional[int] = None,  # noqa: UP045
         response_topic: Optional[str] = None,  # noqa: UP045
-        tps: Optional[float] = None,  # noqa: UP045
-        max_in_flight: int = 64,
-        timeout: float = 10.0,
-        max_attempts: int = 5,
         error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
+        **connection: Any,
     ) -> None:
-        super().__init__()
-        settings = dict(locals())
-        self._connection = connection_from_config(**_pick(settings, _CONNECTION_KEYS))
-        self._mapping = _mapping(schema, mapping_file, topic, payload_field, payload_fields, roles, user_properties)
-        self._defaults: dict[str, Any] = {
-            "qos": qos, "retained": retained, "message_expiry_interval": message_expiry_interval,
-            "content_type": content_type, "payload_format_indicator": payload_format_indicator,
-            "response_topic": response_topic,
-        }  # fmt: skip
-        # Built now, so that a default that cannot work is reported when the pipeline is built.
-        self._write = WriteToTdmqMqtt(self._connection, mapping=self._mapping, **self._defaults)
-        self._error_handling = error_handling
-
-    def expand(self, rows: beam.PCollection) -> Any:
-        fields = _input_fields(rows, "WriteToTdmqMqtt")
-        result = rows | "Publish" >> self._write
-        published = result.published | "PublishedRows" >> beam.Map(_published_row).with_output_types(
-            RowTypeConstraint.from_fields(
-                [*fields, ("topic", str), ("message_id", Optional[str]), ("attempts", int)]  # type: ignore[list-item]  # noqa: UP045
-            )
+        # Built now, so that a key that cannot work is reported when the pipeline is built.
+        write = WriteToTdmqMqtt(
+            _connection(connection),
+            mapping=_mapping(schema, mapping_file, topic, payload_field, payload_fields, roles, user_properties),
+            qos=qos,
+            retained=retained,
+            message_expiry_interval=message_expiry_interval,
+            content_type=content_type,
+            payload_format_indicator=payload_format_indicator,
+            response_topic=response_topic,
         )
-        return _with_errors(published, "published", result.failed, rows.element_type, self._error_handling)
+        super().__init__(write, error_handling)
+
+    def to_row(self) -> Callable[[Any], beam.Row]:
+        return _published_row
 
 
 def _mapping(
@@ -232,36 +282,8 @@ def _mapping(
         raise ConfigurationError(f"roles: unknown role(s) {unknown}") from None
 
 
-class _ClientSubscriptionRow(NamedTuple):
-    topic_filter: str
-    qos: int
-
-
-class ClientRow(NamedTuple):
-    """A client's details as ``EnrichWithClientStatus`` adds them in Beam YAML (Unix milliseconds)."""
-
-    client_id: str
-    client_address: str
-    protocol_version: int
-    keepalive: int
-    connection_status: str
-    clean_session: bool
-    subscriptions: list[_ClientSubscriptionRow]
-    create_time: int
-    connect_time: int
-    disconnect_time: int
-    session_expiry_interval: Optional[int]  # noqa: UP045
-
-
-def _client_row(details: Any) -> Optional[ClientRow]:  # noqa: UP045
-    if details is None:
-        return None
-    fields: dict[str, Any] = _fields(details)
-    fields["subscriptions"] = [_ClientSubscriptionRow(sub.topic_filter, sub.qos) for sub in fields["subscriptions"]]
-    return ClientRow(*[fields.get(name) for name in ClientRow._fields])  # type: ignore[arg-type]
-
-
-class YamlEnrichWithClientStatus(beam.PTransform):
+@_takes_connection_keys
+class YamlEnrichWithClientStatus(_YamlCallTransform):
     """Adds to each row whether its MQTT client is online (and, with cloud API keys, its details).
 
     Outputs the rows with ``online`` (false for a client the service does not
@@ -270,15 +292,6 @@ class YamlEnrichWithClientStatus(beam.PTransform):
     know); with ``error_handling``, the rows whose lookup failed.
 
     Args:
-        endpoint: the instance's HTTP access point, ``http(s)://host[:port]``.
-        username: Basic authentication user.
-        password_env: environment variable holding the password (on the workers).
-        password_file: file holding the password (on the workers).
-        password: refused: a YAML file is no place for a secret.
-        client_cert: client certificate chain (PEM) for mTLS.
-        client_key: client private key (PEM) for mTLS.
-        ca_cert: CA bundle of the server certificate. Defaults to the system's.
-        key_password_env: environment variable holding the client key's passphrase.
         client_id_field: the field holding the client id. Default: client_id.
         status_ttl: seconds an online status stays cached. Default: 5.
         details_ttl: seconds client details stay cached. Default: 60.
@@ -291,24 +304,15 @@ class YamlEnrichWithClientStatus(beam.PTransform):
         instance_id: the TDMQ for MQTT instance id.
         cloud_endpoint: cloud API endpoint. Default: Tencent's hosts.
         cloud_rate: cloud API requests per second per worker process. Default: 20.
-        tps: status requests per second per worker process. Default: no cap.
-        max_in_flight: requests in flight per worker process. Default: 64.
-        timeout: seconds per request. Default: 10.
-        max_attempts: attempts per call, the first included. Default: 5.
         error_handling: ``{output: NAME}``: rows whose lookup failed go to output NAME.
     """
 
+    NAME = "EnrichWithClientStatus"
+    EXTRA = [("online", Optional[bool])]  # noqa: UP045 (None: the lookup failed)
+
     def __init__(
         self,
-        endpoint: str,
-        username: Optional[str] = None,  # noqa: UP045
-        password_env: Optional[str] = None,  # noqa: UP045
-        password_file: Optional[str] = None,  # noqa: UP045
-        password: Optional[str] = None,  # noqa: UP045
-        client_cert: Optional[str] = None,  # noqa: UP045
-        client_key: Optional[str] = None,  # noqa: UP045
-        ca_cert: Optional[str] = None,  # noqa: UP045
-        key_password_env: Optional[str] = None,  # noqa: UP045
+        *,
         client_id_field: str = "client_id",
         status_ttl: float = 5.0,
         details_ttl: float = 60.0,
@@ -321,106 +325,66 @@ class YamlEnrichWithClientStatus(beam.PTransform):
         instance_id: Optional[str] = None,  # noqa: UP045
         cloud_endpoint: Optional[str] = None,  # noqa: UP045
         cloud_rate: float = 20.0,
-        tps: Optional[float] = None,  # noqa: UP045
-        max_in_flight: int = 64,
-        timeout: float = 10.0,
-        max_attempts: int = 5,
         error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
+        **connection: Any,
     ) -> None:
-        super().__init__()
-        settings = dict(locals())
-        connection = connection_from_config(**_pick(settings, _CONNECTION_KEYS))
-        cloud = cloud_from_config(max_attempts=max_attempts, **_pick(settings, _CLOUD_KEYS))
-        self._with_details = cloud is not None
-        self._enrich = EnrichWithClientStatus(
-            connection, cloud, client_id=client_id_field, status_ttl=status_ttl, details_ttl=details_ttl,
-            negative_ttl=negative_ttl,
+        cloud = cloud_from_config(
+            secret_id=secret_id, secret_key=secret_key, secret_key_env=secret_key_env,
+            secret_key_file=secret_key_file, tencent_region=tencent_region, instance_id=instance_id,
+            cloud_endpoint=cloud_endpoint, cloud_rate=cloud_rate, max_attempts=connection.get("max_attempts", 5),
         )  # fmt: skip
-        self._error_handling = error_handling
+        self._with_details = cloud is not None
+        enrich = EnrichWithClientStatus(
+            _connection(connection), cloud, client_id=client_id_field, status_ttl=status_ttl,
+            details_ttl=details_ttl, negative_ttl=negative_ttl,
+        )  # fmt: skip
+        super().__init__(enrich, error_handling)
 
-    def expand(self, rows: beam.PCollection) -> Any:
-        fields = _input_fields(rows, "EnrichWithClientStatus")
-        extra: list[tuple[str, Any]] = [("online", Optional[bool])]  # noqa: UP045 (None: lookup failed)
-        if self._with_details:
-            extra.append(("client", Optional[ClientRow]))  # noqa: UP045
-        with_details = self._with_details
+    def extra_fields(self) -> list[tuple[str, Any]]:
+        return self.EXTRA + ([("client", Optional[ClientRow])] if self._with_details else [])  # noqa: UP045
 
-        def enriched_row(element: Any) -> beam.Row:
-            values = _fields(element)
-            if with_details:
-                values["client"] = _client_row(values.get("client"))
-            return beam.Row(**values)
-
-        result = rows | "Enrich" >> self._enrich
-        enriched = result.enriched | "EnrichedRows" >> beam.Map(enriched_row).with_output_types(
-            RowTypeConstraint.from_fields([*fields, *extra])
-        )
-        return _with_errors(enriched, "enriched", result.failed, rows.element_type, self._error_handling)
+    def to_row(self) -> Callable[[Any], beam.Row]:
+        return _enriched_row_with_client if self._with_details else _enriched_row
 
 
-class YamlSetClientKeepAlive(beam.PTransform):
+@_takes_connection_keys
+class YamlSetClientKeepAlive(_YamlCallTransform):
     """Sets each row's client's keep-alive through the keep-alive API.
 
     Outputs the rows with ``keepalive`` (the seconds now set) added; with
     ``error_handling``, the rows that failed.
 
     Args:
-        endpoint: the instance's HTTP access point, ``http(s)://host[:port]``.
-        username: Basic authentication user.
-        password_env: environment variable holding the password (on the workers).
-        password_file: file holding the password (on the workers).
-        password: refused: a YAML file is no place for a secret.
-        client_cert: client certificate chain (PEM) for mTLS.
-        client_key: client private key (PEM) for mTLS.
-        ca_cert: CA bundle of the server certificate. Defaults to the system's.
-        key_password_env: environment variable holding the client key's passphrase.
         client_id_field: the field holding the client id. Default: client_id.
         interval_field: the field holding the keep-alive seconds (30..1200). Default: interval.
         interval: one keep-alive for every row, instead of ``interval_field``.
-        tps: requests per second per worker process. Default: no cap.
-        max_in_flight: requests in flight per worker process. Default: 64.
-        timeout: seconds per request. Default: 10.
-        max_attempts: attempts per call, the first included. Default: 5.
         error_handling: ``{output: NAME}``: failed rows go to output NAME.
     """
 
+    NAME = "SetClientKeepAlive"
+    EXTRA = [("keepalive", int)]
+
     def __init__(
         self,
-        endpoint: str,
-        username: Optional[str] = None,  # noqa: UP045
-        password_env: Optional[str] = None,  # noqa: UP045
-        password_file: Optional[str] = None,  # noqa: UP045
-        password: Optional[str] = None,  # noqa: UP045
-        client_cert: Optional[str] = None,  # noqa: UP045
-        client_key: Optional[str] = None,  # noqa: UP045
-        ca_cert: Optional[str] = None,  # noqa: UP045
-        key_password_env: Optional[str] = None,  # noqa: UP045
+        *,
         client_id_field: str = "client_id",
         interval_field: str = "interval",
         interval: Optional[int] = None,  # noqa: UP045
-        tps: Optional[float] = None,  # noqa: UP045
-        max_in_flight: int = 64,
-        timeout: float = 10.0,
-        max_attempts: int = 5,
         error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
+        **connection: Any,
     ) -> None:
-        super().__init__()
-        settings = dict(locals())
-        connection = connection_from_config(**_pick(settings, _CONNECTION_KEYS))
-        self._keepalive = SetClientKeepAlive(
-            connection, client_id=client_id_field, interval=interval if interval is not None else interval_field
+        keepalive = SetClientKeepAlive(
+            _connection(connection),
+            client_id=client_id_field,
+            interval=interval if interval is not None else interval_field,
         )
-        self._error_handling = error_handling
+        super().__init__(keepalive, error_handling)
 
-    def expand(self, rows: beam.PCollection) -> Any:
-        fields = _input_fields(rows, "SetClientKeepAlive")
-        result = rows | "SetKeepAlive" >> self._keepalive
-        updated = result.updated | "UpdatedRows" >> beam.Map(
-            lambda done: beam.Row(**_fields(done.element), keepalive=done.keepalive)
-        ).with_output_types(RowTypeConstraint.from_fields([*fields, ("keepalive", int)]))
-        return _with_errors(updated, "updated", result.failed, rows.element_type, self._error_handling)
+    def to_row(self) -> Callable[[Any], beam.Row]:
+        return _updated_row
 
 
+@_takes_connection_keys
 class YamlReadFromTdmqMqtt(beam.PTransform):
     """Reads MQTT messages at least once (acknowledged after Beam commits them), as rows.
 
@@ -429,18 +393,9 @@ class YamlReadFromTdmqMqtt(beam.PTransform):
     correlation_data, message_expiry_interval, receive_time.
 
     Args:
-        endpoint: the instance's HTTP access point, ``http(s)://host[:port]``.
         mqtt_endpoint: the MQTT access point, ``mqtt://host:1883`` or ``mqtts://host:8883``.
         topics: topic filters to read.
         client_id_prefix: readers are PREFIX-0, PREFIX-1, ...; keep it stable to resume sessions.
-        username: Basic authentication user.
-        password_env: environment variable holding the password (on the workers).
-        password_file: file holding the password (on the workers).
-        password: refused: a YAML file is no place for a secret.
-        client_cert: client certificate chain (PEM) for mTLS.
-        client_key: client private key (PEM) for mTLS.
-        ca_cert: CA bundle of the server certificate. Defaults to the system's.
-        key_password_env: environment variable holding the client key's passphrase.
         share_group: shared subscription group splitting messages among readers. Default: none.
         num_readers: parallel readers (needs share_group). Default: 1.
         qos: subscription QoS. Default: 1.
@@ -453,18 +408,10 @@ class YamlReadFromTdmqMqtt(beam.PTransform):
 
     def __init__(
         self,
-        endpoint: str,
+        *,
         mqtt_endpoint: str,
         topics: list[str],
         client_id_prefix: str,
-        username: Optional[str] = None,  # noqa: UP045
-        password_env: Optional[str] = None,  # noqa: UP045
-        password_file: Optional[str] = None,  # noqa: UP045
-        password: Optional[str] = None,  # noqa: UP045
-        client_cert: Optional[str] = None,  # noqa: UP045
-        client_key: Optional[str] = None,  # noqa: UP045
-        ca_cert: Optional[str] = None,  # noqa: UP045
-        key_password_env: Optional[str] = None,  # noqa: UP045
         share_group: Optional[str] = None,  # noqa: UP045
         num_readers: int = 1,
         qos: int = 1,
@@ -473,14 +420,13 @@ class YamlReadFromTdmqMqtt(beam.PTransform):
         max_records: Optional[int] = None,  # noqa: UP045
         max_read_time: Optional[float] = None,  # noqa: UP045
         deduplicate_window: Optional[float] = None,  # noqa: UP045
+        **connection: Any,
     ) -> None:
         super().__init__()
-        settings = dict(locals())
-        connection = connection_from_config(**_pick(settings, _CONNECTION_KEYS))
         self._read = ReadFromTdmqMqtt(
-            connection, list(topics), client_id_prefix=client_id_prefix, share_group=share_group,
-            num_readers=num_readers, qos=qos, mqtt_version=mqtt_version,
-            session_expiry_interval=session_expiry_interval, max_records=max_records,
+            _connection({**connection, "mqtt_endpoint": mqtt_endpoint}), list(topics),
+            client_id_prefix=client_id_prefix, share_group=share_group, num_readers=num_readers, qos=qos,
+            mqtt_version=mqtt_version, session_expiry_interval=session_expiry_interval, max_records=max_records,
             max_read_time=max_read_time, deduplicate_window=deduplicate_window,
         )  # fmt: skip
 
