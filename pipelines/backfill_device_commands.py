@@ -42,9 +42,9 @@ import apache_beam as beam
 import fastavro
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.command_input import ReadCommands
+from pipelines.runs import committed_counters, new_pipeline, run_to_end
 from pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
     add_connection_flags,
@@ -241,11 +241,7 @@ def _summary_from_files(output: str, seconds: float) -> dict[str, Any]:
 
 
 def _summary(result, seconds: float) -> dict[str, Any]:
-    counters = {
-        metric.key.metric.name: metric.committed
-        for metric in result.metrics().query(MetricsFilter())["counters"]
-        if metric.key.metric.namespace in (METRICS_NAMESPACE, "tdmq_beam.WriteToTdmqMqtt")
-    }
+    counters = committed_counters(result, (METRICS_NAMESPACE, "tdmq_beam.WriteToTdmqMqtt"))
     failed_by_reason = {
         name[len("failed_") :]: count for name, count in sorted(counters.items()) if name.startswith("failed_")
     }
@@ -281,23 +277,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConnection) -> dict[str, Any]:
-    options = PipelineOptions(list(beam_args))
-    options.view_as(SetupOptions).save_main_session = False
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(beam_args)
     build_pipeline(pipeline, args, connection)
     temp_before = _temp_folders(args.output)
-    started = time.monotonic()
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
+        result, seconds = run_to_end(pipeline)
     finally:
         for folder in _temp_folders(args.output) - temp_before:
             shutil.rmtree(folder, ignore_errors=True)  # what a write left behind when the run stopped early
     if is_dask(pipeline):
-        seconds = time.monotonic() - started
         result.client.close()  # the runner's Dask client would otherwise outlive the run
         return _summary_from_files(args.output, seconds)
-    return _summary(result, time.monotonic() - started)
+    return _summary(result, seconds)
 
 
 def _temp_folders(output_prefix: str) -> set[str]:

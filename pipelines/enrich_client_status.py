@@ -31,15 +31,13 @@ import os
 import random
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
+from pipelines.runs import committed_counters, new_pipeline, run_to_end
 from pipelines.service_flags import (
     add_cloud_flags,
     add_connection_flags,
@@ -173,11 +171,7 @@ def build_pipeline(
 
 
 def _summary(result, seconds: float) -> dict[str, Any]:
-    counters = {
-        metric.key.metric.name: metric.committed
-        for metric in result.metrics().query(MetricsFilter())["counters"]
-        if metric.key.metric.namespace in (METRICS_NAMESPACE, "tdmq_beam.EnrichWithClientStatus")
-    }
+    counters = committed_counters(result, (METRICS_NAMESPACE, "tdmq_beam.EnrichWithClientStatus"))
     states = {state: counters.get(state, 0) for state in ("online", "offline", "unknown")}
     lookups = counters.get("hits", 0) + counters.get("misses", 0)
     elements = sum(states.values())
@@ -192,16 +186,9 @@ def _summary(result, seconds: float) -> dict[str, Any]:
 
 
 def run(args, beam_args: Sequence[str], connection: TdmqConnection, cloud: CloudApiConfig | None) -> dict[str, Any]:
-    options = PipelineOptions(list(beam_args))
-    options.view_as(SetupOptions).save_main_session = False
-    if args.input_subscription:
-        options.view_as(StandardOptions).streaming = True
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(beam_args, streaming=bool(args.input_subscription))
     build_pipeline(pipeline, args, connection, cloud)
-    started = time.monotonic()
-    result = pipeline.run()
-    result.wait_until_finish()
-    return _summary(result, time.monotonic() - started)
+    return _summary(*run_to_end(pipeline))
 
 
 def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, Any]:

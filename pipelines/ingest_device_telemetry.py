@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
+from pipelines.runs import committed_counters, new_pipeline, run_to_end
 from pipelines.service_flags import (
     add_cloud_flags,
     add_connection_flags,
@@ -172,32 +171,17 @@ def build_pipeline(
         )
 
 
-def _counters(result) -> dict[str, int]:
-    counters: dict[str, int] = {}
-    for metric in result.metrics().query(MetricsFilter())["counters"]:
-        if metric.key.metric.namespace.startswith("tdmq_beam."):
-            name = metric.key.metric.name
-            counters[name] = counters.get(name, 0) + metric.committed
-    return counters
-
-
 def run(args, beam_args: Sequence[str], connection: TdmqConnection, cloud: CloudApiConfig | None) -> dict[str, Any]:
-    options = PipelineOptions(list(beam_args))
-    options.view_as(SetupOptions).save_main_session = False
-    if args.output_topic:
-        options.view_as(StandardOptions).streaming = True
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(beam_args, streaming=bool(args.output_topic))
     build_pipeline(pipeline, args, connection, cloud)
-    started = time.monotonic()
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = _counters(result)
+    result, seconds = run_to_end(pipeline)
+    counters = committed_counters(result, lambda namespace: namespace.startswith("tdmq_beam."))
     return {
         "received": counters.get("received", 0),
         "decoded": counters.get("decoded", 0),
         "failed": counters.get("decode_failures", 0),
         "duplicates": counters.get("redelivered", 0),
-        "seconds": round(time.monotonic() - started, 2),
+        "seconds": round(seconds, 2),
     }
 
 

@@ -1,0 +1,44 @@
+"""Running a pipeline job to its end and reading its counters: what every job here does alike."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+__all__ = ["committed_counters", "new_pipeline", "run_to_end"]
+
+
+def new_pipeline(beam_args: Sequence[str], *, streaming: bool = False) -> beam.Pipeline:
+    """A pipeline from the Beam arguments the job did not take for itself.
+
+    The jobs import everything they use from modules, so the main session is not saved.
+    """
+    options = PipelineOptions(list(beam_args))
+    options.view_as(SetupOptions).save_main_session = False
+    if streaming:
+        options.view_as(StandardOptions).streaming = True
+    return beam.Pipeline(options=options)
+
+
+def run_to_end(pipeline: beam.Pipeline) -> tuple[Any, float]:
+    """Runs ``pipeline`` until it finishes: (its result, the seconds it took)."""
+    started = time.monotonic()
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result, time.monotonic() - started
+
+
+def committed_counters(result: Any, namespaces: Iterable[str] | Callable[[str], bool]) -> dict[str, int]:
+    """The committed counters of ``namespaces`` (names, or a test of a name), summed by counter name."""
+    wanted = namespaces if callable(namespaces) else frozenset(namespaces).__contains__
+    counters: dict[str, int] = {}
+    for metric in result.metrics().query(MetricsFilter())["counters"]:
+        if wanted(metric.key.metric.namespace):
+            name = metric.key.metric.name
+            counters[name] = counters.get(name, 0) + metric.committed
+    return counters
