@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tdmq_beam.errors import AuthenticationError, ConfigurationError, PermissionDeniedError, TdmqError, TransportError
@@ -107,7 +107,7 @@ class SubscriberStats:
 
     acknowledged: int = 0
     stale_acknowledgements: int = 0  # messages whose connection ended before their commit
-    ack_delays_ms: list[int] | None = None
+    ack_delays_ms: list[int] = field(default_factory=list)
     reconnects: int = 0
 
 
@@ -171,7 +171,7 @@ class MqttSubscriber:
         self._closing = False
         self._failure: TdmqError | None = None
         self._waiters: dict[str, asyncio.Future] = {}
-        self._stats = SubscriberStats(ack_delays_ms=[])
+        self._stats = SubscriberStats()
         self._stats_lock = threading.Lock()
         self._last_sent = 0.0
         self._last_received = 0.0
@@ -264,7 +264,7 @@ class MqttSubscriber:
     def take_stats(self) -> SubscriberStats:
         """The counts since the last call."""
         with self._stats_lock:
-            stats, self._stats = self._stats, SubscriberStats(ack_delays_ms=[])
+            stats, self._stats = self._stats, SubscriberStats()
         return stats
 
     def close(self) -> None:
@@ -462,7 +462,6 @@ class MqttSubscriber:
         with self._stats_lock:
             self._stats.acknowledged += acked
             self._stats.stale_acknowledgements += stale
-            assert self._stats.ack_delays_ms is not None
             self._stats.ack_delays_ms.extend(delays)
         if then_close:
             self._loop.create_task(self._close_soon())

@@ -178,10 +178,10 @@ class _MqttReader(UnboundedReader):
         self._ack_delay = Metrics.distribution(_NAMESPACE, "ack_delay_ms")
 
     def start(self) -> bool:
+        self._report_session()
         return self.advance()
 
     def advance(self) -> bool:
-        self._report_session()
         if self._finished():
             return False
         session = self._session
@@ -207,8 +207,9 @@ class _MqttReader(UnboundedReader):
         return self._done
 
     def _report_session(self) -> None:
-        """Beam metrics for what the session did since the last call (acknowledgements
-        happen at finalization, where no metrics context is open)."""
+        """Beam metrics for what the session did since the last call: at a reader's start and at
+        each bundle's end (acknowledgements happen at finalization, where no metrics context is
+        open, so they are reported with the next bundle)."""
         stats = self._session.take_stats()
         if stats.acknowledged:
             self._acknowledged.inc(stats.acknowledged)
@@ -216,7 +217,7 @@ class _MqttReader(UnboundedReader):
             self._stale.inc(stats.stale_acknowledgements)
         if stats.reconnects:
             self._reconnects.inc(stats.reconnects)
-        for delay in stats.ack_delays_ms or ():
+        for delay in stats.ack_delays_ms:
             self._ack_delay.update(delay)
 
     def get_current(self) -> ReceivedMessage:
@@ -241,6 +242,7 @@ class _MqttReader(UnboundedReader):
         return self._watermark
 
     def get_checkpoint_mark(self) -> _AckMark:
+        self._report_session()
         session = self._session
         return _AckMark(
             self._client_id,
