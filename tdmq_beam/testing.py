@@ -189,22 +189,12 @@ class TdmqEmulator:
         return self.call(self._emulator.stats)
 
     def session_state(self, client_id: str) -> dict[str, Any] | None:
-        """What the broker holds for ``client_id``'s session, or None when it has none:
-        ``connected``, ``delivered`` (PUBLISH packets sent to it), ``unacknowledged``
-        (in flight) and ``queued`` (waiting to be sent)."""
+        """What the broker holds for ``client_id``'s session (`Session.state`), or None when it has none."""
 
         def read() -> dict[str, Any] | None:
             broker = self._emulator.broker
             session = broker.sessions.get(client_id) if broker is not None else None
-            if session is None:
-                return None
-            delivered = sum(n for (way, kind, _), n in session.packet_counts.items() if way == "in" and kind == 3)
-            return {
-                "connected": session.connection is not None,
-                "delivered": delivered,
-                "unacknowledged": len(session.inflight),
-                "queued": len(session.queue),
-            }
+            return session.state() if session is not None else None
 
         return self.call(read)
 

@@ -11,9 +11,9 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tdmq_beam.mqtt.codec import Prop, Will, encode_utf8
+from tdmq_beam.mqtt.codec import PacketType, Prop, Will, encode_utf8
 
 if TYPE_CHECKING:
     from tdmq_beam.emulator.subscription_tree import SharedGroup, Subscription
@@ -172,6 +172,18 @@ class Session:
             self.bytes_in += size
         else:
             self.bytes_out += size
+
+    def state(self) -> dict[str, Any]:
+        """What the session holds, for tests: ``connected``, ``delivered`` (PUBLISH packets sent
+        to it), ``unacknowledged`` (in flight) and ``queued`` (waiting to be sent)."""
+        return {
+            "connected": self.connection is not None,
+            "delivered": sum(
+                n for (way, kind, _), n in self.packet_counts.items() if (way, kind) == ("in", PacketType.PUBLISH)
+            ),
+            "unacknowledged": len(self.inflight),
+            "queued": len(self.queue),
+        }
 
     def allocate_packet_id(self) -> int:
         packet_id = self.next_packet_id
