@@ -426,7 +426,15 @@ def test_refusals_and_configuration_mistakes_are_clear(emulator, unique, tmp_pat
     with pytest.raises(Exception, match=r"refused the connection \(reason code 0x86") as caught:
         read(wrong, unique("refused"), tmp_path, max_read_time=0.5)
     assert "wrong" not in str(caught.value)
-    assert issubclass(AuthenticationError, Exception)
+    # Under the pipeline's wrapping, the reader's own error is the typed one.
+    from tdmq_beam.service.subscriber import MqttSubscriber, SubscriptionSettings
+
+    subscriber = MqttSubscriber(wrong, SubscriptionSettings(unique("refused"), ("a/#",)))
+    try:
+        with pytest.raises(AuthenticationError, match="reason code 0x86"):
+            subscriber.start()
+    finally:
+        subscriber.close()
     connection = emulator.connection()
     with pytest.raises(ConfigurationError, match="needs share_group"):
         ReadFromTdmqMqtt(connection, "a/#", client_id_prefix="p", num_readers=2)
