@@ -27,6 +27,7 @@ _EXPORTS = {
     "ConfigurationError": "tdmq_beam.errors",
     "DecodeMqttMessages": "tdmq_beam.transforms.decode",
     "DecodeResult": "tdmq_beam.transforms.decode",
+    "DeduplicateMessages": "tdmq_beam.transforms.deduplicate",
     "EnrichResult": "tdmq_beam.transforms.enrich",
     "EnrichWithClientStatus": "tdmq_beam.transforms.enrich",
     "FailedMessage": "tdmq_beam.transforms.results",
@@ -74,6 +75,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeMqttMessages",
     "DecodeResult",
+    "DeduplicateMessages",
     "EnrichResult",
     "EnrichWithClientStatus",
     "FailedMessage",
@@ -149,6 +151,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.service.retry import RetryPolicy
     from tdmq_beam.service.status_lookup import ClientStatus
     from tdmq_beam.transforms.decode import DecodeMqttMessages, DecodeResult
+    from tdmq_beam.transforms.deduplicate import DeduplicateMessages
     from tdmq_beam.transforms.enrich import EnrichResult, EnrichWithClientStatus
     from tdmq_beam.transforms.enrichment_handler import TdmqClientStatusHandler
     from tdmq_beam.transforms.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive

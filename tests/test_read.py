@@ -273,10 +273,10 @@ def test_qos2_and_mqtt_3_1_1_reads_acknowledge_after_commit(emulator, paho, uniq
 
 
 def test_the_watermark_follows_the_clock_while_topics_are_quiet(emulator, unique):
-    from tdmq_beam.transforms.read import _MqttSource
+    from tdmq_beam.transforms.mqtt_source import MqttSource
 
     source = ReadFromTdmqMqtt(emulator.connection(), "quiet/#", client_id_prefix=unique("quiet"))._spec
-    reader = _MqttSource(source).create_reader(None, None)
+    reader = MqttSource(source).create_reader(None, None)
     try:
         assert reader.start() is False  # nothing published
         first = reader.get_watermark()

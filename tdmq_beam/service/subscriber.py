@@ -6,12 +6,21 @@ has not acknowledged; it subscribes; and it queues what arrives. Nothing is
 acknowledged on arrival: the reader hands messages out in order and later
 calls `acknowledge_through` once the runner has committed them, and only then
 are PUBACK (QoS 1) or PUBREC (QoS 2) sent, in the order the messages came.
+The bookkeeping (what each connection delivered, what is owed, QoS 2
+completion, topic aliases) is the sans-I/O `tdmq_beam.mqtt.ack_ledger.AckLedger`;
+this module is the I/O around it.
 
-Each network connection is one *generation*, named by a random token. When a
-connection ends, the messages it delivered and that were not acknowledged
-belong to the broker again (it sends them anew, flagged DUP, on the next
-connection), so acknowledgements naming an old generation are dropped: a
-packet id of an old connection means nothing on a new one.
+One task owns the connection: it connects, waits for the connection to end,
+backs off (bounded, with jitter) and connects again, until the subscriber
+closes or the broker refuses for good. Nothing else opens a connection;
+`restart` only ends the current one and asks for the next at once. Each
+connection is one *generation* of the ledger, with its own CONNACK and SUBACK
+waiters, so two handshakes can never overwrite each other's answers.
+
+The handshake waits for CONNACK within ``connect_timeout``, which is the
+first packet a broker sends. Not so the SUBACK: a broker may send a resumed
+session's queued messages first (mosquitto does), so the SUBACK deadline
+counts silence, not time, and messages that come before it are taken.
 
 Why not paho-mqtt: its manual acknowledgement sends PUBREC for a QoS 2
 message on arrival (only PUBCOMP waits), after which the broker never sends
@@ -21,24 +30,29 @@ The codec the emulator already uses (`tdmq_beam.mqtt.codec`) has both halves
 of the protocol, so the client is small.
 
 The connection runs on its own event loop thread; `next_delivery`,
-`acknowledge_through`, `start` and `close` may be called from any thread.
+`acknowledge_through`, `start`, `restart` and `close` may be called from any
+thread. Subscribers still open when the process exits are closed then
+(bounded), so acknowledgements already asked for are sent, not lost with the
+daemon thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import atexit
 import logging
+import random
 import ssl
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from tdmq_beam.errors import AuthenticationError, ConfigurationError, PermissionDeniedError, TdmqError, TransportError
 from tdmq_beam.mqtt import codec
+from tdmq_beam.mqtt.ack_ledger import AckLedger, Delivery
 from tdmq_beam.mqtt.codec import MalformedPacket, PacketType, Prop, ReasonCode
 from tdmq_beam.service.connection import TdmqConnection
 
@@ -50,7 +64,13 @@ _PAUSE_AT = 50_000
 """Queued messages at which the socket stops being read (QoS 0 has no other flow control)."""
 _RESUME_AT = 10_000
 
-_RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+"""Back-off before reconnect attempt n (the last repeats), each with up to 50% jitter added."""
+_STABLE_AFTER = 10.0
+"""Seconds a connection must last before the back-off starts again from the shortest delay."""
+
+_TOPIC_ALIAS_MAXIMUM = 1024
+"""Topic aliases the broker may assign on one connection (MQTT 5): a bounded map per connection."""
 
 # CONNACK refusals that trying again will not cure, by MQTT 5 reason code and MQTT 3.1.1 return code.
 _REFUSALS: dict[int, type[TdmqError]] = {
@@ -79,7 +99,8 @@ class SubscriptionSettings:
         keepalive: seconds between keep-alive pings when nothing else is sent.
         receive_maximum: MQTT 5 messages the broker may have unacknowledged at
             once (the service's window is 16 under MQTT 3.1.1).
-        connect_timeout: seconds to connect and be answered.
+        connect_timeout: seconds to connect and get the CONNACK; also the
+            silence after which a SUBACK is given up on.
     """
 
     client_id: str
@@ -92,34 +113,32 @@ class SubscriptionSettings:
     connect_timeout: float = 10.0
 
 
-class Delivery(NamedTuple):
-    """A message handed out, with where it stands in its session."""
-
-    generation: str
-    sequence: int
-    packet: codec.Publish
-    receive_time: float  # Unix seconds
-
-
 @dataclass
 class SubscriberStats:
     """Counts since the last `MqttSubscriber.take_stats` (for the reader's metrics)."""
 
     acknowledged: int = 0
-    stale_acknowledgements: int = 0  # messages whose connection ended before their commit
+    stale_acknowledgements: int = 0  # marks whose connection ended before their commit
     ack_delays_ms: list[int] = field(default_factory=list)
     reconnects: int = 0
+    reconnect_attempts: int = 0  # failed attempts included
+    sessions_lost: int = 0  # reconnects where the broker no longer had the session
 
 
-class _Protocol(asyncio.Protocol):
-    """Frames packets for one connection (one generation) of a subscriber."""
+class _Connection(asyncio.Protocol):
+    """One network connection (one generation) of a subscriber, with its own handshake answers."""
 
     def __init__(self, subscriber: MqttSubscriber, generation: str) -> None:
         self.subscriber = subscriber
         self.generation = generation
         self.framer = codec.PacketFramer()
         self.transport: asyncio.Transport | None = None
-        self.established = False  # connected and subscribed: worth reconnecting when lost
+        loop = subscriber._loop
+        self.connack: asyncio.Future[codec.ConnAck] = loop.create_future()
+        self.suback: asyncio.Future[codec.SubAck] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.lost_because: str = "closed by the broker"
+        self.opened_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -129,12 +148,27 @@ class _Protocol(asyncio.Protocol):
             for first, body, _ in self.framer.feed(data):
                 self.subscriber._on_packet(self, first, body)
         except MalformedPacket as exc:
-            _LOGGER.warning("MQTT reader %s: malformed packet from the broker (%s); reconnecting", self.subscriber, exc)
-            if self.transport is not None:
-                self.transport.abort()
+            self.abort(f"malformed packet from the broker ({exc})")
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.subscriber._last_sent = time.monotonic()
+
+    def abort(self, because: str) -> None:
+        self.lost_because = because
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.subscriber._on_connection_lost(self, exc)
+        if exc is not None:
+            self.lost_because = _describe(exc)
+        for future in (self.connack, self.suback):
+            if not future.done():
+                future.set_exception(ConnectionError(self.lost_because))
+                future.exception()  # retrieved: nobody may be waiting any more
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class MqttSubscriber:
@@ -151,42 +185,50 @@ class MqttSubscriber:
     ) -> None:
         self.connection = connection
         self.settings = settings
+        self.name = uuid.uuid4().hex[:12]  # this session object, as checkpoint marks name it
         self._clock = clock
         self._host, self._port, tls = connection.mqtt_address()
         self._ssl: ssl.SSLContext | None = connection.mqtt_ssl_context() if tls else None
+        self._ledger = AckLedger(settings.protocol_level, topic_alias_maximum=_TOPIC_ALIAS_MAXIMUM)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"tdmq-mqtt-{settings.client_id}", daemon=True
         )
         self._thread.start()
-        self.generation = ""  # the current connection's token; "" while not connected
-        self._protocol: _Protocol | None = None
-        self._ready: collections.deque[Delivery] = collections.deque()  # received, not yet handed out
+        self._live: _Connection | None = None  # the established connection, if any
+        self._owner_task: asyncio.Task | None = None
+        self._first_connection: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()  # cuts a back-off short (restart, close)
         self._arrived = threading.Event()
-        self._unacked: collections.deque[tuple[int, int, int, float]] = collections.deque()  # seq, packet id, qos, t
-        self._awaiting_release: set[int] = set()  # QoS 2 packet ids we sent PUBREC for
-        self._sequence = 0  # of the last message received
-        self.handed_out = 0  # sequence of the last message handed out
         self._paused = False
         self._closing = False
+        self._closed = False
         self._failure: TdmqError | None = None
-        self._waiters: dict[str, asyncio.Future] = {}
+        self._had_session = False  # a connection of ours was accepted before: the broker has our session
         self._stats = SubscriberStats()
         self._stats_lock = threading.Lock()
         self._last_sent = 0.0
         self._last_received = 0.0
         self._keepalive = settings.keepalive
-        self._keepalive_timer: asyncio.TimerHandle | None = None
-        self._reconnect_attempt = 0
-        self.owner: object = None  # the reader that hands out its messages (see transforms.read)
+        _OPEN.add(self)
 
     def __repr__(self) -> str:
         return f"MqttSubscriber({self.settings.client_id!r} at {self._host}:{self._port})"
 
     # -- any thread ----------------------------------------------------------------------
 
+    @property
+    def generation(self) -> str:
+        """The live connection's name; "" while not connected."""
+        return self._ledger.generation
+
+    @property
+    def handed_out(self) -> int:
+        """Sequence of the last message handed out (0 before any)."""
+        return self._ledger.handed_out
+
     def start(self) -> None:
-        """Connects and subscribes, waiting for the broker's answers.
+        """Connects and subscribes, waiting for the broker's answers; from then on reconnects by itself.
 
         Raises:
             AuthenticationError, PermissionDeniedError, ConfigurationError: the
@@ -194,13 +236,12 @@ class MqttSubscriber:
                 says why; never with a credential).
             TransportError: nothing answered in time, or the connection failed.
         """
-        future = asyncio.run_coroutine_threadsafe(self._connect(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
         try:
-            future.result(self.settings.connect_timeout + 1)
+            future.result()  # bounded by the handshake's own deadlines
         except TdmqError:
             raise
-        except Exception as exc:  # concurrent TimeoutError, OSError
-            future.cancel()
+        except Exception as exc:  # OSError and the like
             raise TransportError(
                 f"MQTT reader {self.settings.client_id}: could not connect to "
                 f"{self._host}:{self._port} ({_describe(exc)})"
@@ -214,52 +255,41 @@ class MqttSubscriber:
         """
         if self._failure is not None:
             raise self._failure
-        ready = self._ready
-        while True:
-            try:
-                delivery = ready.popleft()
-            except IndexError:
-                self._arrived.clear()
-                if not ready:
-                    return None
-                continue  # raced with an arrival
-            if delivery.generation == self.generation:
-                break
-            # Its connection ended: the broker sends it again on the new one.
-        self.handed_out = delivery.sequence
-        if self._paused and len(ready) < _RESUME_AT:
+        delivery = self._ledger.hand_out()
+        if delivery is None:
+            self._arrived.clear()
+            delivery = self._ledger.hand_out()  # raced with an arrival
+        if self._paused and self._ledger.ready < _RESUME_AT:
             self._loop.call_soon_threadsafe(self._resume_reading)
         return delivery
 
     def wait(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for a message to be ready; whether one is."""
-        return bool(self._ready) or self._arrived.wait(timeout)
+        return bool(self._ledger.ready) or self._arrived.wait(timeout)
 
     def oldest_ready_time(self) -> float | None:
         """Receive time (Unix seconds) of the oldest message not yet handed out, or None."""
-        try:
-            return self._ready[0].receive_time
-        except IndexError:
-            return None
+        return self._ledger.oldest_ready_time()
 
-    def acknowledge_through(self, generation: str, sequence: int, *, then_close: bool = False) -> None:
+    def resumes(self, generation: str, sequence: int) -> bool:
+        """Whether a reader may go on from the mark (generation, sequence) on the live session
+        (see `AckLedger.resumes`); if not, `restart` first."""
+        return self._ledger.resumes(generation, sequence)
+
+    def acknowledge_through(self, generation: str, sequence: int) -> None:
         """Acknowledges, in the order received, every message up to ``sequence`` of ``generation``.
 
         Messages of an ended connection are not acknowledged (the broker sends
-        them again). With ``then_close``, disconnects once the acknowledgements
-        are written.
+        them again). Returns at once; `close` sends what was asked for before it.
         """
-        self._loop.call_soon_threadsafe(self._acknowledge_through, generation, sequence, then_close)
+        if not self._closed:
+            self._loop.call_soon_threadsafe(self._acknowledge_through, generation, sequence)
 
     def restart(self) -> None:
-        """Drops the connection and connects again: the broker sends every unacknowledged message anew.
-
-        For a reader that must start again from what was last committed (a
-        bundle failed after messages were handed out).
-        """
-        asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(self.settings.connect_timeout)
-        self._failure = None
-        self.start()
+        """Ends the connection and connects again at once: the broker sends every unacknowledged
+        message anew. For a reader that must start again from what was last committed (a bundle
+        failed after messages were handed out). Returns once the old connection is gone."""
+        asyncio.run_coroutine_threadsafe(self._restart(), self._loop).result(self.settings.connect_timeout)
 
     def take_stats(self) -> SubscriberStats:
         """The counts since the last call."""
@@ -267,28 +297,94 @@ class MqttSubscriber:
             stats, self._stats = self._stats, SubscriberStats()
         return stats
 
-    def close(self) -> None:
-        """Disconnects normally (the session stays on the broker until it expires) and stops the thread."""
-        if self._closing:
+    def close(self, timeout: float | None = None) -> None:
+        """Sends what was acknowledged, completes QoS 2 handshakes, disconnects normally (the
+        session stays on the broker until it expires) and stops the thread.
+
+        Args:
+            timeout: seconds it may take at most; defaults to ``connect_timeout``.
+        """
+        if self._closed:
             return
-        self._closing = True
+        self._closed = True
+        _OPEN.discard(self)
+        limit = self.settings.connect_timeout if timeout is None else timeout
         try:
-            asyncio.run_coroutine_threadsafe(self._disconnect(), self._loop).result(5)
-        except Exception:  # already gone: nothing to say goodbye to
-            pass
+            asyncio.run_coroutine_threadsafe(self._close(limit), self._loop).result(limit + 1)
+        except Exception as exc:  # a broker that does not answer: the session stays as it is
+            _LOGGER.warning("MQTT reader %s: did not close cleanly (%s)", self.settings.client_id, _describe(exc))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
-    # -- the event loop thread --------------------------------------------------------------
+    # -- the event loop thread: the one owner of the connection ------------------------------
 
-    async def _connect(self) -> None:
+    async def _start(self) -> None:
+        if self._owner_task is None:
+            self._first_connection = self._loop.create_future()
+            self._owner_task = self._loop.create_task(self._own_connection())
+        assert self._first_connection is not None
+        await asyncio.shield(self._first_connection)
+
+    async def _own_connection(self) -> None:
+        """Connects, waits for the connection to end, backs off and connects again, until closed or refused."""
+        first = self._first_connection
+        assert first is not None
+        attempt = 0
+        while not self._closing:
+            with self._stats_lock:
+                self._stats.reconnect_attempts += first.done()
+            try:
+                connection = await self._connect()
+            except TdmqError as exc:
+                if not first.done():
+                    first.set_exception(exc)
+                    return
+                if not isinstance(exc, TransportError):
+                    self._fail(exc)  # refused: trying again will not help
+                    return
+                attempt += 1
+                _LOGGER.warning("%s (attempt %d; trying again)", exc, attempt)
+                await self._back_off(attempt)
+                continue
+            if first.done():
+                with self._stats_lock:
+                    self._stats.reconnects += 1
+            else:
+                first.set_result(None)
+            await connection.closed
+            self._live = None
+            self._ledger.connection_closed()
+            self._paused = False
+            if self._closing or self._failure is not None:
+                return
+            if time.monotonic() - connection.opened_at >= _STABLE_AFTER:
+                attempt = 0
+            if self._wake.is_set():  # restart: at once
+                self._wake.clear()
+                continue
+            attempt += 1
+            _LOGGER.warning(
+                "MQTT reader %s: connection lost (%s); reconnecting", self.settings.client_id, connection.lost_because
+            )
+            await self._back_off(attempt)
+
+    async def _back_off(self, attempt: int) -> None:
+        delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS)) - 1]
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay * (1 + random.random() / 2))
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _connect(self) -> _Connection:
         settings = self.settings
-        generation = uuid.uuid4().hex[:12]
-        protocol = _Protocol(self, generation)
+        connection = _Connection(self, uuid.uuid4().hex[:12])
         try:
             await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: protocol,
+                    lambda: connection,
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -305,19 +401,19 @@ class MqttSubscriber:
             raise TransportError(
                 f"MQTT reader {settings.client_id}: cannot connect to {self._host}:{self._port} ({_describe(exc)})"
             ) from None
-        self._protocol = protocol
-        self.generation = generation
+        self._ledger.connection_opened(connection.generation)
+        self._live = connection
         try:
-            await self._handshake(protocol)
+            await self._handshake(connection)
         except BaseException:
-            if self._protocol is protocol:
-                self._protocol = None
-                self._forget_connection()
-            if protocol.transport is not None:
-                protocol.transport.abort()
+            connection.abort("handshake failed")
+            if self._live is connection:
+                self._live = None
+                self._ledger.connection_closed()
             raise
+        return connection
 
-    async def _handshake(self, protocol: _Protocol) -> None:
+    async def _handshake(self, connection: _Connection) -> None:
         """CONNECT and SUBSCRIBE on a new connection, checking the broker's answers."""
         settings = self.settings
         level = settings.protocol_level
@@ -326,10 +422,10 @@ class MqttSubscriber:
             properties = {
                 Prop.SESSION_EXPIRY_INTERVAL: settings.session_expiry_interval,
                 Prop.RECEIVE_MAXIMUM: settings.receive_maximum,
+                Prop.TOPIC_ALIAS_MAXIMUM: _TOPIC_ALIAS_MAXIMUM,
             }
         password = self.connection.password.resolve() if self.connection.password is not None else None
-        connack = self._expect("connack")
-        self._send(
+        connection.write(
             codec.encode_connect(
                 settings.client_id,
                 clean=False,
@@ -341,16 +437,66 @@ class MqttSubscriber:
             )
         )
         del password
-        packet: codec.ConnAck = await self._answer(connack, "CONNACK")
-        if packet.reason_code:
-            raise self._refusal(packet)
-        self._keepalive = packet.properties.get(Prop.SERVER_KEEP_ALIVE, settings.keepalive)
-        self._arm_keepalive()
-        # Retain handling 1: retained messages only for a new subscription, not on every resume.
-        options = settings.qos | (0x10 if level == 5 else 0)
-        suback = self._expect("suback")
-        self._send(codec.encode_subscribe(1, [(f, options) for f in settings.filters], level))
-        granted: codec.SubAck = await self._answer(suback, "SUBACK")
+        connack = await self._answer(connection, connection.connack, "CONNACK", counting_silence=False)
+        if connack.reason_code:
+            raise self._refusal(connack)
+        self._note_connack(connection, connack)
+        if level == 5 or not connack.session_present:
+            # Retain handling 1: retained messages only for a new subscription, not on every
+            # resume. MQTT 3.1.1 has no such option: a resumed session keeps its subscriptions.
+            options = settings.qos | (0x10 if level == 5 else 0)
+            subscribe = codec.encode_subscribe(1, [(f, options) for f in settings.filters], level)
+            limit = connack.properties.get(Prop.MAXIMUM_PACKET_SIZE)
+            if limit is not None and len(subscribe) > limit:
+                raise ConfigurationError(
+                    f"MQTT reader {settings.client_id}: the SUBSCRIBE for {len(settings.filters)} topic filter(s) "
+                    f"is {len(subscribe)} bytes, over the broker's Maximum Packet Size of {limit}"
+                )
+            connection.write(subscribe)
+            granted = await self._answer(connection, connection.suback, "SUBACK", counting_silence=True)
+            if granted is not None:
+                self._check_granted(granted)
+        _LOGGER.info("MQTT reader %s connected (session present: %s)", settings.client_id, connack.session_present)
+
+    async def _answer(self, connection: _Connection, answer: asyncio.Future, name: str, *, counting_silence: bool):
+        """Waits for a handshake answer: within ``connect_timeout``, or, ``counting_silence``,
+        until the broker has been silent that long (packets before the answer are taken). Returns
+        None when reading pauses first (the queue is full: the answer is checked when it comes)."""
+        timeout = self.settings.connect_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(answer), min(remaining, 0.5))
+                except asyncio.TimeoutError:
+                    pass
+                except ConnectionError as exc:
+                    raise TransportError(
+                        f"MQTT reader {self.settings.client_id}: connection to {self._host}:{self._port} "
+                        f"ended before the {name} ({exc})"
+                    ) from None
+            if counting_silence and self._paused:
+                answer.add_done_callback(self._late_answer)
+                return None
+            if counting_silence:
+                deadline = max(deadline, self._last_received + timeout)
+            if time.monotonic() >= deadline:
+                quiet = " of silence" if counting_silence else ""
+                raise TransportError(
+                    f"MQTT reader {self.settings.client_id}: no {name} from "
+                    f"{self._host}:{self._port} within {timeout:g} s{quiet}"
+                ) from None
+
+    def _late_answer(self, answer: asyncio.Future) -> None:
+        if not answer.cancelled() and answer.exception() is None:
+            try:
+                self._check_granted(answer.result())
+            except TdmqError as exc:
+                self._fail(exc)
+
+    def _check_granted(self, granted: codec.SubAck) -> None:
+        settings = self.settings
         refused = [(f, code) for f, code in zip(settings.filters, granted.reason_codes, strict=False) if code >= 0x80]
         if refused:
             reason = granted.properties.get(Prop.REASON_STRING)
@@ -359,9 +505,26 @@ class MqttSubscriber:
                 + ", ".join(f"{f!r} (reason code 0x{code:02X})" for f, code in refused)
                 + (f": {reason}" if reason else "")
             )
-        self._reconnect_attempt = 0
-        protocol.established = True
-        _LOGGER.info("MQTT reader %s connected (session present: %s)", settings.client_id, packet.session_present)
+
+    def _note_connack(self, connection: _Connection, connack: codec.ConnAck) -> None:
+        """What a broker's CONNACK says that the session must live with."""
+        settings = self.settings
+        if self._had_session and not connack.session_present:
+            # Clean start is off: the broker lost the session (a restart without persistence,
+            # or it expired), and with it whatever it held for us.
+            with self._stats_lock:
+                self._stats.sessions_lost += 1
+            _LOGGER.warning(
+                "MQTT reader %s: the broker no longer had this session (Session Present 0 on reconnecting): "
+                "messages it held for the reader may have been lost at the broker",
+                settings.client_id,
+            )
+        self._had_session = True
+        assigned = connack.properties.get(Prop.ASSIGNED_CLIENT_IDENTIFIER)
+        if assigned is not None and assigned != settings.client_id:
+            _LOGGER.warning("MQTT reader %s: the broker assigned client id %r instead", settings.client_id, assigned)
+        self._keepalive = connack.properties.get(Prop.SERVER_KEEP_ALIVE, settings.keepalive)
+        self._loop.create_task(self._keep_alive(connection))
 
     def _refusal(self, packet: codec.ConnAck) -> TdmqError:
         table = _REFUSALS if self.settings.protocol_level == 5 else _V3_REFUSALS
@@ -372,198 +535,116 @@ class MqttSubscriber:
             f"(reason code 0x{packet.reason_code:02X}{': ' + reason if reason else ''})"
         )
 
-    def _expect(self, name: str) -> asyncio.Future:
-        future = self._loop.create_future()
-        self._waiters[name] = future
-        return future
+    def _fail(self, failure: TdmqError) -> None:
+        self._failure = failure
+        self._arrived.set()
+        if self._live is not None:
+            self._live.abort(str(failure))
 
-    async def _answer(self, future: asyncio.Future, name: str):
-        try:
-            return await asyncio.wait_for(future, self.settings.connect_timeout)
-        except asyncio.TimeoutError:
-            self._drop_transport()
-            raise TransportError(
-                f"MQTT reader {self.settings.client_id}: no {name} from "
-                f"{self._host}:{self._port} within {self.settings.connect_timeout:g} s"
-            ) from None
-
-    def _send(self, data: bytes) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.write(data)
-            self._last_sent = time.monotonic()
-
-    def _on_packet(self, protocol: _Protocol, first: int, body: bytes) -> None:
-        if protocol is not self._protocol:
-            return
+    def _on_packet(self, connection: _Connection, first: int, body: bytes) -> None:
+        if connection is not self._live:
+            return  # a connection given up on
         self._last_received = time.monotonic()
         kind = first >> 4
         level = self.settings.protocol_level
         if kind == PacketType.PUBLISH:
-            packet = codec.decode_publish(first, body, level)
-            self._sequence += 1
-            if packet.qos:
-                self._unacked.append((self._sequence, packet.packet_id, packet.qos, self._last_received))
-            self._ready.append(Delivery(protocol.generation, self._sequence, packet, self._clock()))
+            self._ledger.receive(codec.decode_publish(first, body, level), self._last_received, self._clock())
             self._arrived.set()
-            if len(self._ready) >= _PAUSE_AT and not self._paused and protocol.transport is not None:
+            if self._ledger.ready >= _PAUSE_AT and not self._paused and connection.transport is not None:
                 self._paused = True
-                protocol.transport.pause_reading()
+                connection.transport.pause_reading()
         elif kind == PacketType.PUBREL:
             # The broker received our PUBREC, which was sent only after the commit.
-            packet_id = codec.decode_packet_id(body, level).packet_id
-            self._awaiting_release.discard(packet_id)
-            self._send(codec.encode_ack(PacketType.PUBCOMP, packet_id, 0, level))
+            connection.write(self._ledger.release(codec.decode_packet_id(body, level).packet_id))
         elif kind == PacketType.CONNACK:
-            self._resolve("connack", codec.decode_connack(body, level))
+            _settle(connection.connack, codec.decode_connack(body, level))
         elif kind == PacketType.SUBACK:
-            self._resolve("suback", codec.decode_suback(body, level))
+            _settle(connection.suback, codec.decode_suback(body, level))
         elif kind == PacketType.DISCONNECT:
-            disconnect = codec.decode_disconnect(body, level)
-            if disconnect.reason_code == ReasonCode.SESSION_TAKEN_OVER:
-                self._failure = TransportError(
-                    f"MQTT reader {self.settings.client_id}: another connection took the session over "
-                    "(two readers with the same client id; check client_id_prefix)"
-                )
-                self._arrived.set()
-            _LOGGER.warning(
-                "MQTT reader %s: the broker disconnected (reason code 0x%02X%s)",
-                self.settings.client_id,
-                disconnect.reason_code,
-                f": {disconnect.properties[Prop.REASON_STRING]}" if Prop.REASON_STRING in disconnect.properties else "",
-            )
+            self._on_disconnect(connection, codec.decode_disconnect(body, level))
         # PINGRESP, and anything else a broker may send a subscriber, needs no answer.
 
-    def _resolve(self, name: str, packet: object) -> None:
-        future = self._waiters.pop(name, None)
-        if future is not None and not future.done():
-            future.set_result(packet)
-
-    def _acknowledge_through(self, generation: str, sequence: int, then_close: bool) -> None:
-        acked = stale = 0
-        delays = []
-        if generation == self.generation and self._protocol is not None:
-            now = time.monotonic()
-            level = self.settings.protocol_level
-            packets = []
-            unacked = self._unacked
-            while unacked and unacked[0][0] <= sequence:
-                _, packet_id, qos, received = unacked.popleft()
-                if qos == 2:
-                    self._awaiting_release.add(packet_id)
-                packets.append(
-                    codec.encode_ack(PacketType.PUBACK if qos == 1 else PacketType.PUBREC, packet_id, 0, level)
+    def _on_disconnect(self, connection: _Connection, disconnect: codec.Disconnect) -> None:
+        reason = disconnect.properties.get(Prop.REASON_STRING)
+        text = f"reason code 0x{disconnect.reason_code:02X}{': ' + reason if reason else ''}"
+        connection.lost_because = f"the broker disconnected ({text})"
+        if disconnect.reason_code == ReasonCode.SESSION_TAKEN_OVER:
+            # Reconnecting would take the session back, and the other connection would too.
+            self._fail(
+                ConfigurationError(
+                    f"MQTT reader {self.settings.client_id}: another connection with client id "
+                    f"{self.settings.client_id!r} took the session over ({text}); two readers (or "
+                    "pipelines) share a client id: give each its own client_id_prefix"
                 )
-                delays.append(int((now - received) * 1000))
-            if packets:
-                self._send(b"".join(packets))
-            acked = len(packets)
-        else:
-            stale = 1
-        with self._stats_lock:
-            self._stats.acknowledged += acked
-            self._stats.stale_acknowledgements += stale
-            self._stats.ack_delays_ms.extend(delays)
-        if then_close:
-            self._loop.create_task(self._close_soon())
+            )
 
-    async def _close_soon(self) -> None:
-        # QoS 2: let the broker's PUBRELs come and be answered, or it keeps the messages in flight.
-        deadline = time.monotonic() + self.settings.connect_timeout
-        while self._awaiting_release and self._protocol is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await self._disconnect()
-        self._closing = True
-        self._loop.stop()
+    def _acknowledge_through(self, generation: str, sequence: int) -> None:
+        acks = self._ledger.acknowledge(generation, sequence, time.monotonic())
+        if acks.data and self._live is not None:
+            self._live.write(acks.data)
+        with self._stats_lock:
+            self._stats.acknowledged += acks.count
+            self._stats.stale_acknowledgements += acks.stale
+            self._stats.ack_delays_ms.extend(acks.delays_ms)
 
     def _resume_reading(self) -> None:
-        if self._paused and self._protocol is not None and self._protocol.transport is not None:
+        if self._paused and self._live is not None and self._live.transport is not None:
             self._paused = False
-            self._protocol.transport.resume_reading()
+            self._live.transport.resume_reading()
 
-    def _arm_keepalive(self) -> None:
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
-        if self._keepalive:
-            self._keepalive_timer = self._loop.call_later(self._keepalive / 2, self._keepalive_tick)
-
-    def _keepalive_tick(self) -> None:
-        now = time.monotonic()
-        if now - self._last_received > self._keepalive * 1.5:
-            _LOGGER.warning(
-                "MQTT reader %s: the broker has been silent for %.0f s; reconnecting",
-                self.settings.client_id,
-                now - self._last_received,
-            )
-            self._drop_transport()
+    async def _keep_alive(self, connection: _Connection) -> None:
+        """Pings while the connection is quiet, and gives it up when the broker falls silent."""
+        if not self._keepalive:
             return
-        if now - self._last_sent >= self._keepalive / 2:
-            self._send(codec.PINGREQ)
-        self._arm_keepalive()
+        interval = self._keepalive / 2
+        while not connection.closed.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(connection.closed), interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            if not self._paused and now - self._last_received > self._keepalive * 1.5:
+                connection.abort(f"the broker has been silent for {now - self._last_received:.0f} s")
+                return
+            if now - self._last_sent >= interval:
+                connection.write(codec.PINGREQ)
 
-    def _drop_transport(self) -> None:
-        protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.abort()
+    async def _restart(self) -> None:
+        live = self._live
+        if live is not None:
+            self._wake.set()  # the owner connects again at once
+            live.abort("restarted for redelivery")
+            self._live = None
+            self._ledger.connection_closed()
+            self._paused = False
 
-    async def _drop(self) -> None:
-        """Ends the connection without reconnecting (`restart` connects again)."""
-        protocol, self._protocol = self._protocol, None
-        self._forget_connection()
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.abort()
-
-    def _forget_connection(self) -> None:
-        self.generation = ""
-        self._ready.clear()
-        self._unacked.clear()
-        self._awaiting_release.clear()
-        self._paused = False
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
-        for future in self._waiters.values():
-            if not future.done():
-                future.set_exception(TransportError(f"MQTT reader {self.settings.client_id}: connection lost"))
-        self._waiters.clear()
-
-    async def _disconnect(self) -> None:
-        protocol, self._protocol = self._protocol, None
-        self._forget_connection()
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.write(
+    async def _close(self, timeout: float) -> None:
+        self._closing = True
+        self._wake.set()
+        live = self._live
+        deadline = time.monotonic() + timeout
+        if live is not None and self._failure is None:
+            # QoS 2: let the broker's PUBRELs come and be answered, or it keeps the messages in flight.
+            self._resume_reading()
+            while self._ledger.owes_completion and not live.closed.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            live.write(
                 codec.DISCONNECT if self.settings.protocol_level < 5 else codec.encode_disconnect(ReasonCode.SUCCESS)
             )
-            protocol.transport.close()
-
-    def _on_connection_lost(self, protocol: _Protocol, exc: Exception | None) -> None:
-        if protocol is not self._protocol:
-            return  # dropped on purpose
-        self._protocol = None
-        self._forget_connection()
-        if self._closing or self._failure is not None or not protocol.established:
-            return  # closing, or failed for good, or `_connect` reports the failure itself
-        _LOGGER.warning(
-            "MQTT reader %s: connection lost (%s); reconnecting",
-            self.settings.client_id,
-            _describe(exc) if exc else "closed by the broker",
-        )
-        self._loop.create_task(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        while not self._closing and self._protocol is None:
-            delay = _RECONNECT_DELAYS[min(self._reconnect_attempt, len(_RECONNECT_DELAYS) - 1)]
-            self._reconnect_attempt += 1
-            await asyncio.sleep(delay)
+            if live.transport is not None:
+                live.transport.close()  # flushes what is written, then closes
             try:
-                await self._connect()
-            except TransportError as exc:
-                _LOGGER.warning("%s (attempt %d; trying again)", exc, self._reconnect_attempt)
-            except TdmqError as exc:
-                self._failure = exc  # refused: trying again will not help
-                self._arrived.set()
-                return
-            else:
-                with self._stats_lock:
-                    self._stats.reconnects += 1
+                await asyncio.wait_for(asyncio.shield(live.closed), max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                live.abort("closing")
+        if self._owner_task is not None and not self._owner_task.done():
+            self._owner_task.cancel()
+
+
+def _settle(future: asyncio.Future, value: object) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -571,3 +652,13 @@ def _describe(exc: BaseException | None) -> str:
         return "no reason given"
     text = str(exc) or type(exc).__name__
     return text if not isinstance(exc, OSError) or not exc.strerror else exc.strerror
+
+
+_OPEN: weakref.WeakSet[MqttSubscriber] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_subscribers() -> None:
+    """At exit, sends the acknowledgements asked for and disconnects (the loop threads are daemons)."""
+    for subscriber in list(_OPEN):
+        subscriber.close(timeout=2.0)

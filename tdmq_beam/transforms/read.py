@@ -1,369 +1,29 @@
 """`ReadFromTdmqMqtt`: an unbounded source of MQTT messages, acknowledged only after Beam commits them.
 
-Built on Beam's `apache_beam.io.unbounded_source` (Beam 2.76+): each reader is
-an `UnboundedSource` split of its own, read by Beam's splittable DoFn, which
-ends a bundle when the reader has nothing ready, after
-``max_records_per_bundle`` messages or after ``max_bundle_time`` seconds, and
-registers the bundle's `CheckpointMark` with the runner's bundle finalizer.
-The runner calls the mark's ``finalize_checkpoint`` once it has durably
-committed the bundle's output, and only then does the reader's session
-(`service.subscriber.MqttSubscriber`) acknowledge the bundle's messages to the
-broker, in the order received.
-
-The network session outlives any one reader object. Beam may build a new
-reader for each bundle (from the restriction's mark) or keep one parked between
-bundles; either way the process's one session per client id continues, as long
-as the mark says exactly where the session stands (its connection and the last
-message handed out). When it does not (a bundle failed after messages were
-handed out, and Beam retries from the mark before it), the session reconnects
-and the broker sends every unacknowledged message again, flagged DUP.
+The public transform: its options, checked here, and its expansion. The layers
+under it: `mqtt_source` (Beam's `UnboundedSource`, reader and checkpoint mark),
+`session_pool` (the process's sessions), `tdmq_beam.service.subscriber` (the
+MQTT session, no Beam) and `tdmq_beam.mqtt.ack_ledger` (the acknowledgement
+rules, no I/O). De-duplication is `DeduplicateMessages`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam import coders
-from apache_beam.coders import BooleanCoder
-from apache_beam.internal import pickler
-from apache_beam.io.unbounded_source import CheckpointMark, ReadFromUnboundedSource, UnboundedReader, UnboundedSource
-from apache_beam.metrics.metric import Lineage, Metrics
-from apache_beam.transforms import userstate
+from apache_beam.io.unbounded_source import ReadFromUnboundedSource
 from apache_beam.transforms.display import DisplayDataItem
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.mqtt.topics import topic_filter_error
 from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.service.connection import TdmqConnection
-from tdmq_beam.service.subscriber import MqttSubscriber, SubscriptionSettings
+from tdmq_beam.transforms.deduplicate import DeduplicateMessages
+from tdmq_beam.transforms.mqtt_source import IDLE_WAIT, MqttSource, ReadSpec
 
 __all__ = ["ReadFromTdmqMqtt"]
-
-_LOGGER = logging.getLogger(__name__)
-
-_NAMESPACE = "tdmq_beam.ReadFromTdmqMqtt"
-_IDLE_WAIT = 0.05
-"""Seconds a reader with nothing ready waits for a message before ending the bundle."""
-
-# The process's sessions, by client id: they outlive the reader objects Beam makes and drops.
-_SESSIONS: dict[str, MqttSubscriber] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class _ReadSpec:
-    """Everything a reader needs, picklable (the connection resolves its secrets on the worker)."""
-
-    connection: TdmqConnection
-    filters: tuple[str, ...]
-    client_id_prefix: str
-    num_readers: int
-    qos: int
-    protocol_level: int
-    session_expiry_interval: int
-    keepalive: int
-    receive_maximum: int
-    max_records: int | None
-    max_read_time: float | None
-    timestamp_fn: Callable[[ReceivedMessage], Any] | None
-    event_time_delay: float
-
-    def client_id(self, index: int) -> str:
-        return f"{self.client_id_prefix}-{index}"
-
-    def settings(self, index: int) -> SubscriptionSettings:
-        return SubscriptionSettings(
-            client_id=self.client_id(index),
-            filters=self.filters,
-            qos=self.qos,
-            protocol_level=self.protocol_level,
-            session_expiry_interval=self.session_expiry_interval,
-            keepalive=self.keepalive,
-            receive_maximum=self.receive_maximum,
-        )
-
-    def records_for(self, index: int) -> int | None:
-        """Reader ``index``'s share of ``max_records``."""
-        if self.max_records is None:
-            return None
-        share, extra = divmod(self.max_records, self.num_readers)
-        return share + (1 if index < extra else 0)
-
-
-class _AckMark(CheckpointMark):
-    """Where a reader's session stands after a bundle; finalizing it acknowledges the bundle's messages.
-
-    Attributes:
-        client_id: the session.
-        generation: its network connection when the mark was cut ("" before any).
-        sequence: the last message handed out (0 before any).
-        records_read, started_at: for bounded reads, across bundles.
-        final: the read is over: acknowledge, then disconnect.
-    """
-
-    def __init__(
-        self, client_id: str, generation: str, sequence: int, records_read: int, started_at: float, final: bool
-    ) -> None:
-        self.client_id = client_id
-        self.generation = generation
-        self.sequence = sequence
-        self.records_read = records_read
-        self.started_at = started_at
-        self.final = final
-
-    def finalize_checkpoint(self) -> None:
-        with _SESSIONS_LOCK:
-            session = _SESSIONS.pop(self.client_id, None) if self.final else _SESSIONS.get(self.client_id)
-        if session is not None and self.generation:
-            session.acknowledge_through(self.generation, self.sequence, then_close=self.final)
-        elif session is not None and self.final:
-            session.close()
-
-    def as_json(self) -> bytes:
-        return json.dumps(
-            [self.client_id, self.generation, self.sequence, self.records_read, self.started_at, self.final]
-        ).encode()
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _AckMark) and self.as_json() == other.as_json()
-
-    def __hash__(self) -> int:
-        return hash(self.as_json())
-
-    def __repr__(self) -> str:
-        return f"_AckMark({self.client_id!r}, {self.generation!r}, {self.sequence})"
-
-
-class _AckMarkCoder(coders.Coder):
-    """Deterministic, so Beam can key its reader cache by the mark."""
-
-    def encode(self, value: _AckMark) -> bytes:
-        return value.as_json()
-
-    def decode(self, encoded: bytes) -> _AckMark:
-        return _AckMark(*json.loads(encoded))
-
-    def is_deterministic(self) -> bool:
-        return True
-
-
-class _MqttReader(UnboundedReader):
-    """Hands out one session's messages for Beam, and says where it stands."""
-
-    def __init__(self, source: _MqttSource, session: MqttSubscriber, mark: _AckMark | None) -> None:
-        self._spec = source.spec
-        self._session = session
-        self._client_id = source.client_id
-        assert source.index is not None  # readers are made for one split
-        self._limit = source.spec.records_for(source.index)
-        self._records_read = mark.records_read if mark else 0
-        self._started_at = mark.started_at if mark else time.time()
-        self._current: ReceivedMessage | None = None
-        self._done = False
-        self._watermark = Timestamp(0)
-        self._received = Metrics.counter(_NAMESPACE, "received")
-        self._redelivered = Metrics.counter(_NAMESPACE, "redelivered")
-        self._acknowledged = Metrics.counter(_NAMESPACE, "acknowledged")
-        self._stale = Metrics.counter(_NAMESPACE, "stale_acknowledgements")
-        self._reconnects = Metrics.counter(_NAMESPACE, "reconnects")
-        self._ack_delay = Metrics.distribution(_NAMESPACE, "ack_delay_ms")
-
-    def start(self) -> bool:
-        self._report_session()
-        return self.advance()
-
-    def advance(self) -> bool:
-        if self._finished():
-            return False
-        session = self._session
-        delivery = session.next_delivery()
-        if delivery is None and session.wait(_IDLE_WAIT):
-            delivery = session.next_delivery()
-        if delivery is None:
-            return False
-        message = ReceivedMessage.from_publish(delivery.packet, Timestamp(micros=int(delivery.receive_time * 1e6)))
-        self._current = message
-        self._records_read += 1
-        self._received.inc()
-        if message.dup:
-            self._redelivered.inc()
-        return True
-
-    def _finished(self) -> bool:
-        if not self._done:
-            spec = self._spec
-            self._done = (self._limit is not None and self._records_read >= self._limit) or (
-                spec.max_read_time is not None and time.time() - self._started_at >= spec.max_read_time
-            )
-        return self._done
-
-    def _report_session(self) -> None:
-        """Beam metrics for what the session did since the last call: at a reader's start and at
-        each bundle's end (acknowledgements happen at finalization, where no metrics context is
-        open, so they are reported with the next bundle)."""
-        stats = self._session.take_stats()
-        if stats.acknowledged:
-            self._acknowledged.inc(stats.acknowledged)
-        if stats.stale_acknowledgements:
-            self._stale.inc(stats.stale_acknowledgements)
-        if stats.reconnects:
-            self._reconnects.inc(stats.reconnects)
-        for delay in stats.ack_delays_ms:
-            self._ack_delay.update(delay)
-
-    def get_current(self) -> ReceivedMessage:
-        assert self._current is not None
-        return self._current
-
-    def get_current_timestamp(self) -> Timestamp:
-        assert self._current is not None
-        timestamp_fn = self._spec.timestamp_fn
-        if timestamp_fn is None:
-            return self._current.receive_time
-        return Timestamp.of(timestamp_fn(self._current))
-
-    def get_watermark(self) -> Timestamp:
-        if self._finished():
-            return MAX_TIMESTAMP
-        # Future messages are the ones queued (oldest first) or yet to come (now):
-        # the watermark advances with the clock while topics are quiet.
-        oldest = self._session.oldest_ready_time()
-        horizon = (oldest if oldest is not None else time.time()) - self._spec.event_time_delay
-        self._watermark = max(self._watermark, Timestamp.of(horizon))
-        return self._watermark
-
-    def get_checkpoint_mark(self) -> _AckMark:
-        self._report_session()
-        session = self._session
-        return _AckMark(
-            self._client_id,
-            session.generation,
-            session.handed_out,
-            self._records_read,
-            self._started_at,
-            self._finished(),
-        )
-
-    def close(self) -> None:
-        if self._done or self._session.owner is not self:
-            return  # the final mark's finalization disconnects; or another reader has the session now
-        # Beam gives up on this reader (a failure, or the pipeline ends): disconnect, so
-        # that whatever was not acknowledged goes back to the broker at once.
-        with _SESSIONS_LOCK:
-            if _SESSIONS.get(self._client_id) is self._session:
-                del _SESSIONS[self._client_id]
-        self._session.close()
-
-
-class _MqttSource(UnboundedSource):
-    """The read, or (after `split`) one reader of it."""
-
-    def __init__(self, spec: _ReadSpec, index: int | None = None) -> None:
-        self.spec = spec
-        self.index = index
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Beam encodes the source as an element with plain pickle: Beam's own pickler
-        # carries what plain pickle cannot (a lambda as timestamp_fn).
-        return _load_source, (pickler.dumps(self.spec), self.index)
-
-    @property
-    def client_id(self) -> str:
-        assert self.index is not None
-        return self.spec.client_id(self.index)
-
-    def split(self, desired_num_splits: int, options: Any = None) -> Iterable[UnboundedSource]:
-        if self.index is not None:
-            return [self]
-        return [_MqttSource(self.spec, index) for index in range(self.spec.num_readers)]
-
-    def create_reader(self, options: Any, checkpoint_mark: CheckpointMark | None) -> _MqttReader:
-        if self.index is None:  # a runner that does not split: one reader
-            return _MqttSource(self.spec, 0).create_reader(options, checkpoint_mark)
-        mark = checkpoint_mark if isinstance(checkpoint_mark, _AckMark) else None
-        client_id = self.client_id
-        with _SESSIONS_LOCK:
-            session = _SESSIONS.get(client_id)
-            if session is None:
-                session = MqttSubscriber(self.spec.connection, self.spec.settings(self.index))
-                try:
-                    session.start()
-                except Exception:
-                    session.close()
-                    raise
-                _SESSIONS[client_id] = session
-                _report_lineage(self.spec)
-            elif not _continues(session, mark):
-                _LOGGER.info("MQTT reader %s resumes from an earlier mark: reconnecting for redelivery", client_id)
-                session.restart()
-            reader = _MqttReader(self, session, mark)
-            session.owner = reader
-        return reader
-
-    def get_checkpoint_mark_coder(self) -> coders.Coder:
-        return _AckMarkCoder()
-
-    def default_output_coder(self) -> coders.Coder:
-        return coders.registry.get_coder(ReceivedMessage)
-
-
-def _load_source(spec: bytes, index: int | None) -> _MqttSource:
-    return _MqttSource(pickler.loads(spec), index)
-
-
-def _continues(session: MqttSubscriber, mark: _AckMark | None) -> bool:
-    """Whether ``mark`` is exactly where the live session stands (nothing handed out since)."""
-    if mark is None:
-        return session.handed_out == 0
-    return bool(mark.generation) and mark.generation == session.generation and mark.sequence == session.handed_out
-
-
-def _report_lineage(spec: _ReadSpec) -> None:
-    host, port, _ = spec.connection.mqtt_address()
-    for topic_filter in spec.filters:
-        Lineage.sources().add("tdmq_mqtt", f"{host}:{port}", topic_filter, subtype="topic")
-
-
-class _FirstPerKeyFn(beam.DoFn):
-    """Passes the first value of each key, then drops the key's values until ``window`` seconds
-    of event time later. Beam's `DeduplicatePerKey` also declares a processing-time timer,
-    which sends a DirectRunner pipeline to the runner that cannot run this source."""
-
-    SEEN = userstate.ReadModifyWriteStateSpec("seen", BooleanCoder())
-    EXPIRY = userstate.TimerSpec("expiry", TimeDomain.WATERMARK)
-
-    def __init__(self, window: float) -> None:
-        self._window = window
-
-    def process(
-        self,
-        element: tuple[str, ReceivedMessage],
-        timestamp=beam.DoFn.TimestampParam,
-        seen=beam.DoFn.StateParam(SEEN),
-        expiry=beam.DoFn.TimerParam(EXPIRY),
-    ) -> Iterable[ReceivedMessage]:
-        if seen.read():
-            return
-        seen.write(True)
-        expiry.set(timestamp + self._window)
-        yield element[1]
-
-    @userstate.on_timer(EXPIRY)
-    def forget(self, seen=beam.DoFn.StateParam(SEEN)) -> None:
-        seen.clear()
-
-
-def _by_idempotency_key(message: ReceivedMessage, partitions: int, property_name: str) -> int:
-    return 0 if message.user_property(property_name) is not None else 1
 
 
 class ReadFromTdmqMqtt(beam.PTransform):
@@ -502,7 +162,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
             raise ConfigurationError(f"max_bundle_time must be positive seconds, got {max_bundle_time!r}")
         if share_group is not None:
             filters = tuple(f"$share/{share_group}/{topic_filter}" for topic_filter in filters)
-        self._spec = _ReadSpec(
+        self._spec = ReadSpec(
             connection=connection,
             filters=filters,
             client_id_prefix=client_id_prefix,
@@ -524,8 +184,8 @@ class ReadFromTdmqMqtt(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[ReceivedMessage]:
         messages = pbegin | "Read" >> ReadFromUnboundedSource(
-            _MqttSource(self._spec),
-            poll_interval=_IDLE_WAIT,
+            MqttSource(self._spec),
+            poll_interval=IDLE_WAIT,
             max_records_per_bundle=self._max_records_per_bundle,
             max_read_time_seconds=self._max_bundle_time,
         )
@@ -535,14 +195,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
         messages.is_bounded = self._spec.max_records is not None or self._spec.max_read_time is not None
         if self._deduplicate_window is None:
             return messages
-        key = self._idempotency_property
-        keyed, unkeyed = messages | "HasIdempotencyKey" >> beam.Partition(_by_idempotency_key, 2, key)  # type: ignore[arg-type]
-        unique = (
-            keyed
-            | "KeyByIdempotencyKey" >> beam.Map(lambda message: (message.user_property(key), message))
-            | "Deduplicate" >> beam.ParDo(_FirstPerKeyFn(self._deduplicate_window)).with_output_types(ReceivedMessage)
-        )
-        return (unique, unkeyed) | "Merge" >> beam.Flatten().with_output_types(ReceivedMessage)
+        return messages | DeduplicateMessages(self._deduplicate_window, idempotency_property=self._idempotency_property)
 
     def display_data(self) -> dict[str, Any]:
         spec = self._spec
