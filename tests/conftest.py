@@ -63,3 +63,39 @@ def tls_files(tmp_path_factory):
     for index, blob in enumerate(device.cert_chain_pems):
         blob.write_to_path(paths["device"], append=index > 0)
     return paths
+
+
+class BrokerUnderTest:
+    """What the read tests need of a broker: its port, connections, publishers and, where the
+    broker can say, the state of a session (the emulator can; mosquitto cannot: None)."""
+
+    def __init__(self, name: str, port: int, connection, session_state=lambda client_id: None) -> None:
+        self.name = name
+        self.port = port
+        self.connection = connection
+        self.session_state = session_state
+
+    def publisher(self, **options) -> PahoClient:
+        client = PahoClient(self.port, "", **options)
+        _flags, rc, _props = client.connect()
+        assert not rc.is_failure, rc
+        return client
+
+
+@pytest.fixture(scope="session")
+def mosquitto_broker(tmp_path_factory):
+    """One mosquitto (Debian's) for the tests that read from a broker we did not write."""
+    from brokers import Mosquitto
+
+    with Mosquitto(tmp_path_factory.mktemp("mosquitto")) as running:
+        yield running
+
+
+@pytest.fixture(params=["emulator", "mosquitto"])
+def broker(request) -> BrokerUnderTest:
+    """The read tests that hold on any MQTT 5 broker run on the emulator and on mosquitto."""
+    if request.param == "emulator":
+        emulator = request.getfixturevalue("emulator")
+        return BrokerUnderTest("emulator", emulator.mqtt_port, emulator.connection, emulator.session_state)
+    mosquitto = request.getfixturevalue("mosquitto_broker")
+    return BrokerUnderTest("mosquitto", mosquitto.port, mosquitto.connection)

@@ -65,25 +65,29 @@ def open_sessions(connection, prefix: str, tmp_path, **options) -> None:
 
 
 def publish(paho, count: int, *, qos: int = 1, start: int = 0, topic="tele/dev-{i}", properties=None) -> list[str]:
+    """Publishes ``count`` messages through a new connected client from the factory ``paho``."""
     publisher = paho()
     payloads = [f"m{i}" for i in range(start, start + count)]
     for i, payload in zip(range(start, start + count), payloads, strict=True):
         publisher.publish(topic.format(i=i), payload.encode(), qos=qos, properties=properties)
+    publisher.disconnect()
     return payloads
 
 
-def settled(emulator, client_id: str, timeout: float = 5.0) -> dict:
-    """The broker's view of a session once nothing is left in flight (or after ``timeout``)."""
+def settled(broker, client_id: str, timeout: float = 5.0) -> dict | None:
+    """The broker's view of a session once nothing is left in flight (or after ``timeout``); None
+    where the broker cannot say (mosquitto: the tests read the session again instead)."""
     deadline = time.monotonic() + timeout
     while True:
-        state = emulator.session_state(client_id)
+        state = broker.session_state(client_id)
         if state is None or state["unacknowledged"] == 0 or time.monotonic() > deadline:
             return state
         time.sleep(0.05)
 
 
-def test_queued_messages_are_read_once_with_every_property_then_acknowledged(emulator, paho, unique, tmp_path):
-    connection = emulator.connection()
+def test_queued_messages_are_read_once_with_every_property_then_acknowledged(broker, unique, tmp_path):
+    connection = broker.connection()
+    paho = broker.publisher
     prefix = unique("queued")
     open_sessions(connection, prefix, tmp_path)
     props = Properties(PacketTypes.PUBLISH)
@@ -105,8 +109,9 @@ def test_queued_messages_are_read_once_with_every_property_then_acknowledged(emu
     assert (first["response_topic"], first["correlation_data"]) == ("replies/x", "corr-7")
     assert 3590 <= first["message_expiry_interval"] <= 3600
     assert not any(m["dup"] for m in got)
-    state = settled(emulator, f"{prefix}-0")
-    assert state == {"connected": False, "delivered": 50, "unacknowledged": 0, "queued": 0}
+    if broker.name == "emulator":
+        state = settled(broker, f"{prefix}-0")
+        assert state == {"connected": False, "delivered": 50, "unacknowledged": 0, "queued": 0}
     assert read(connection, prefix, tmp_path, max_read_time=1) == []  # all were acknowledged
 
 
@@ -120,11 +125,11 @@ class _FailOn(beam.DoFn):
         yield message
 
 
-def test_a_bundle_that_fails_is_not_acknowledged_and_comes_again(emulator, paho, unique, tmp_path):
-    connection = emulator.connection()
+def test_a_bundle_that_fails_is_not_acknowledged_and_comes_again(broker, unique, tmp_path):
+    connection = broker.connection()
     prefix = unique("fails")
     open_sessions(connection, prefix, tmp_path)
-    sent = publish(paho, 30)
+    sent = publish(broker.publisher, 30)
 
     with pytest.raises(Exception, match="bundle fails on m7"):
         with beam.Pipeline() as pipeline:
@@ -138,13 +143,14 @@ def test_a_bundle_that_fails_is_not_acknowledged_and_comes_again(emulator, paho,
     by_payload = {m["payload"]: m for m in again}
     assert "m7" in by_payload and by_payload["m7"]["dup"] is True  # sent again, flagged
     assert set(sent) - {f"m{i}" for i in range(7)} <= set(by_payload)  # nothing after the failure is lost
-    assert settled(emulator, f"{prefix}-0")["unacknowledged"] == 0
+    assert (settled(broker, f"{prefix}-0") or {"unacknowledged": 0})["unacknowledged"] == 0
+    assert read(connection, prefix, tmp_path, max_read_time=0.5) == []
 
 
-def _reader_process(emulator, prefix: str, out: Path, *extra: str) -> subprocess.Popen:
+def _reader_process(port: int, prefix: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(HERE / "read_to_file.py"), emulator.http_url,
-         f"mqtt://{emulator.host}:{emulator.mqtt_port}", prefix, str(out), *extra],
+        [sys.executable, str(HERE / "read_to_file.py"), "http://127.0.0.1:9",
+         f"mqtt://127.0.0.1:{port}", prefix, str(out), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
 
@@ -178,13 +184,13 @@ def _publish_stream(port: int, count: int, interval: float) -> threading.Thread:
     return thread
 
 
-def test_a_killed_reader_restarted_with_its_prefix_loses_nothing(emulator, unique, tmp_path):
+def test_a_killed_reader_restarted_with_its_prefix_loses_nothing(broker, unique, tmp_path):
     prefix = unique("killed")
-    connection = emulator.connection()
+    connection = broker.connection()
     open_sessions(connection, prefix, tmp_path)
     first_out = tmp_path / "first.jsonl"
-    process = _reader_process(emulator, prefix, first_out, "--streaming")
-    stream = _publish_stream(emulator.mqtt_port, 300, 0.01)
+    process = _reader_process(broker.port, prefix, first_out, "--streaming")
+    stream = _publish_stream(broker.port, 300, 0.01)
     try:
         _wait_for_lines(first_out, 60, process)
     finally:
@@ -200,22 +206,25 @@ def test_a_killed_reader_restarted_with_its_prefix_loses_nothing(emulator, uniqu
     assert {f"m{i}" for i in range(300)} - seen_first - seen_second == set()  # lost: none
     duplicates = seen_first & seen_second
     assert all(m["dup"] for m in second if m["payload"] in duplicates)  # every duplicate is flagged
-    assert settled(emulator, f"{prefix}-0")["unacknowledged"] == 0
+    assert (settled(broker, f"{prefix}-0") or {"unacknowledged": 0})["unacknowledged"] == 0
+    assert read(connection, prefix, tmp_path, max_read_time=0.5) == []
 
 
-def test_shared_readers_split_the_load(emulator, paho, unique, tmp_path):
-    connection = emulator.connection()
+def test_shared_readers_split_the_load(broker, unique, tmp_path):
+    connection = broker.connection()
     prefix = unique("split")
     options = {"share_group": unique("g"), "num_readers": 2}
     open_sessions(connection, prefix, tmp_path, **options)
-    sent = publish(paho, 100)
+    sent = publish(broker.publisher, 100)
 
     got = read(connection, prefix, tmp_path, max_records=100, **options)
 
-    assert sorted(m["payload"] for m in got) == sorted(sent)
-    delivered = [settled(emulator, f"{prefix}-{i}")["delivered"] for i in range(2)]
-    assert all(count > 0 for count in delivered), delivered
-    assert all(settled(emulator, f"{prefix}-{i}")["unacknowledged"] == 0 for i in range(2))
+    assert sorted(m["payload"] for m in got) == sorted(sent)  # each read once: the group split them
+    if broker.name == "emulator":
+        delivered = [settled(broker, f"{prefix}-{i}")["delivered"] for i in range(2)]  # type: ignore[index]
+        assert all(count > 0 for count in delivered), delivered
+        assert all(settled(broker, f"{prefix}-{i}")["unacknowledged"] == 0 for i in range(2))  # type: ignore[index]
+    assert read(connection, prefix, tmp_path, max_read_time=0.5, **options) == []
 
 
 def _wait_connected(emulator, client_id: str, timeout: float = 60.0) -> None:
@@ -230,7 +239,7 @@ def test_a_shared_reader_that_dies_hands_its_messages_to_the_others(emulator, un
     group = unique("g")
     dying, staying = unique("dying"), unique("staying")
     dying_out = tmp_path / "dying.jsonl"
-    process = _reader_process(emulator, dying, dying_out, "--share-group", group)
+    process = _reader_process(emulator.mqtt_port, dying, dying_out, "--share-group", group)
     result: dict[str, list] = {}
     reader = threading.Thread(
         target=lambda: result.setdefault(
@@ -256,19 +265,19 @@ def test_a_shared_reader_that_dies_hands_its_messages_to_the_others(emulator, un
     assert {f"m{i}" for i in range(300)} - seen_dying - seen_staying == set()
 
 
-def test_qos2_and_mqtt_3_1_1_reads_acknowledge_after_commit(emulator, paho, unique, tmp_path):
-    connection = emulator.connection()
+def test_qos2_and_mqtt_3_1_1_reads_acknowledge_after_commit(broker, unique, tmp_path):
+    connection = broker.connection()
     for mqtt_version, qos in ((5, 2), (4, 1), (4, 2)):
         prefix = unique(f"v{mqtt_version}q{qos}")
         options = {"mqtt_version": mqtt_version, "qos": qos}
         open_sessions(connection, prefix, tmp_path, **options)
-        sent = publish(paho, 40, qos=2)
+        sent = publish(broker.publisher, 40, qos=2)
         got = read(connection, prefix, tmp_path, max_records=40, **options)
         assert sorted(m["payload"] for m in got) == sorted(sent)
         assert {m["qos"] for m in got} == {qos}
         if mqtt_version == 4:
             assert all(m["user_properties"] == [] and m["content_type"] is None for m in got)
-        assert settled(emulator, f"{prefix}-0")["unacknowledged"] == 0
+        assert (settled(broker, f"{prefix}-0") or {"unacknowledged": 0})["unacknowledged"] == 0
         assert read(connection, prefix, tmp_path, max_read_time=0.5, **options) == []
 
 

@@ -101,11 +101,11 @@ class AckLedger:
         """A new network connection, named ``generation``, delivers from now on."""
         self.connection_closed()
         self.generation = generation
-        self._opened_at = self._sequence
 
     def connection_closed(self) -> None:
         """The live connection ended: what it delivered and was not acknowledged is the broker's again."""
         self.generation = ""
+        self._opened_at = self._sequence  # what is handed out from here on came on a new connection
         self._ready.clear()
         self._unacked.clear()
         self._aliases.clear()
