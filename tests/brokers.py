@@ -106,7 +106,8 @@ class Mosquitto:
                 return self
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not start: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                    error = self.process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                    raise RuntimeError(f"mosquitto did not start: {error}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:

@@ -1,7 +1,8 @@
 """A reader pipeline in its own process, for the tests that kill one: appends each message it reads
 (payload, dup flag) to a file as soon as it has it, and runs until killed or until --max-read-time.
 
-    python tests/read_to_file.py HTTP_URL MQTT_URL PREFIX OUT [--share-group G] [--max-read-time S] [beam args]
+    python tests/read_to_file.py HTTP_URL MQTT_URL PREFIX OUT [--share-group G] [--max-read-time S]
+        [--max-records N] [--qos Q] [--mqtt-version V] [--ca-cert PEM] [beam args]
 """
 
 from __future__ import annotations
@@ -38,14 +39,21 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--share-group")
     parser.add_argument("--max-read-time", type=float)
+    parser.add_argument("--max-records", type=int)
+    parser.add_argument("--qos", type=int, default=1)
+    parser.add_argument("--mqtt-version", type=int, default=5)
+    parser.add_argument("--ca-cert")
     args, beam_args = parser.parse_known_args()
-    connection = TdmqConnection(args.http_url, username="user0", password="secret0", mqtt_endpoint=args.mqtt_url)
+    connection = TdmqConnection(
+        args.http_url, username="user0", password="secret0", mqtt_endpoint=args.mqtt_url, ca_cert=args.ca_cert
+    )
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         _ = (
             pipeline
             | ReadFromTdmqMqtt(
                 connection, "tele/#", client_id_prefix=args.prefix, share_group=args.share_group,
-                max_read_time=args.max_read_time,
+                max_read_time=args.max_read_time, max_records=args.max_records, qos=args.qos,
+                mqtt_version=args.mqtt_version,
             )
             | beam.ParDo(_AppendFn(args.out))
         )  # fmt: skip
