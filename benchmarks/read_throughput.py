@@ -10,16 +10,32 @@ a process of simulated devices publishing ``--rate`` messages/s at QoS 1 for
 
 each on the other core, (b) and (c) on the DirectRunner, bounded by
 ``max_records``. A reader's rate is distinct messages received over the time
-from the first publish to the last receive, so a reader that keeps up with
-the feed reads at the feed's rate; CPU is this process's, per message.
+from the first publish to the last receive (for Beam: the last message a
+step after the read has, not the socket's arrival time), so a reader that
+keeps up with the feed reads at the feed's rate; CPU is this process's, per message.
 
 Last line: ``RESULT read_throughput ratio_vs_paho=R msgs_per_s=M lost=L``
 (R: (b)'s rate over (a)'s; M: (b)'s rate; L: messages published and never read, over (b) and (c)).
+
+``--drain N`` measures the other case a reader meets: a backlog. N messages (QoS 1,
+64 bytes, one topic) are queued in a persistent session on Debian's mosquitto,
+pinned to one core, while no reader runs; then the session is drained, on the
+other core, by a bare paho-mqtt subscriber, by ``mosquitto_sub`` (C), and by
+``ReadFromTdmqMqtt`` (DirectRunner, ``max_records=N``), each on a fresh broker
+with the same queue, each for at most ``--budget`` seconds. Rates are distinct
+messages over the time from the reader's start to its last message (Beam's
+start-up included; for Beam, when a step after the read has it). Past about
+30,000 queued messages mosquitto 2.0 itself sends slowly, so at 200,000
+compare the counts read within the budget.
+
+Last line: ``RESULT read_drain ratio_vs_paho=R ratio_vs_mosquitto_sub=S msgs_per_s=M lost=L``
+(ratios of ReadFromTdmqMqtt's rate; L: queued messages it did not read within the budget).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -29,14 +45,20 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import apache_beam as beam
 import paho.mqtt.client as mqtt
 from apache_beam.options.pipeline_options import PipelineOptions
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
 
+from brokers import Mosquitto  # the tests' mosquitto: its own config, port and directory
 from servers import CLIENT_CPU, SERVER_CPU, emulator_server, pin
 
 from tdmq_beam import ReadFromTdmqMqtt, TdmqConnection
@@ -62,8 +84,8 @@ devices.close()
 """
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -144,7 +166,7 @@ def read_with_beam(rate: int, seconds: float, readers: int) -> dict:
                 connection, "feed/#", client_id_prefix=f"bench-{readers}", max_records=total,
                 max_read_time=seconds * 3 + 30, **options,
             )
-            | beam.Map(lambda message: (message.payload, message.receive_time.micros))
+            | beam.Map(lambda message: (message.payload, time.time_ns() // 1000))  # when the pipeline has it
             | beam.combiners.ToList()
             | beam.Map(_summarise, summary)
         )  # fmt: skip
@@ -175,12 +197,129 @@ def _figures(name: str, published: int, distinct: int, start: float, last: float
     return figures
 
 
+# -- draining a queued session on mosquitto ---------------------------------------------------------
+
+_DRAIN_TOPIC = "drain/dev-0"
+
+
+def _payload(i: int) -> str:
+    return f"m{i}".ljust(64, ".")
+
+
+@contextlib.contextmanager
+def _queued_mosquitto(client_id: str, count: int) -> Iterator[Mosquitto]:
+    """A fresh mosquitto, pinned to `SERVER_CPU`, holding ``count`` messages for ``client_id``'s session."""
+    with tempfile.TemporaryDirectory(prefix="drain-") as directory, Mosquitto(Path(directory)) as broker:
+        pin(broker.process.pid, SERVER_CPU)  # type: ignore[union-attr]
+        session = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        session.username_pw_set(USER, PASSWORD)
+        expiry = Properties(PacketTypes.CONNECT)
+        expiry.SessionExpiryInterval = 3600
+        session.connect("127.0.0.1", broker.port, clean_start=False, properties=expiry)
+        session.loop_start()
+        session.subscribe("drain/#", qos=1)
+        time.sleep(0.3)  # the SUBACK
+        session.disconnect()
+        session.loop_stop()
+        lines = "".join(_payload(i) + "\n" for i in range(count))
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(broker.port), "-u", USER, "-P", PASSWORD, "-V", "mqttv5", "-q", "1",
+             "-t", _DRAIN_TOPIC, "-l"],
+            input=lines, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        yield broker
+
+
+def drain_with_paho(count: int, budget: float) -> dict:
+    with _queued_mosquitto("paho-drain", count) as broker:
+        seen: set[bytes] = set()
+        last = [0.0]
+        done = threading.Event()
+
+        def on_message(client, userdata, message) -> None:
+            seen.add(message.payload)
+            last[0] = time.time()
+            if len(seen) >= count:
+                done.set()
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-drain", protocol=mqtt.MQTTv5)
+        client.username_pw_set(USER, PASSWORD)
+        client.on_message = on_message
+        expiry = Properties(PacketTypes.CONNECT)
+        expiry.SessionExpiryInterval = 3600
+        cpu, start = _cpu(), time.time()
+        client.connect("127.0.0.1", broker.port, clean_start=False, properties=expiry)
+        client.loop_start()
+        done.wait(budget)
+        cpu = _cpu() - cpu
+        client.loop_stop()
+        client.disconnect()
+    return _figures("paho", count, len(seen), start, last[0], cpu)
+
+
+def drain_with_mosquitto_sub(count: int, budget: float) -> dict:
+    with _queued_mosquitto("sub-drain", count) as broker:
+        children, start = _cpu(resource.RUSAGE_CHILDREN), time.time()
+        process = subprocess.Popen(
+            ["mosquitto_sub", "-p", str(broker.port), "-u", USER, "-P", PASSWORD, "-V", "mqttv5", "-q", "1",
+             "-c", "-x", "3600", "-i", "sub-drain", "-t", "drain/#", "-C", str(count), "-W", str(int(budget))],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        pin(process.pid, CLIENT_CPU)
+        seen, last = set(), start
+        for line in process.stdout:  # type: ignore[union-attr]
+            seen.add(line)
+            last = time.time()
+        process.wait(30)
+        cpu = _cpu(resource.RUSAGE_CHILDREN) - children  # the C subscriber's own CPU
+    return _figures("mosquitto_sub", count, len(seen), start, last, cpu)
+
+
+def drain_with_beam(count: int, budget: float) -> dict:
+    summary = os.path.join(tempfile.mkdtemp(prefix="drain-bench-"), "summary.json")
+    with _queued_mosquitto("beam-drain-0", count) as broker:
+        connection = TdmqConnection(
+            "http://127.0.0.1:9", username=USER, password=PASSWORD, mqtt_endpoint=f"mqtt://127.0.0.1:{broker.port}"
+        )
+        pipeline = beam.Pipeline(options=PipelineOptions([]))
+        _ = (
+            pipeline
+            | ReadFromTdmqMqtt(
+                connection, "drain/#", client_id_prefix="beam-drain", max_records=count, max_read_time=budget
+            )
+            | beam.Map(lambda message: (message.payload, time.time_ns() // 1000))  # when the pipeline has it
+            | beam.combiners.ToList()
+            | beam.Map(_summarise, summary)
+        )  # fmt: skip
+        cpu, start = _cpu(), time.time()
+        pipeline.run().wait_until_finish()
+        cpu = _cpu() - cpu
+    distinct, last = json.load(open(summary)) if os.path.exists(summary) else (0, 0.0)
+    return _figures("ReadFromTdmqMqtt", count, distinct, start, last, cpu)
+
+
+def drain(count: int, budget: float) -> None:
+    print(f"drain: {count} messages queued at QoS 1 on mosquitto, at most {budget:g} s per reader")
+    paho = drain_with_paho(count, budget)
+    sub = drain_with_mosquitto_sub(count, budget)
+    beam_ = drain_with_beam(count, budget)
+    ratio_paho = beam_["msgs_per_s"] / paho["msgs_per_s"] if paho["msgs_per_s"] else 0.0
+    ratio_sub = beam_["msgs_per_s"] / sub["msgs_per_s"] if sub["msgs_per_s"] else 0.0
+    print(f"RESULT read_drain ratio_vs_paho={ratio_paho:.2f} ratio_vs_mosquitto_sub={ratio_sub:.2f} "
+          f"msgs_per_s={beam_['msgs_per_s']} lost={beam_['lost']}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=3000, help="messages/s the feed publishes")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds the feed publishes")
+    parser.add_argument("--drain", type=int, metavar="N", help="drain N queued messages on mosquitto instead")
+    parser.add_argument("--budget", type=float, default=120.0, help="seconds each drain may take (default 120)")
     args = parser.parse_args()
     pin(os.getpid(), CLIENT_CPU)
+    if args.drain:
+        drain(args.drain, args.budget)
+        return
     print(f"feed: {args.rate} msgs/s at QoS 1 for {args.seconds:g} s ({int(args.rate * args.seconds)} messages)")
     paho = read_with_paho(args.rate, args.seconds)
     one = read_with_beam(args.rate, args.seconds, 1)

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from tdmq_beam import TdmqConnection
+from tdmq_beam.mqtt import codec
+from tdmq_beam.mqtt.codec import PacketType
 
 INSTALL = "apt-get install -y mosquitto mosquitto-clients"
 USERNAME, PASSWORD = "user0", "secret0"
@@ -34,6 +36,14 @@ def free_port() -> int:
 def need_mosquitto() -> None:
     if shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None:
         pytest.skip(f"mosquitto is not installed ({INSTALL})")
+
+
+def connection_to(port: int, *, tls: bool = False, **options) -> TdmqConnection:
+    """A connection whose MQTT endpoint is a broker on ``port`` (the read side uses no HTTP endpoint)."""
+    options.setdefault("username", USERNAME)
+    options.setdefault("password", PASSWORD)
+    options.setdefault("mqtt_endpoint", f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{port}")
+    return TdmqConnection("http://127.0.0.1:9", **options)
 
 
 class Mosquitto:
@@ -126,11 +136,7 @@ class Mosquitto:
 
     def connection(self, *, port: int | None = None, tls: bool = False, **options) -> TdmqConnection:
         """A connection whose MQTT endpoint is this broker (the HTTP endpoint is unused by the read side)."""
-        options.setdefault("username", USERNAME)
-        options.setdefault("password", PASSWORD)
-        scheme = "mqtts" if tls else "mqtt"
-        port = port or (self.tls_port if tls else self.port)
-        return TdmqConnection("http://127.0.0.1:9", mqtt_endpoint=f"{scheme}://127.0.0.1:{port}", **options)
+        return connection_to(port or (self.tls_port if tls else self.port), tls=tls, **options)
 
 
 class CuttingProxy:
@@ -197,3 +203,60 @@ class CuttingProxy:
         client_writer.transport.abort()
         broker_writer.transport.abort()
         await asyncio.gather(*pumps, return_exceptions=True)
+
+
+class ScriptedBroker:
+    """An MQTT 5 broker of a few lines, for CONNACK answers a real broker gives only in its own setting.
+
+    Answers CONNECT with a CONNACK carrying ``connack_properties``, SUBSCRIBE with
+    a SUBACK granting QoS 1, then sends ``after_suback`` (encoded packets). Records
+    the type and body of every packet the client sends in `received`.
+    """
+
+    def __init__(self, connack_properties: codec.Properties, after_suback: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        self.connack_properties = connack_properties
+        self.after_suback = list(after_suback)
+        self.received: list[tuple[int, bytes]] = []
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ScriptedBroker:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def types(self) -> list[int]:
+        return [kind for kind, _ in self.received]
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = codec.PacketFramer()
+        while data := await reader.read(65536):
+            for first, body, _ in framer.feed(data):
+                kind = first >> 4
+                self.received.append((kind, body))
+                if kind == PacketType.CONNECT:
+                    writer.write(codec.encode_connack(False, 0, 5, self.connack_properties))
+                elif kind == PacketType.SUBSCRIBE:
+                    packet_id = int.from_bytes(body[:2], "big")
+                    writer.write(codec.encode_suback(packet_id, [1], 5))
+                    writer.write(b"".join(self.after_suback))
+                elif kind == PacketType.PINGREQ:
+                    writer.write(codec.PINGRESP)
+                elif kind == PacketType.DISCONNECT:
+                    writer.close()
+                    return

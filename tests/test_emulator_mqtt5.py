@@ -424,6 +424,34 @@ def test_publishing_to_dollar_topics_is_refused(emulator, paho, unique):
     raw.close()
 
 
+def test_publishing_to_sys_topics_is_refused(emulator, unique):
+    raw, _flags, _props = raw5(emulator.mqtt_port, unique("spoof"))
+    raw.send(publish5_packet("$SYS/broker/uptime", b"1", qos=1, packet_id=1))
+    code, props = read_reason(raw.read(), PacketTypes.PUBACK, 2)
+    assert code == 0x87 and "$SYS/..." in props.ReasonString
+    raw.close()
+
+
+def test_other_dollar_topics_are_topics_that_first_level_wildcards_skip(broker, unique):
+    # MQTT 5, 4.7.2: '$' topics are not matched by '#' or '+' at the first level; only the service's
+    # own roots ($events, $SYS) are refused. The Paho interop suite's test_dollar_topics, on both brokers.
+    root = "$" + unique("own")
+    exact, dollar_wildcard, hash_all, plus_first = (broker.publisher() for _ in range(4))
+    exact.subscribe(f"{root}/state", 1)
+    dollar_wildcard.subscribe(f"{root}/#", 1)
+    hash_all.subscribe("#", 1)
+    plus_first.subscribe("+/state", 1)
+    publisher = broker.publisher()
+    publisher.publish(f"{root}/state", b"on", qos=1)
+    assert [(m.topic, m.payload) for m in exact.receive(1)] == [(f"{root}/state", b"on")]
+    assert [m.payload for m in dollar_wildcard.receive(1)] == [b"on"]
+    for wildcard in (hash_all, plus_first):
+        seen = _drain(wildcard, 0.5)
+        assert [m.topic for m in seen if m.topic.startswith("$")] == []
+    for client in (exact, dollar_wildcard, hash_all, plus_first, publisher):
+        client.disconnect()
+
+
 def test_server_disconnect_reason_codes(emulator, paho, unique):
     client_id = unique("taken")
     first = paho(client_id, protocol=5)

@@ -39,6 +39,15 @@ _AVAILABLE = {
 }
 
 
+# Topic roots only the service publishes to: the client events, and the broker's own status tree.
+# Other '$' topics are ordinary topics that wildcards at the first level do not match (MQTT 5, 4.7.2).
+_RESERVED_ROOTS = ("$events", "$SYS")
+
+
+def _is_reserved(topic: str) -> bool:
+    return topic.split("/", 1)[0] in _RESERVED_ROOTS
+
+
 def certificate_common_name(transport: asyncio.BaseTransport | None) -> str | None:
     """The Common Name of the client certificate verified on a TLS transport, or None."""
     if transport is None:
@@ -350,8 +359,8 @@ class MqttConnection(asyncio.Protocol):
                 self.close("receive_maximum_exceeded", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "Receive Maximum exceeded")
                 return
         problem = None
-        if topic.startswith("$"):
-            problem = f"clients may not publish to {topic!r}: topics starting with '$' belong to the service"
+        if _is_reserved(topic):
+            problem = f"clients may not publish to {topic!r}: {topic.split('/')[0]}/... belongs to the service"
         elif not self.config.acl.allows(session.username, "publish", topic, client_id=session.client_id):
             problem = f"user {session.username!r} is not allowed to publish to {topic!r}"
         if problem is None:

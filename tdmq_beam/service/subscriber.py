@@ -69,6 +69,11 @@ _RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 _STABLE_AFTER = 10.0
 """Seconds a connection must last before the back-off starts again from the shortest delay."""
 
+_CLOSE_TIMEOUT = 10.0
+"""Seconds a close may take to send its acknowledgements, complete QoS 2 and disconnect. Not the
+handshake timeout: a broker with a long in-flight list reads a burst of PUBACKs slowly, and a
+close that gives up resets the connection, which discards what the broker has not read yet."""
+
 _TOPIC_ALIAS_MAXIMUM = 1024
 """Topic aliases the broker may assign on one connection (MQTT 5): a bounded map per connection."""
 
@@ -125,6 +130,9 @@ class SubscriberStats:
     sessions_lost: int = 0  # reconnects where the broker no longer had the session
 
 
+_CLOSED_BY_BROKER = "closed by the broker"
+
+
 class _Connection(asyncio.Protocol):
     """One network connection (one generation) of a subscriber, with its own handshake answers."""
 
@@ -137,7 +145,7 @@ class _Connection(asyncio.Protocol):
         self.connack: asyncio.Future[codec.ConnAck] = loop.create_future()
         self.suback: asyncio.Future[codec.SubAck] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.lost_because: str = "closed by the broker"
+        self.lost_because: str = _CLOSED_BY_BROKER
         self.opened_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -207,6 +215,7 @@ class MqttSubscriber:
         self._had_session = False  # a connection of ours was accepted before: the broker has our session
         self._stats = SubscriberStats()
         self._stats_lock = threading.Lock()
+        self._acknowledged_in_all = 0  # logged at close: the last acknowledgements reach no metrics
         self._last_sent = 0.0
         self._last_received = 0.0
         self._keepalive = settings.keepalive
@@ -297,26 +306,31 @@ class MqttSubscriber:
             stats, self._stats = self._stats, SubscriberStats()
         return stats
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None, *, end_session: bool = False) -> None:
         """Sends what was acknowledged, completes QoS 2 handshakes, disconnects normally (the
         session stays on the broker until it expires) and stops the thread.
 
         Args:
-            timeout: seconds it may take at most; defaults to ``connect_timeout``.
+            timeout: seconds it may take at most. Defaults to 10.
+            end_session: the DISCONNECT sets the session expiry to 0 (MQTT 5), so the broker
+                ends the session at once, with what it still holds for it. Defaults to False.
         """
         if self._closed:
             return
         self._closed = True
         _OPEN.discard(self)
-        limit = self.settings.connect_timeout if timeout is None else timeout
+        limit = _CLOSE_TIMEOUT if timeout is None else timeout
         try:
-            asyncio.run_coroutine_threadsafe(self._close(limit), self._loop).result(limit + 1)
+            asyncio.run_coroutine_threadsafe(self._close(limit, end_session), self._loop).result(limit + 1)
         except Exception as exc:  # a broker that does not answer: the session stays as it is
             _LOGGER.warning("MQTT reader %s: did not close cleanly (%s)", self.settings.client_id, _describe(exc))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+        _LOGGER.info(
+            "MQTT reader %s closed: %d messages acknowledged in all", self.settings.client_id, self._acknowledged_in_all
+        )
 
     # -- the event loop thread: the one owner of the connection ------------------------------
 
@@ -365,8 +379,15 @@ class MqttSubscriber:
                 self._wake.clear()
                 continue
             attempt += 1
+            hint = ""
+            if connection.lost_because == _CLOSED_BY_BROKER:
+                # MQTT 5 says DISCONNECT 0x8E on a takeover; mosquitto 2.0 closes without a word.
+                hint = f" (if this repeats, check that no other client uses client id {self.settings.client_id!r})"
             _LOGGER.warning(
-                "MQTT reader %s: connection lost (%s); reconnecting", self.settings.client_id, connection.lost_because
+                "MQTT reader %s: connection lost (%s); reconnecting%s",
+                self.settings.client_id,
+                connection.lost_because,
+                hint,
             )
             await self._back_off(attempt)
 
@@ -584,6 +605,7 @@ class MqttSubscriber:
             self._live.write(acks.data)
         with self._stats_lock:
             self._stats.acknowledged += acks.count
+            self._acknowledged_in_all += acks.count
             self._stats.stale_acknowledgements += acks.stale
             self._stats.ack_delays_ms.extend(acks.delays_ms)
 
@@ -619,7 +641,7 @@ class MqttSubscriber:
             self._ledger.connection_closed()
             self._paused = False
 
-    async def _close(self, timeout: float) -> None:
+    async def _close(self, timeout: float, end_session: bool) -> None:
         self._closing = True
         self._wake.set()
         live = self._live
@@ -629,15 +651,28 @@ class MqttSubscriber:
             self._resume_reading()
             while self._ledger.owes_completion and not live.closed.done() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            live.write(
-                codec.DISCONNECT if self.settings.protocol_level < 5 else codec.encode_disconnect(ReasonCode.SUCCESS)
-            )
-            if live.transport is not None:
-                live.transport.close()  # flushes what is written, then closes
+            if self.settings.protocol_level < 5:
+                live.write(codec.DISCONNECT)
+            else:
+                ending = {Prop.SESSION_EXPIRY_INTERVAL: 0} if end_session else None
+                live.write(codec.encode_disconnect(ReasonCode.SUCCESS, ending))
+            # The broker closes the connection once it has processed the DISCONNECT, and so everything
+            # before it: until then our acknowledgements may still sit unread in its socket, and a
+            # takeover by the next connection with this client id (mosquitto) would discard them.
             try:
                 await asyncio.wait_for(asyncio.shield(live.closed), max(0.1, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                live.abort("closing")
+                if live.transport is not None:
+                    live.transport.close()  # flushes what is written, then closes: no reset
+                try:
+                    await asyncio.wait_for(asyncio.shield(live.closed), 1.0)
+                except asyncio.TimeoutError:
+                    live.abort("closing")
+        elif end_session:
+            _LOGGER.warning(
+                "MQTT reader %s: not connected at its end, so its session stays on the broker until it expires",
+                self.settings.client_id,
+            )
         if self._owner_task is not None and not self._owner_task.done():
             self._owner_task.cancel()
 
@@ -661,4 +696,4 @@ _OPEN: weakref.WeakSet[MqttSubscriber] = weakref.WeakSet()
 def _close_open_subscribers() -> None:
     """At exit, sends the acknowledgements asked for and disconnects (the loop threads are daemons)."""
     for subscriber in list(_OPEN):
-        subscriber.close(timeout=2.0)
+        subscriber.close(timeout=5.0)

@@ -65,6 +65,7 @@ class ReadSpec:
     max_read_time: float | None
     timestamp_fn: Callable[[ReceivedMessage], Any] | None
     event_time_delay: float
+    end_sessions: bool = False
 
     def client_id(self, index: int) -> str:
         return f"{self.client_id_prefix}-{index}"
@@ -319,6 +320,7 @@ class MqttSource(UnboundedSource):
             reader,
             lambda: MqttSubscriber(self.spec.connection, self.spec.settings(index)),
             (mark.generation, mark.sequence) if mark is not None else None,
+            end_when_finished=self.spec.end_sessions,
         )
         if opened:
             _report_lineage(self.spec)

@@ -79,6 +79,13 @@ class ReadFromTdmqMqtt(beam.PTransform):
             (MQTT 5). Defaults to 65535, so bundles, not the window, pace the read.
         max_records_per_bundle: a bundle ends after this many messages. Defaults to 10000.
         max_bundle_time: a bundle ends after this many seconds. Defaults to 1.
+        end_sessions: when a bounded read (``max_records``, ``max_read_time``) ends,
+            each reader's last DISCONNECT sets its session expiry to 0, so the broker
+            ends the session at once, with its subscriptions and whatever it still
+            holds for it beyond what was read. For readers that stop for good, such
+            as those a smaller ``num_readers`` leaves behind: a broker may otherwise
+            keep them in a shared group's rotation (mosquitto does) until they
+            expire. MQTT 5 only. Defaults to False.
 
     Raises:
         ConfigurationError: a setting that cannot work, naming it.
@@ -105,6 +112,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
         receive_maximum: int = 65535,
         max_records_per_bundle: int = 10000,
         max_bundle_time: float = 1.0,
+        end_sessions: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(connection, TdmqConnection):
@@ -160,6 +168,12 @@ class ReadFromTdmqMqtt(beam.PTransform):
             raise ConfigurationError(f"max_records_per_bundle must be a positive int, got {max_records_per_bundle!r}")
         if not max_bundle_time > 0:
             raise ConfigurationError(f"max_bundle_time must be positive seconds, got {max_bundle_time!r}")
+        if not isinstance(end_sessions, bool):
+            raise ConfigurationError(f"end_sessions must be True or False, got {end_sessions!r}")
+        if end_sessions and (max_records is None and max_read_time is None):
+            raise ConfigurationError("end_sessions applies when a read ends: give max_records or max_read_time")
+        if end_sessions and mqtt_version != 5:
+            raise ConfigurationError("end_sessions needs mqtt_version 5 (MQTT 3.1.1 cannot end sessions so)")
         if share_group is not None:
             filters = tuple(f"$share/{share_group}/{topic_filter}" for topic_filter in filters)
         self._spec = ReadSpec(
@@ -176,6 +190,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
             max_read_time=max_read_time,
             timestamp_fn=timestamp_fn,
             event_time_delay=float(event_time_delay),
+            end_sessions=end_sessions,
         )
         self._deduplicate_window = deduplicate_window
         self._idempotency_property = idempotency_property
@@ -208,6 +223,8 @@ class ReadFromTdmqMqtt(beam.PTransform):
             mqtt_version=spec.protocol_level,
             session_expiry_interval=spec.session_expiry_interval,
         )
+        if spec.end_sessions:
+            items["end_sessions"] = True
         for key in ("max_records", "max_read_time"):
             if getattr(spec, key) is not None:
                 items[key] = getattr(spec, key)

@@ -27,6 +27,7 @@ _LOGGER = logging.getLogger(__name__)
 class _Entry:
     session: MqttSubscriber
     owner: object  # the reader handing out its messages
+    end_when_finished: bool  # the end of the read ends the session on the broker too
 
 
 class SessionPool:
@@ -42,13 +43,16 @@ class SessionPool:
         reader: object,
         open_session: Callable[[], MqttSubscriber],
         mark: tuple[str, int] | None,
+        *,
+        end_when_finished: bool = False,
     ) -> tuple[MqttSubscriber, bool]:
         """The session for ``client_id``, now owned by ``reader``, positioned at ``mark``.
 
         Opens (and starts) the session when the process has none. When the
         live session has handed out messages after ``mark`` (generation,
         sequence), a bundle that held them failed: the session restarts, so
-        the broker sends them again, flagged DUP.
+        the broker sends them again, flagged DUP. With ``end_when_finished``,
+        `finish` ends the session on the broker as well.
 
         Returns:
             (session, whether it was opened now).
@@ -63,7 +67,7 @@ class SessionPool:
                 except Exception:
                     session.close()
                     raise
-                entry = self._entries[client_id] = _Entry(session, reader)
+                entry = self._entries[client_id] = _Entry(session, reader, end_when_finished)
             elif not entry.session.resumes(*(mark or ("", 0))):
                 _LOGGER.info("MQTT reader %s resumes from an earlier mark: reconnecting for redelivery", client_id)
                 entry.session.restart()
@@ -78,14 +82,15 @@ class SessionPool:
 
     def finish(self, client_id: str, name: str, generation: str, sequence: int) -> None:
         """The read is over: acknowledges through (generation, sequence), then closes the session,
-        waiting (bounded) until the acknowledgements are sent and QoS 2 handshakes complete."""
+        waiting (bounded) until the acknowledgements are sent and QoS 2 handshakes complete (and
+        ending it on the broker, when it was acquired so)."""
         with self._lock:
             entry = self._entries.get(client_id)
             if entry is None or entry.session.name != name:
                 return
             del self._entries[client_id]
         entry.session.acknowledge_through(generation, sequence)
-        entry.session.close()
+        entry.session.close(end_session=entry.end_when_finished)
 
     def release(self, client_id: str, reader: object) -> None:
         """``reader`` is given up on: closes its session, unless another reader owns it now."""
