@@ -53,7 +53,8 @@ class Mosquitto:
         directory: where its config, password file, log and persistence go.
         persistence: keep sessions and messages on disk across `restart`.
         tls: (CA, server certificate, server key) paths for a TLS listener.
-        require_certificate: the TLS listener also asks for a client certificate.
+        require_certificate: the TLS listener also asks for a client certificate, and
+            takes its Common Name as the username (no password then, as on the service).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Mosquitto:
             "log_dest file " + str(directory / "mosquitto.log"),
             "log_type error",
             "log_type warning",
+            "log_type notice",  # "New client connected ... as ID": `has_connected` reads it
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {directory}/",
             "autosave_interval 1",
@@ -94,6 +96,7 @@ class Mosquitto:
                 f"certfile {cert}",
                 f"keyfile {key}",
                 f"require_certificate {'true' if require_certificate else 'false'}",
+                f"use_identity_as_username {'true' if require_certificate else 'false'}",
             ]
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
@@ -133,6 +136,11 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def has_connected(self, client_id: str) -> bool:
+        """Whether a client with ``client_id`` was ever accepted by this broker (from its log)."""
+        log = self.directory / "mosquitto.log"
+        return log.exists() and f" as {client_id} (" in log.read_text(errors="replace")
 
     def connection(self, *, port: int | None = None, tls: bool = False, **options) -> TdmqConnection:
         """A connection whose MQTT endpoint is this broker (the HTTP endpoint is unused by the read side)."""

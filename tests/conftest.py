@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import pytest
 import trustme
@@ -66,14 +67,22 @@ def tls_files(tmp_path_factory):
 
 
 class BrokerUnderTest:
-    """What the read tests need of a broker: its port, connections, publishers and, where the
-    broker can say, the state of a session (the emulator can; mosquitto cannot: None)."""
+    """What the read tests need of a broker: its port, connections, publishers, whether a client
+    is connected and, where the broker can say, the state of a session (the emulator can;
+    mosquitto cannot: None)."""
 
-    def __init__(self, name: str, port: int, connection, session_state=lambda client_id: None) -> None:
+    def __init__(self, name: str, port: int, connection, connected, session_state=lambda client_id: None) -> None:
         self.name = name
         self.port = port
         self.connection = connection
+        self.connected = connected
         self.session_state = session_state
+
+    def wait_connected(self, client_id: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.connected(client_id):
+            assert time.monotonic() < deadline, f"{client_id} did not connect in {timeout} s"
+            time.sleep(0.05)
 
     def publisher(self, **options) -> PahoClient:
         client = PahoClient(self.port, "", **options)
@@ -96,6 +105,10 @@ def broker(request) -> BrokerUnderTest:
     """The read tests that hold on any MQTT 5 broker run on the emulator and on mosquitto."""
     if request.param == "emulator":
         emulator = request.getfixturevalue("emulator")
-        return BrokerUnderTest("emulator", emulator.mqtt_port, emulator.connection, emulator.session_state)
+
+        def connected(client_id: str) -> bool:
+            return bool((emulator.session_state(client_id) or {}).get("connected"))
+
+        return BrokerUnderTest("emulator", emulator.mqtt_port, emulator.connection, connected, emulator.session_state)
     mosquitto = request.getfixturevalue("mosquitto_broker")
-    return BrokerUnderTest("mosquitto", mosquitto.port, mosquitto.connection)
+    return BrokerUnderTest("mosquitto", mosquitto.port, mosquitto.connection, mosquitto.has_connected)

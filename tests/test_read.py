@@ -20,6 +20,7 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from brokers import Mosquitto
 from mqtt_peers import PahoClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -227,19 +228,12 @@ def test_shared_readers_split_the_load(broker, unique, tmp_path):
     assert read(connection, prefix, tmp_path, max_read_time=0.5, **options) == []
 
 
-def _wait_connected(emulator, client_id: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (emulator.session_state(client_id) or {}).get("connected"):
-        assert time.monotonic() < deadline, f"{client_id} did not connect in {timeout}s"
-        time.sleep(0.05)
-
-
-def test_a_shared_reader_that_dies_hands_its_messages_to_the_others(emulator, unique, tmp_path):
-    connection = emulator.connection()
+def test_a_shared_reader_that_dies_loses_nothing(broker, unique, tmp_path):
+    connection = broker.connection()
     group = unique("g")
     dying, staying = unique("dying"), unique("staying")
     dying_out = tmp_path / "dying.jsonl"
-    process = _reader_process(emulator.mqtt_port, dying, dying_out, "--share-group", group)
+    process = _reader_process(broker.port, dying, dying_out, "--share-group", group)
     result: dict[str, list] = {}
     reader = threading.Thread(
         target=lambda: result.setdefault(
@@ -247,10 +241,10 @@ def test_a_shared_reader_that_dies_hands_its_messages_to_the_others(emulator, un
         )
     )
     try:
-        _wait_connected(emulator, f"{dying}-0")
+        broker.wait_connected(f"{dying}-0")
         reader.start()
-        _wait_connected(emulator, f"{staying}-0")
-        stream = _publish_stream(emulator.mqtt_port, 300, 0.01)
+        broker.wait_connected(f"{staying}-0")
+        stream = _publish_stream(broker.port, 300, 0.01)
         _wait_for_lines(dying_out, 20, process)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -261,8 +255,17 @@ def test_a_shared_reader_that_dies_hands_its_messages_to_the_others(emulator, un
     seen_dying = {m["payload"] for m in _lines(dying_out)}
     seen_staying = {m["payload"] for m in result["staying"]}
     assert seen_dying and seen_staying  # the group split the stream
-    # The broker hands a dead member's unacknowledged messages to the group: nothing is lost.
-    assert {f"m{i}" for i in range(300)} - seen_dying - seen_staying == set()
+    missing = {f"m{i}" for i in range(300)} - seen_dying - seen_staying
+    if broker.name == "emulator":
+        # The emulator hands a dead member's unacknowledged messages to the group at once.
+        assert missing == set()
+    else:
+        # mosquitto 2.0 keeps the dead member's session in the group's rotation (mosquitto issues
+        # 1747, 2662): its share of what came after the kill waits for it. Nothing is lost: the
+        # member comes back and reads it.
+        assert missing, "mosquitto handed the dead member's share to the group: update the README"
+        back = read(connection, dying, tmp_path, share_group=group, max_read_time=3)
+        assert missing - {m["payload"] for m in back} == set()
 
 
 def test_qos2_and_mqtt_3_1_1_reads_acknowledge_after_commit(broker, unique, tmp_path):
@@ -428,6 +431,27 @@ def test_tls_and_mutual_tls(tls_files, unique, tmp_path):
         untrusted = emulator.connection(mqtt_endpoint=mqtts)  # the system trust store does not know the CA
         with pytest.raises(Exception, match="TLS handshake"):
             read(untrusted, unique("untrusted"), tmp_path, max_read_time=0.5)
+
+
+def test_mutual_tls_on_mosquitto(tls_files, unique, tmp_path):
+    tls = (tls_files["ca"], tls_files["server"], tls_files["server_key"])
+    with Mosquitto(tmp_path / "broker", tls=tls, require_certificate=True) as mosquitto:
+        mtls = mosquitto.connection(
+            tls=True, ca_cert=tls_files["ca"], username=None, password=None,
+            client_cert=tls_files["device"], client_key=tls_files["device_key"],
+        )  # fmt: skip
+        prefix = unique("mtls")
+        open_sessions(mtls, prefix, tmp_path)
+        publisher = PahoClient(mosquitto.port, "")
+        publisher.connect()
+        for i in range(5):
+            publisher.publish("tele/secure", f"m{i}".encode(), qos=1)
+        publisher.disconnect()
+        got = read(mtls, prefix, tmp_path, max_records=5)
+        assert sorted(m["payload"] for m in got) == [f"m{i}" for i in range(5)]
+        no_certificate = mosquitto.connection(tls=True, ca_cert=tls_files["ca"])
+        with pytest.raises(Exception, match="refuses a missing or untrusted client certificate"):
+            read(no_certificate, unique("nocert"), tmp_path, max_read_time=0.5)
 
 
 def test_refusals_and_configuration_mistakes_are_clear(emulator, unique, tmp_path):

@@ -26,6 +26,7 @@ from tdmq_beam import ConfigurationError, ReadFromTdmqMqtt
 from tdmq_beam.mqtt import codec
 from tdmq_beam.mqtt.codec import PacketType, Prop
 from tdmq_beam.service.subscriber import MqttSubscriber, SubscriptionSettings
+from tdmq_beam.testing import SimulatedClients, TdmqEmulator
 
 
 def feed(port: int, count: int, *, start: int = 0, qos: int = 1, chunk: int = 500, pause: float = 0.0) -> None:
@@ -213,6 +214,27 @@ def test_a_backlog_sent_before_the_suback_is_read_at_the_brokers_pace(mosquitto_
         assert again.next_delivery() is None  # all were acknowledged
     finally:
         again.close()
+
+
+def test_a_200000_message_backlog_is_drained_whole_on_the_emulator(unique, tmp_path):
+    count = 200_000
+    with TdmqEmulator(max_queued=count + 1000) as emulator:  # the default queue keeps 100,000
+        connection = emulator.connection()
+        prefix = unique("drain")
+        open_sessions(connection, prefix, tmp_path)
+        devices = SimulatedClients("127.0.0.1", emulator.mqtt_port, "user0", "secret0")
+        devices.online("feeder")
+        for first in range(0, count, 2000):
+            batch = [(f"tele/dev-{i % 5}", f"m{i}".encode()) for i in range(first, first + 2000)]
+            assert devices.publish("feeder", batch) == len(batch)
+        devices.close()
+        assert emulator.session_state(f"{prefix}-0")["queued"] == count  # type: ignore[index]
+        got, _counters = read_with_counters(connection, prefix, tmp_path, max_records=count, max_read_time=240)
+        assert len(got) == count and not any(m["dup"] for m in got)
+        assert_nothing_lost(got, range(count))
+        assert settled(emulator, f"{prefix}-0") == {
+            "connected": False, "delivered": count, "unacknowledged": 0, "queued": 0,
+        }  # fmt: skip
 
 
 def test_a_second_reader_with_the_same_client_id_is_a_clear_error_not_a_fight(broker, unique, caplog):

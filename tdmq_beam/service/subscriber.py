@@ -493,9 +493,16 @@ class MqttSubscriber:
                 except asyncio.TimeoutError:
                     pass
                 except ConnectionError as exc:
+                    # Under TLS 1.3 a server that refuses the client certificate (or wanted one) says
+                    # so after the client's handshake is done: the first read then fails.
+                    hint = (
+                        "; over TLS this is how a broker refuses a missing or untrusted client certificate"
+                        if name == "CONNACK" and self._ssl is not None
+                        else ""
+                    )
                     raise TransportError(
                         f"MQTT reader {self.settings.client_id}: connection to {self._host}:{self._port} "
-                        f"ended before the {name} ({exc})"
+                        f"ended before the {name} ({exc}{hint})"
                     ) from None
             if counting_silence and self._paused:
                 answer.add_done_callback(self._late_answer)
