@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["tdmq_beam", "tdmq_beam.*", "pipelines", "pipelines.*"]),
+    packages=find_packages(include=["tdmq_beam", "tdmq_beam.*", "tdmq_beam_pipelines", "tdmq_beam_pipelines.*"]),
     package_data={"tdmq_beam": ["py.typed"], "tdmq_beam.beam_yaml": ["providers.yaml"]},
     install_requires=[
         "apache-beam>=2.76",  # apache_beam.io.unbounded_source, under ReadFromTdmqMqtt

@@ -17,9 +17,9 @@ __all__ = [
     "InvalidRequestError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "ServerError",
     "TdmqError",
-    "TimeoutError",
     "TlsError",
     "TransportError",
     "error_for_status",
@@ -117,7 +117,7 @@ class TransportError(TdmqError):
     retryable = True
 
 
-class TimeoutError(TransportError):
+class RequestTimeoutError(TransportError):
     """No answer in time: connecting or the whole request took longer than the connection's timeout.
     Its ``kind`` stays ``transport``, as dead-letter records have always said."""
 

@@ -1,4 +1,4 @@
-"""pipelines.backfill_device_commands: the demo on the embedded emulator and the real-use flags."""
+"""tdmq_beam_pipelines.backfill_device_commands: the demo on the embedded emulator and the real-use flags."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 import fastavro
 import pytest
 
-from pipelines import backfill_device_commands as backfill
-from pipelines.service_flags import EXIT_RECORDS_FAILED, EXIT_USAGE
+from tdmq_beam_pipelines import backfill_device_commands as backfill
+from tdmq_beam_pipelines.service_flags import EXIT_RECORDS_FAILED, EXIT_USAGE
 
 
 def _numbers(output: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from apache_beam.yaml import main as yaml_main
 from tdmq_beam.beam_yaml import PROVIDERS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "pipelines" / "yaml"
+EXAMPLES = ROOT / "tdmq_beam_pipelines" / "yaml"
 
 
 def run_yaml(pipeline_file: str | Path, variables: dict, monkeypatch, password: str = "secret0") -> None:

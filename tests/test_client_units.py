@@ -26,7 +26,7 @@ from tdmq_beam.errors import (
     TdmqError,
     error_for_status,
 )
-from tdmq_beam.service.token_bucket import TokenBucket
+from tdmq_beam.rules.token_bucket import TokenBucket
 
 # -- MqttMessage -----------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ def test_every_class_naming_the_message_settings_names_exactly_the_table():
 
     from tdmq_beam import MessageMapping, WriteToTdmqMqtt
     from tdmq_beam.records.mapping import MessageDefaults
-    from tdmq_beam.service.message_properties import PROPERTY_NAMES
+    from tdmq_beam.rules.message_properties import PROPERTY_NAMES
 
     def names(cls) -> set[str]:
         return {field.name for field in dataclasses.fields(cls) if not field.name.startswith("_")}
@@ -333,6 +333,58 @@ def test_every_class_naming_the_message_settings_names_exactly_the_table():
     transform_only = {"connection", "mapping", "user_properties", "idempotency_key", "defaults", "batch_size",
                       "max_pending_batches", "batching", "max_buffering_duration_secs"}  # fmt: skip
     assert set(inspect.signature(WriteToTdmqMqtt).parameters) - transform_only == table
+
+
+def test_every_consumer_of_the_property_table_follows_it():
+    import inspect
+
+    from tdmq_beam.beam_yaml.transforms import YamlWriteToTdmqMqtt
+    from tdmq_beam.emulator import message as emulator_message
+    from tdmq_beam.emulator.http_api import parse_query, publish_settings
+    from tdmq_beam.mqtt.codec import Prop
+    from tdmq_beam.records.received_message import ReceivedMessage
+    from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES, PARAMETER_SPELLINGS
+
+    forwarded = {prop.name for prop in MESSAGE_PROPERTIES if prop.forwarded}
+    not_forwarded = {prop.name for prop in MESSAGE_PROPERTIES} - forwarded
+    assert forwarded <= set(ReceivedMessage._fields) and not not_forwarded & set(ReceivedMessage._fields)
+    # The emulator forwards the table's properties as sent, and the expiry as what is left of it.
+    sent_as_is = {prop.mqtt_property for prop in MESSAGE_PROPERTIES if prop.forwarded and prop.mqtt_property}
+    assert set(emulator_message._FORWARDED) == sent_as_is - {Prop.MESSAGE_EXPIRY_INTERVAL} | {Prop.USER_PROPERTY}
+    # Beam YAML has a key for every setting (username is the connection's: message_username).
+    keys = set(inspect.signature(YamlWriteToTdmqMqtt.__init__).parameters)
+    assert {prop.name for prop in MESSAGE_PROPERTIES} - {"username"} | {"message_username"} <= keys
+    # The emulator reads every parameter, by every spelling, into the value the client sent.
+    texts = {"qos": "2", "retained": "true", "client_id": "c", "username": "u", "ResponseTopic": "r/1",
+             "CorrelationData": "id-7", "ContentType": "text/plain", "PayloadFormatIndicator": "1",
+             "MessageExpiryInterval": "60"}  # fmt: skip
+    values = {"qos": 2, "retained": True, "client_id": "c", "username": "u", "response_topic": "r/1",
+              "correlation_data": b"id-7", "content_type": "text/plain", "payload_format_indicator": 1,
+              "message_expiry_interval": 60}  # fmt: skip
+    assert set(texts) == {prop.parameter for prop in MESSAGE_PROPERTIES}
+    settings, props = publish_settings(texts)
+    assert settings == values
+    assert props == {prop.mqtt_property: values[prop.name] for prop in MESSAGE_PROPERTIES if prop.mqtt_property}
+    for prop in MESSAGE_PROPERTIES:
+        for spelling in prop.spellings:
+            params = parse_query(f"{spelling}={texts[prop.parameter]}", PARAMETER_SPELLINGS)
+            assert publish_settings(params)[0][prop.name] == values[prop.name]
+
+
+def test_messages_differing_in_any_one_property_get_different_idempotency_keys():
+    from tdmq_beam.records.mapping import IdempotencyKey
+    from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
+
+    key = IdempotencyKey()
+    pairs = {"qos": (0, 2), "retained": (False, True), "client_id": ("a", "b"), "username": ("a", "b"),
+             "response_topic": ("r/1", "r/2"), "correlation_data": (b"1", b"2"), "content_type": ("a", "b"),
+             "payload_format_indicator": (0, 1), "message_expiry_interval": (1, 2)}  # fmt: skip
+    assert set(pairs) == {prop.name for prop in MESSAGE_PROPERTIES if prop.in_idempotency_key}
+    for name, (one, other) in pairs.items():
+        first = key.key_for(MqttMessage("t", b"x", **{name: one}), None)
+        assert first != key.key_for(MqttMessage("t", b"x", **{name: other}), None), name
+    plain = key.key_for(MqttMessage("t", b"x"), None)
+    assert plain != key.key_for(MqttMessage("t", b"x", user_properties=[("k", "v")]), None)
 
 
 def test_progress_logs_at_most_once_per_interval_with_an_eta():

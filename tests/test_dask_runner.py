@@ -12,7 +12,7 @@ distributed = pytest.importorskip("distributed", reason="needs Dask: pip install
 
 from mqtt_peers import PahoClient  # noqa: E402
 
-from pipelines import backfill_device_commands  # noqa: E402
+from tdmq_beam_pipelines import backfill_device_commands  # noqa: E402
 
 
 @pytest.fixture(scope="module")

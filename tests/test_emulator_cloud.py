@@ -16,7 +16,7 @@ from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentClo
 from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 
-from tdmq_beam.service import tc3
+from tdmq_beam.rules import tc3
 from tdmq_beam.testing import TdmqEmulator
 
 DESCRIBE_MQTT_CLIENT = ("trocket", "2023-03-08", "DescribeMQTTClient")

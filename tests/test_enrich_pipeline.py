@@ -1,4 +1,4 @@
-"""pipelines.enrich_client_status: the demo, batch files with real-use flags, the streaming shape."""
+"""tdmq_beam_pipelines.enrich_client_status: the demo, batch files with real-use flags, the streaming shape."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from beam_helpers import read_json_lines
 
-from pipelines import enrich_client_status as enrich_job
+from tdmq_beam_pipelines import enrich_client_status as enrich_job
 
 
 def _numbers(output: str) -> dict[str, str]:

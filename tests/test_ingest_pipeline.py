@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from pipelines import ingest_device_telemetry
 from tdmq_beam.testing import TdmqEmulator
+from tdmq_beam_pipelines import ingest_device_telemetry
 
 
 def test_the_demo_reads_everything_the_devices_published(capsys):

@@ -7,10 +7,10 @@ import contextlib
 import pytest
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines import backfill_device_commands as backfill
-from pipelines import enrich_client_status as enrich_job
-from pipelines import ingest_device_telemetry as ingest_job
-from pipelines.service_flags import cloud_from_flags
+from tdmq_beam_pipelines import backfill_device_commands as backfill
+from tdmq_beam_pipelines import enrich_client_status as enrich_job
+from tdmq_beam_pipelines import ingest_device_telemetry as ingest_job
+from tdmq_beam_pipelines.service_flags import cloud_from_flags
 
 
 def _beam_flags() -> set[str]:

@@ -83,7 +83,7 @@ def test_streaming_enrichment_through_pubsub(pubsub_emulator, emulator, tmp_path
         events = [{"client_id": cid, "seq": index} for index, cid in enumerate(["stream-on", "stream-off"] * 10)]
         env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator, "STREAM_TEST_PASSWORD": emulator.password}
         job = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.enrich_client_status", "--streaming",
+            [sys.executable, "-m", "tdmq_beam_pipelines.enrich_client_status", "--streaming",
              "--input_subscription", in_subscription, "--output_topic", out_topic,
              "--endpoint", emulator.http_url, "--username", emulator.username,
              "--password-env", "STREAM_TEST_PASSWORD", f"--project={PROJECT}"],
@@ -129,7 +129,7 @@ def test_telemetry_ingest_to_pubsub(pubsub_emulator, tmp_path):
         devices.online("sensor-p")
         env = {**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator, "INGEST_PASSWORD": emulator.password}
         job = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.ingest_device_telemetry", "--quiet",
+            [sys.executable, "-m", "tdmq_beam_pipelines.ingest_device_telemetry", "--quiet",
              "--endpoint", emulator.http_url, "--mqtt-endpoint", f"mqtt://127.0.0.1:{emulator.mqtt_port}",
              "--username", emulator.username, "--password-env", "INGEST_PASSWORD",
              "--client-id-prefix", "ingest-pubsub", "--max-records", "20", "--max-read-time", "90",

@@ -11,9 +11,9 @@ import apache_beam as beam
 import fastavro
 import pytest
 
-from pipelines import backfill_device_commands as backfill
-from pipelines.command_input import _ReadFile, _schema_problem
 from tdmq_beam import MessageMapping, WriteToTdmqMqtt
+from tdmq_beam_pipelines import backfill_device_commands as backfill
+from tdmq_beam_pipelines.command_input import _ReadFile, _schema_problem
 
 README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
 

@@ -18,7 +18,7 @@ from tdmq_beam import (
     TdmqConnection,
     TransportError,
 )
-from tdmq_beam.errors import TimeoutError
+from tdmq_beam.errors import RequestTimeoutError
 from tdmq_beam.service.http_transport import HttpAnswer
 from tdmq_beam.service.retry import Clock
 
@@ -106,11 +106,11 @@ def test_server_errors_retry_with_capped_backoff_until_attempts_run_out():
 
 def test_timeouts_are_retried_and_typed():
     clock = FakeClock()
-    transport = ScriptedTransport(TimeoutError("timed out"), TimeoutError("timed out"), ok())
+    transport = ScriptedTransport(RequestTimeoutError("timed out"), RequestTimeoutError("timed out"), ok())
     (_, attempts), _ = run(transport, clock, lambda c: c.publish_with_attempts(MESSAGE))
     assert attempts == 3
-    with pytest.raises(TimeoutError) as caught:
-        run(ScriptedTransport(TimeoutError("timed out")), FakeClock(), lambda c: c.is_online("dev-1"))
+    with pytest.raises(RequestTimeoutError) as caught:
+        run(ScriptedTransport(RequestTimeoutError("timed out")), FakeClock(), lambda c: c.is_online("dev-1"))
     assert isinstance(caught.value, TransportError) and caught.value.kind == "transport"
     assert caught.value.attempts == 5 and "status 'dev-1'" in caught.value.message
 

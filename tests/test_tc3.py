@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from tdmq_beam.service import tc3
+from tdmq_beam.rules import tc3
 
 SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE"
 SPACED = b'{"InstanceId": "mqtt-abc123", "ClientId": "test-client"}'

@@ -108,9 +108,10 @@ def test_bad_settings_raise_configuration_error(emulator, make):
 
 def test_outputs_as_pairs_where_a_runner_would_mix_tagged_outputs(emulator, tmp_path, monkeypatch):
     """The shape used on Beam's Dask runner (one output of (tag, value), split by FlatMaps), run here."""
-    from tdmq_beam.transforms import outputs
+    from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
-    monkeypatch.setattr(outputs, "mixes_tagged_outputs", lambda pipeline: True)
+    mixing = RunnerCapabilities(tagged_outputs=False)
+    monkeypatch.setattr(RunnerCapabilities, "of", classmethod(lambda cls, pipeline: mixing))
     topics, reasons = _write_records(emulator, tmp_path)
     assert sorted(topics) == [f"results/d{i}" for i in range(5)]
     assert len(reasons) == 1 and "device" in reasons[0]

@@ -28,6 +28,7 @@ from tdmq_beam.records.avro_mapping import avro_mapping, load_mapping_file
 from tdmq_beam.records.mapping import MessageMapping
 from tdmq_beam.records.payload import FieldPayload, JsonPayload
 from tdmq_beam.records.received_message import ReceivedMessage
+from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.client_rows import ClientRow
 from tdmq_beam.transforms.enrich import EnrichWithClientStatus
@@ -83,6 +84,41 @@ def _takes_connection_keys(cls: type) -> type:
     docs = "".join(f"        {name}: {doc}\n" for name, _, _, doc in added)
     cls.__doc__ = (cls.__doc__ or "").replace("    Args:\n", "    Args:\n" + docs, 1)
     return cls
+
+
+# The message settings' keys, one per row of the message-property table: its name, or, where a
+# connection key has that name (username), message_{name}.
+_SETTING_KEYS: dict[str, str] = {
+    (f"message_{prop.name}" if prop.name in _CONNECTION_KEY_NAMES else prop.name): prop.name
+    for prop in MESSAGE_PROPERTIES
+}
+
+
+def _takes_message_settings(cls: type) -> type:
+    """Declares a key per message setting (the property table's rows) on a YAML write transform:
+    its ``__init__(self, *, <own keys>, **keys)`` gets them in its signature, and its docstring
+    describes them before ``error_handling``."""
+    init = cls.__init__  # type: ignore[misc]
+    own = inspect.signature(init)
+    parameters = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    rows = {prop.name: prop for prop in MESSAGE_PROPERTIES}
+    for key, name in _SETTING_KEYS.items():
+        kind = str if rows[name].kind is bytes else rows[name].kind  # YAML has no bytes: text, sent as UTF-8
+        annotation = Optional[kind]  # type: ignore[valid-type]  # noqa: UP045 (Beam YAML reads typing.Optional)
+        parameters.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    variadic = [p for p in own.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    init.__signature__ = own.replace(parameters=parameters + variadic)
+    docs = "".join(
+        f"        {key}: {name.replace('_', ' ')} ({rows[name].accepts}), where a row sets none.\n"
+        for key, name in _SETTING_KEYS.items()
+    )
+    cls.__doc__ = (cls.__doc__ or "").replace("        error_handling:", docs + "        error_handling:", 1)
+    return cls
+
+
+def _message_settings(keys: dict[str, Any]) -> dict[str, Any]:
+    """Takes the message settings' keys out of ``keys``: setting name -> value, for those given."""
+    return {name: keys.pop(key) for key, name in _SETTING_KEYS.items() if keys.get(key) is not None}
 
 
 def _connection(keys: Mapping[str, Any]) -> TdmqConnection:
@@ -180,6 +216,7 @@ class _YamlCallTransform(beam.PTransform):
 
 
 @_takes_connection_keys
+@_takes_message_settings
 class YamlWriteToTdmqMqtt(_YamlCallTransform):
     """Publishes each row as an MQTT message through the HTTP publish API.
 
@@ -197,12 +234,6 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
             message_expiry_interval, content_type, payload_format_indicator,
             response_topic and correlation_data.
         user_properties: user property key -> field.
-        qos: QoS where a row sets none. Default: the service's (1).
-        retained: retained flag where a row sets none. Default: false.
-        message_expiry_interval: seconds, where a row sets none.
-        content_type: MQTT 5 content type, where a row sets none.
-        payload_format_indicator: 0 or 1, where a row sets none.
-        response_topic: MQTT 5 response topic, where a row sets none.
         error_handling: ``{output: NAME}``: failed rows go to output NAME.
     """
 
@@ -219,25 +250,15 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
         payload_fields: Optional[list[str]] = None,  # noqa: UP045
         roles: Optional[dict[str, str]] = None,  # noqa: UP045
         user_properties: Optional[dict[str, str]] = None,  # noqa: UP045
-        qos: Optional[int] = None,  # noqa: UP045
-        retained: Optional[bool] = None,  # noqa: UP045
-        message_expiry_interval: Optional[int] = None,  # noqa: UP045
-        content_type: Optional[str] = None,  # noqa: UP045
-        payload_format_indicator: Optional[int] = None,  # noqa: UP045
-        response_topic: Optional[str] = None,  # noqa: UP045
         error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
-        **connection: Any,
+        **keys: Any,
     ) -> None:
         # Built now, so that a key that cannot work is reported when the pipeline is built.
+        settings = _message_settings(keys)
         write = WriteToTdmqMqtt(
-            _connection(connection),
+            _connection(keys),
             mapping=_mapping(schema, mapping_file, topic, payload_field, payload_fields, roles, user_properties),
-            qos=qos,
-            retained=retained,
-            message_expiry_interval=message_expiry_interval,
-            content_type=content_type,
-            payload_format_indicator=payload_format_indicator,
-            response_topic=response_topic,
+            **settings,
         )
         super().__init__(write, error_handling)
 

@@ -17,12 +17,12 @@ import uuid
 from collections import deque
 
 from tdmq_beam.emulator.config import EmulatorConfig
+from tdmq_beam.emulator.message import Message
 from tdmq_beam.emulator.session import (
     NEVER_EXPIRES,
     ClientConnection,
     Delivery,
     Inflight,
-    Message,
     Session,
     now_ms,
 )

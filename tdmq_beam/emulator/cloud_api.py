@@ -21,8 +21,8 @@ from tdmq_beam.emulator.broker import Broker
 from tdmq_beam.emulator.http_api import RequestError, parse_query
 from tdmq_beam.emulator.session import Session
 from tdmq_beam.mqtt.codec import PacketType
-from tdmq_beam.service import tc3
-from tdmq_beam.service.token_bucket import TokenBucket
+from tdmq_beam.rules import tc3
+from tdmq_beam.rules.token_bucket import TokenBucket
 
 __all__ = ["ACTIONS", "SIGNATURE_WINDOW", "CloudApi"]
 

@@ -20,17 +20,19 @@ import os
 import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
 from tdmq_beam.emulator.broker import Broker
+from tdmq_beam.emulator.message import Message
 from tdmq_beam.emulator.mqtt_server import certificate_common_name
-from tdmq_beam.emulator.session import Message
 from tdmq_beam.mqtt.codec import Prop
 from tdmq_beam.mqtt.topics import topic_name_error, utf8_string_error
-from tdmq_beam.service.limits import KEEPALIVE_RANGE, MAX_UINT32
-from tdmq_beam.service.token_bucket import TokenBucket
+from tdmq_beam.rules.limits import KEEPALIVE_RANGE, MAX_UINT32
+from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES, PARAMETER_SPELLINGS
+from tdmq_beam.rules.token_bucket import TokenBucket
 
 __all__ = ["DataPlaneApi", "RequestError", "decode_component", "parse_query"]
 
@@ -39,20 +41,6 @@ _LOGGER = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Publish parameters by every spelling the documentation uses -> the one name used here.
-_PUBLISH_PARAMETERS = {
-    "qos": "qos",
-    "QoS": "qos",
-    "retained": "retained",
-    "Retained": "retained",
-    "client_id": "client_id",
-    "username": "username",
-    "ResponseTopic": "ResponseTopic",
-    "CorrelationData": "CorrelationData",
-    "ContentType": "ContentType",
-    "PayloadFormatIndicator": "PayloadFormatIndicator",
-    "MessageExpiryInterval": "MessageExpiryInterval",
-}
 _USER_PROPERTY = re.compile(r"UserProp\.([1-9][0-9]{0,8})\.(Key|Value)")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DIGITS = re.compile(r"[0-9]+")
@@ -116,40 +104,26 @@ def _uint(params: dict[str, str], name: str, maximum: int) -> int | None:
     return int(text)
 
 
-def _string(params: dict[str, str], name: str) -> str | None:
-    value = params.get(name)
-    if value is not None and (problem := utf8_string_error(name, value)):
-        raise RequestError(problem)
-    return value
-
-
-def publish_properties(params: dict[str, str]) -> dict:
-    """The MQTT 5 properties of a publish request's parameters.
+def publish_settings(params: dict[str, str]) -> tuple[dict[str, Any], dict]:
+    """The settings (by their names in the message-property table) and the MQTT 5 properties
+    of a publish request's parameters; qos and retained take the service's defaults.
 
     Raises:
         RequestError: naming the first parameter that is not valid.
     """
+    settings: dict[str, Any] = {"qos": 1, "retained": False}
     props: dict = {}
-    indicator = params.get("PayloadFormatIndicator")
-    if indicator is not None:
-        if indicator not in ("0", "1"):
-            raise RequestError(f"invalid PayloadFormatIndicator {indicator!r}: must be 0 or 1")
-        props[Prop.PAYLOAD_FORMAT_INDICATOR] = int(indicator)
-    expiry = _uint(params, "MessageExpiryInterval", MAX_UINT32)
-    if expiry is not None:
-        props[Prop.MESSAGE_EXPIRY_INTERVAL] = expiry
-    content_type = _string(params, "ContentType")
-    if content_type is not None:
-        props[Prop.CONTENT_TYPE] = content_type
-    response_topic = params.get("ResponseTopic")
-    if response_topic is not None:
-        problem = topic_name_error(response_topic)
-        if problem:
-            raise RequestError(f"invalid ResponseTopic: {problem}")
-        props[Prop.RESPONSE_TOPIC] = response_topic
-    correlation = _string(params, "CorrelationData")
-    if correlation is not None:
-        props[Prop.CORRELATION_DATA] = correlation.encode("utf-8")
+    for prop in MESSAGE_PROPERTIES:
+        text = params.get(prop.parameter)
+        if text is None:
+            continue
+        try:
+            value = prop.from_parameter(text)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        settings[prop.name] = value
+        if prop.mqtt_property is not None:
+            props[prop.mqtt_property] = value
     pairs: dict[int, dict[str, str]] = {}
     for name, value in params.items():
         if not name.startswith("UserProp"):
@@ -170,7 +144,7 @@ def publish_properties(params: dict[str, str]) -> dict:
                 raise RequestError(f"UserProp.{index} needs both Key and Value")
             user_properties.append((pair["Key"], pair["Value"]))
         props[Prop.USER_PROPERTY] = user_properties
-    return props
+    return settings, props
 
 
 def _json(status: int, document: dict, headers: dict | None = None) -> web.Response:
@@ -310,25 +284,17 @@ class DataPlaneApi:
         path, _, raw_query = request.raw_path.partition("?")
         try:
             topic = decode_component(path[len("/topics/") :], "the topic")
-            params = parse_query(raw_query, _PUBLISH_PARAMETERS)
+            params = parse_query(raw_query, PARAMETER_SPELLINGS)
             problem = topic_name_error(topic)
             if problem:
                 raise RequestError(problem)
             if topic.startswith("$"):
                 raise RequestError(f"topic {topic!r} starts with '$': those topics belong to the service")
-            qos_text = params.get("qos", "1")
-            if qos_text not in ("0", "1", "2"):
-                raise RequestError(f"invalid qos {qos_text!r}: must be 0, 1 or 2")
-            retained_text = params.get("retained", "false")
-            if retained_text.lower() not in ("true", "false"):
-                raise RequestError(f"invalid retained {retained_text!r}: must be true or false")
-            properties = publish_properties(params)
-            _string(params, "client_id")
-            _string(params, "username")
+            settings, properties = publish_settings(params)
         except RequestError as exc:
             return _error(400, str(exc))
         # The ACL identity is the authenticated one; a 'username' parameter never replaces it.
-        client_id = common_name or params.get("client_id") or self._connection_client_id(request)
+        client_id = common_name or settings.get("client_id") or self._connection_client_id(request)
         try:
             self._admit(username, client_id, connect_denied_status=401)
         except _Denied as denied:
@@ -350,8 +316,8 @@ class DataPlaneApi:
             Message.create(
                 topic,
                 payload,
-                int(qos_text),
-                retained_text.lower() == "true",
+                settings["qos"],
+                settings["retained"],
                 properties,
                 client_id,
                 broker.loop.time(),

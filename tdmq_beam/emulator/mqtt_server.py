@@ -12,7 +12,8 @@ import asyncio
 import logging
 
 from tdmq_beam.emulator.broker import Broker
-from tdmq_beam.emulator.session import NEVER_EXPIRES, Message, Session
+from tdmq_beam.emulator.message import Message
+from tdmq_beam.emulator.session import NEVER_EXPIRES, Session
 from tdmq_beam.emulator.subscription_tree import Subscription
 from tdmq_beam.mqtt import codec
 from tdmq_beam.mqtt.codec import MalformedPacket, PacketTooLarge, PacketType, Prop, ProtocolError, ReasonCode

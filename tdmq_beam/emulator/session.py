@@ -1,4 +1,4 @@
-"""What the broker keeps: messages, deliveries, sessions, and the connection a session talks through.
+"""What the broker keeps for a client: deliveries, sessions, and the connection a session talks through.
 
 The broker never imports the MQTT server: it talks to a live connection through
 the small `ClientConnection` protocol, so the transport (TCP, TLS, WebSocket)
@@ -11,26 +11,16 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from tdmq_beam.mqtt.codec import PacketType, Prop, Will, encode_utf8
+from tdmq_beam.emulator.message import Message
+from tdmq_beam.emulator.subscription_tree import SharedGroup, Subscription
+from tdmq_beam.mqtt.codec import PacketType, Will
 
-if TYPE_CHECKING:
-    from tdmq_beam.emulator.subscription_tree import SharedGroup, Subscription
-
-__all__ = ["NEVER_EXPIRES", "ClientConnection", "Delivery", "Inflight", "Message", "Session", "now_ms"]
+__all__ = ["NEVER_EXPIRES", "ClientConnection", "Delivery", "Inflight", "Session", "now_ms"]
 
 NEVER_EXPIRES = 0xFFFFFFFF
 """Session expiry interval of a session that never expires (MQTT 3.x clean session 0)."""
-
-# The properties of a PUBLISH that travel with the message to every subscriber.
-_FORWARDED = (
-    Prop.PAYLOAD_FORMAT_INDICATOR,
-    Prop.CONTENT_TYPE,
-    Prop.RESPONSE_TOPIC,
-    Prop.CORRELATION_DATA,
-    Prop.USER_PROPERTY,
-)
 
 
 def now_ms() -> int:
@@ -53,58 +43,6 @@ class ClientConnection(Protocol):
 
     def set_keepalive(self, seconds: int) -> None:
         """Enforces a new keep-alive at once."""
-
-
-@dataclass(slots=True)
-class Message:
-    """An application message inside the broker.
-
-    Attributes:
-        properties: the forwarded MQTT 5 properties, without Message Expiry
-            Interval, which is computed at each send from ``expires_at``.
-        expires_at: the loop time at which the message expires, or None.
-        expiry_interval: the Message Expiry Interval it was published with, or None.
-    """
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    properties: dict
-    expires_at: float | None = None
-    publisher: str | None = None
-    topic_bytes: bytes = b""
-    expiry_interval: int | None = None
-
-    @classmethod
-    def create(
-        cls,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        properties: dict,
-        publisher: str | None,
-        loop_time: float,
-    ) -> Message:
-        forwarded = {key: properties[key] for key in _FORWARDED if key in properties}
-        expiry = properties.get(Prop.MESSAGE_EXPIRY_INTERVAL)
-        return cls(
-            topic,
-            payload,
-            qos,
-            retain,
-            forwarded,
-            loop_time + expiry if expiry is not None else None,
-            publisher,
-            encode_utf8(topic),
-            expiry,
-        )
-
-    @property
-    def immediate(self) -> bool:
-        """Published with Message Expiry Interval 0: delivered to whoever can take it now, never stored."""
-        return self.expiry_interval == 0
 
 
 @dataclass(slots=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tdmq_beam.emulator.broker import Message
+from tdmq_beam.emulator.message import Message
 
 __all__ = ["Match", "SharedGroup", "Subscription", "SubscriptionTree"]
 

@@ -40,7 +40,7 @@ import fastavro
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.mapping import PROPERTY_ROLES, MessageMapping
 from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload, PayloadEncoder
-from tdmq_beam.service.message_properties import MESSAGE_PROPERTIES
+from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
 
 __all__ = ["avro_mapping", "load_mapping_file", "load_schema"]
 

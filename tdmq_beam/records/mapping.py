@@ -17,8 +17,8 @@ from typing import Any
 from tdmq_beam.errors import ConfigurationError, InvalidMessageError
 from tdmq_beam.records.fields import MappingError, as_record
 from tdmq_beam.records.payload import FieldPayload, PayloadEncoder, RecordError
+from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES, PROPERTY_NAMES
 from tdmq_beam.service.message import MqttMessage
-from tdmq_beam.service.message_properties import MESSAGE_PROPERTIES, PROPERTY_NAMES
 
 __all__ = [
     "PROPERTY_ROLES",
@@ -31,6 +31,7 @@ __all__ = [
 # Roles a single field can play, beside topic, payload and user properties: the message settings.
 PROPERTY_ROLES = PROPERTY_NAMES
 _SETTINGS = {prop.name: prop for prop in MESSAGE_PROPERTIES}
+_KEYED_SETTINGS = tuple(prop for prop in MESSAGE_PROPERTIES if prop.in_idempotency_key)
 
 
 def _check_role(role: str, field_name: str, value: Any) -> Any:
@@ -232,7 +233,8 @@ class IdempotencyKey:
     Args:
         property_name: the user property's key. Defaults to ``idempotency-key``.
         field: take the key from this record field; by default the key is a
-            SHA-256 (32 hex digits) of topic, payload, QoS, retained and properties.
+            SHA-256 (32 hex digits) of the topic, the payload, the user properties
+            and every message setting the property table puts in the key.
     """
 
     property_name: str = "idempotency-key"
@@ -249,21 +251,8 @@ class IdempotencyKey:
                 raise RecordError(self.field, "is missing (it holds the idempotency key)")
             return value if isinstance(value, str) else str(value)
         digest = hashlib.sha256()
-        for part in (
-            message.topic.encode(),
-            message.payload,
-            bytes((message.qos, message.retained)),
-            repr(
-                (
-                    message.user_properties,
-                    message.message_expiry_interval,
-                    message.content_type,
-                    message.payload_format_indicator,
-                    message.response_topic,
-                    message.correlation_data,
-                )
-            ).encode(),
-        ):
+        settings = tuple(getattr(message, prop.name) for prop in _KEYED_SETTINGS)
+        for part in (message.topic.encode(), message.payload, repr((message.user_properties, settings)).encode()):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
         return digest.hexdigest()[:32]

@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.utils.timestamp import Timestamp
 
 from tdmq_beam.mqtt.codec import Prop, Publish
+from tdmq_beam.rules.message_properties import FORWARDED_PROPERTIES
 
 __all__ = ["ReceivedMessage", "UserProperty"]
 
@@ -36,9 +37,10 @@ class ReceivedMessage(NamedTuple):
             acknowledged, so downstream may already have seen it.
         user_properties: MQTT 5 user properties, in the order sent, repeated keys kept.
         content_type, payload_format_indicator, response_topic, correlation_data,
-            message_expiry_interval: the MQTT 5 properties, None where absent
-            (always under MQTT 3.1.1). The expiry is what was left of it when
-            the broker sent the message.
+            message_expiry_interval: the MQTT 5 properties a broker forwards (the
+            property table's ``forwarded`` rows), None where absent (always under
+            MQTT 3.1.1). The expiry is what was left of it when the broker sent
+            the message.
         receive_time: when the reader received it (the default event time).
     """
 
@@ -66,12 +68,8 @@ class ReceivedMessage(NamedTuple):
             retained=packet.retain,
             dup=packet.dup,
             user_properties=[UserProperty(key, value) for key, value in props.get(Prop.USER_PROPERTY, ())],
-            content_type=props.get(Prop.CONTENT_TYPE),
-            payload_format_indicator=props.get(Prop.PAYLOAD_FORMAT_INDICATOR),
-            response_topic=props.get(Prop.RESPONSE_TOPIC),
-            correlation_data=props.get(Prop.CORRELATION_DATA),
-            message_expiry_interval=props.get(Prop.MESSAGE_EXPIRY_INTERVAL),
             receive_time=receive_time,
+            **{name: props.get(identifier) for name, identifier in FORWARDED_PROPERTIES.items()},
         )
 
     def user_property(self, key: str) -> Optional[str]:  # noqa: UP045

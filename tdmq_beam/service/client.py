@@ -1,4 +1,7 @@
-"""Clients of TDMQ for MQTT: `AsyncTdmqClient` on aiohttp, and `TdmqClient`, its synchronous face.
+"""Clients of TDMQ for MQTT: `AsyncTdmqClient`, and `TdmqClient`, its synchronous face.
+
+The data-plane calls (publish, online status, keep-alive) run on the lean HTTP/1.1 pool of
+`http_transport` (httptools); the signed cloud API calls on aiohttp (`cloud_api`).
 
 Usage::
 
@@ -36,14 +39,14 @@ from tdmq_beam.errors import (
     TransportError,
     error_for_status,
 )
+from tdmq_beam.rules.limits import KEEPALIVE_RANGE
+from tdmq_beam.rules.token_bucket import TokenBucket
 from tdmq_beam.service.cloud_api import ClientDetails, CloudApiCaller, CloudApiConfig
 from tdmq_beam.service.concurrency import run_bounded
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.http_transport import HttpAnswer, HttpTransport, Transport
-from tdmq_beam.service.limits import KEEPALIVE_RANGE
 from tdmq_beam.service.message import MqttMessage
 from tdmq_beam.service.retry import SYSTEM_CLOCK, Clock
-from tdmq_beam.service.token_bucket import TokenBucket
 
 if TYPE_CHECKING:
     from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from tdmq_beam.errors import CloudApiError, ConfigurationError, ServerError, TimeoutError, TransportError
+from tdmq_beam.errors import CloudApiError, ConfigurationError, RequestTimeoutError, ServerError, TransportError
+from tdmq_beam.rules import tc3
+from tdmq_beam.rules.token_bucket import TokenBucket
 from tdmq_beam.secret import Secret, SecretLike, as_secret
-from tdmq_beam.service import tc3
 from tdmq_beam.service.retry import RetryPolicy
-from tdmq_beam.service.token_bucket import TokenBucket
 
 __all__ = ["ClientDetails", "ClientSubscription", "CloudApiCaller", "CloudApiConfig"]
 
@@ -311,7 +311,9 @@ class CloudApiCaller:
                     raise ServerError(f"cloud API answered HTTP {response.status}: {text}", status=response.status)
                 document = await response.json(content_type=None)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"cloud API {action} at {host}: no answer within {self.config.timeout:g}s") from None
+            raise RequestTimeoutError(
+                f"cloud API {action} at {host}: no answer within {self.config.timeout:g}s"
+            ) from None
         except aiohttp.ClientError as exc:
             raise TransportError(f"cloud API {action} at {host}: {type(exc).__name__}: {exc}") from None
         except ValueError:

@@ -10,7 +10,7 @@ loop. Only the cloud API stays on aiohttp.
 
 `Transport` is the seam: the client takes any object with its ``request`` and
 ``close``, so tests can answer without a socket. Transport failures are mapped
-to `TransportError` (`TimeoutError` for time-outs) here, and only here.
+to `TransportError` (`RequestTimeoutError` for time-outs) here, and only here.
 
 One request at a time per connection (no pipelining); at most
 ``max_connections`` connections; a connection the server closes or that
@@ -25,7 +25,7 @@ from typing import NamedTuple, Protocol
 
 import httptools
 
-from tdmq_beam.errors import TimeoutError, TlsError, TransportError
+from tdmq_beam.errors import RequestTimeoutError, TlsError, TransportError
 
 __all__ = ["HttpAnswer", "HttpTransport", "Transport"]
 
@@ -47,7 +47,7 @@ class Transport(Protocol):
         """Sends one request (``target``: path and query, already encoded) and returns the answer.
 
         Raises:
-            TransportError: no answer (`TimeoutError` when it took too long).
+            TransportError: no answer (`RequestTimeoutError` when it took too long).
         """
         ...
 
@@ -112,7 +112,7 @@ class _Connection(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._waiter = waiter = self._loop.create_future()
-        self._timer = self._loop.call_later(timeout, self._fail, "timed out", TimeoutError)
+        self._timer = self._loop.call_later(timeout, self._fail, "timed out", RequestTimeoutError)
         self._transport.write(data)
         return waiter
 
@@ -171,7 +171,7 @@ class HttpTransport:
         """Sends ``body`` to ``target`` (path and query, already encoded) with ``method``.
 
         Raises:
-            TransportError: no connection, a reset or a malformed answer; `TimeoutError`
+            TransportError: no connection, a reset or a malformed answer; `RequestTimeoutError`
                 when connecting or answering took longer than the timeout.
         """
         data = b"".join(
@@ -206,7 +206,7 @@ class HttpTransport:
                 self._timeout,
             )
         except asyncio.TimeoutError:
-            raise TimeoutError(f"connecting to {self._host}:{self._port} timed out") from None
+            raise RequestTimeoutError(f"connecting to {self._host}:{self._port} timed out") from None
         except ssl.SSLError as exc:
             raise TlsError(f"TLS handshake with {self._host}:{self._port} failed: {exc}") from None
         except OSError as exc:

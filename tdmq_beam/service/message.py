@@ -8,7 +8,7 @@ from typing import Any
 
 from tdmq_beam.errors import InvalidMessageError
 from tdmq_beam.mqtt.topics import topic_name_error, utf8_string_error
-from tdmq_beam.service.message_properties import MESSAGE_PROPERTIES, quote_component
+from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES, quote_component
 
 __all__ = ["MqttMessage", "UserProperties"]
 

@@ -26,10 +26,10 @@ from typing import Any
 import cachetools
 
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.rules.token_bucket import TokenBucket
 from tdmq_beam.service.client import AsyncTdmqClient, TdmqClient
 from tdmq_beam.service.cloud_api import ClientDetails
 from tdmq_beam.service.concurrency import run_bounded
-from tdmq_beam.service.token_bucket import TokenBucket
 
 __all__ = ["ClientStatus", "LookupResults", "LookupSettings", "StatusLookup"]
 

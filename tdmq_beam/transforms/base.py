@@ -42,7 +42,7 @@ from tdmq_beam.transforms.batched_calls import (
 )
 from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.results import FailedMessage
-from tdmq_beam.transforms.runner_limits import drops_finish_bundle_outputs
+from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
 __all__ = ["Batching", "CallTransform"]
 
@@ -138,7 +138,8 @@ class CallTransform(beam.PTransform):
     def expand(self, pcoll: pvalue.PCollection) -> Any:
         # Beam's Dask runner drops what a DoFn emits in finish_bundle: there, batches come from
         # a GroupByKey and every call completes inside process (see `grouped_batches`).
-        grouped = drops_finish_bundle_outputs(pcoll.pipeline)
+        runner = RunnerCapabilities.of(pcoll.pipeline)
+        grouped = not runner.finish_bundle_outputs
         sharded = not grouped and self._batching.sharded_for(pcoll)
 
         def make_fn(pairs: bool) -> BatchedCallsFn:

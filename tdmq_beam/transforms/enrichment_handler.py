@@ -21,7 +21,7 @@ from apache_beam.io.requestresponse import (
 )
 from apache_beam.transforms.enrichment import EnrichmentSourceHandler
 
-from tdmq_beam.errors import ConfigurationError, RateLimitedError, TdmqError, TimeoutError
+from tdmq_beam.errors import ConfigurationError, RateLimitedError, RequestTimeoutError, TdmqError
 from tdmq_beam.service.client import TdmqClient
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
@@ -83,7 +83,7 @@ class TdmqClientStatusHandler(EnrichmentSourceHandler[beam.Row, beam.Row]):
         except TdmqError as error:
             if isinstance(error, RateLimitedError) or getattr(error, "code", "").startswith("RequestLimitExceeded"):
                 raise UserCodeQuotaException(str(error)) from None
-            if isinstance(error, TimeoutError):
+            if isinstance(error, RequestTimeoutError):
                 raise UserCodeTimeoutException(str(error)) from None
             raise UserCodeExecutionException(f"looking up client {client_id!r}: {error}") from None
         return request, beam.Row(**fields)

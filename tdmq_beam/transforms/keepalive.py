@@ -12,9 +12,9 @@ from apache_beam.metrics.metric import Lineage
 
 from tdmq_beam.errors import ConfigurationError, TdmqError
 from tdmq_beam.records.fields import MappingError, as_record, client_id_getter, element_to_json
+from tdmq_beam.rules.limits import KEEPALIVE_RANGE
 from tdmq_beam.service.concurrency import run_bounded
 from tdmq_beam.service.connection import TdmqConnection
-from tdmq_beam.service.limits import KEEPALIVE_RANGE
 from tdmq_beam.transforms.base import Batching, CallTransform
 from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Output
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error

@@ -15,9 +15,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from tdmq_beam.transforms.runner_limits import mixes_tagged_outputs
+from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
-__all__ = ["mixes_tagged_outputs", "par_do_with_outputs"]
+__all__ = ["par_do_with_outputs"]
 
 
 def _pick(pair: tuple[str | None, Any], tag: str | None) -> Iterator[Any]:
@@ -41,7 +41,7 @@ def par_do_with_outputs(
         types: element type of each output by name, the main one included.
     """
     tags = [name for name in types if name != main]
-    if mixes_tagged_outputs(pcoll.pipeline):
+    if not RunnerCapabilities.of(pcoll.pipeline).tagged_outputs:
         pairs = pcoll | label >> beam.ParDo(make_fn(True))
         return {
             name: pairs

@@ -1,31 +1,53 @@
-"""What some runners cannot do, named in one place: Beam 2.77's Dask runner, for now.
+"""What some runners cannot do, resolved once per pipeline: `RunnerCapabilities`.
 
-Its translation (``apache_beam/runners/dask``) keys each Dask bag by the
-producing transform, not by the output tag, so every output of a multi-output
-``ParDo`` reaches every consumer; and it collects a partition's outputs before
-it calls ``finish_bundle``, so whatever a DoFn emits there is dropped. (It also
-reads and writes no files, runs no stateful DoFn, reports no metrics, and
-computes only the branch of the last transform applied: the README has the
-list and the pipelines' shapes that run anyway.)
+Beam 2.77's Dask runner is the one runner here with limits that reach the
+connector. Its translation (``apache_beam/runners/dask``) keys each Dask bag by
+the producing transform, not by the output tag, so every output of a
+multi-output ``ParDo`` reaches every consumer; it collects a partition's outputs
+before it calls ``finish_bundle``, so whatever a DoFn emits there is dropped; it
+reads and writes no files through Beam, reports no metrics, and keeps a Dask
+client open after the run. (It also runs no stateful DoFn and computes only the
+branch of the last transform applied: the README has the list and the pipelines'
+shapes that run anyway.)
+
+Transforms ask `RunnerCapabilities.of(pipeline)` in ``expand`` and hand DoFns
+plain settings; no DoFn and no pipeline tests the runner's name.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import apache_beam as beam
 
-__all__ = ["drops_finish_bundle_outputs", "is_dask", "mixes_tagged_outputs"]
+__all__ = ["RunnerCapabilities"]
 
 
-def is_dask(pipeline: beam.Pipeline) -> bool:
-    """Whether the pipeline runs on Beam's Dask runner."""
-    return type(pipeline.runner).__name__ == "DaskRunner"
+@dataclass(frozen=True)
+class RunnerCapabilities:
+    """What the pipeline's runner does as Beam's model says.
+
+    Attributes:
+        tagged_outputs: each output of a multi-output ParDo reaches only its own consumers.
+        finish_bundle_outputs: what a DoFn emits in ``finish_bundle`` reaches downstream.
+        file_io: Beam's file reads and writes (``fileio``, ``WriteToText``) run.
+        metrics: the pipeline result reports metrics.
+        leaves_client_open: the result holds a client (``result.client``) to close after the run.
+    """
+
+    tagged_outputs: bool = True
+    finish_bundle_outputs: bool = True
+    file_io: bool = True
+    metrics: bool = True
+    leaves_client_open: bool = False
+
+    @classmethod
+    def of(cls, pipeline: beam.Pipeline) -> RunnerCapabilities:
+        """The capabilities of ``pipeline``'s runner."""
+        return _DASK if type(pipeline.runner).__name__ == "DaskRunner" else _FULL
 
 
-def mixes_tagged_outputs(pipeline: beam.Pipeline) -> bool:
-    """Whether the runner would send every output of a ParDo to every consumer."""
-    return is_dask(pipeline)
-
-
-def drops_finish_bundle_outputs(pipeline: beam.Pipeline) -> bool:
-    """Whether the runner drops what a DoFn emits in ``finish_bundle``."""
-    return is_dask(pipeline)
+_FULL = RunnerCapabilities()
+_DASK = RunnerCapabilities(
+    tagged_outputs=False, finish_bundle_outputs=False, file_io=False, metrics=False, leaves_client_open=True
+)

@@ -5,11 +5,11 @@ With no arguments it runs on the embedded emulator: it generates a sample
 commands with paho-mqtt, runs, and prints the summary and how many messages
 the subscriber got::
 
-    python -m pipelines.backfill_device_commands
+    python -m tdmq_beam_pipelines.backfill_device_commands
 
 For real use::
 
-    TDMQ_PASSWORD=... python -m pipelines.backfill_device_commands \\
+    TDMQ_PASSWORD=... python -m tdmq_beam_pipelines.backfill_device_commands \\
         --input 'gs://bucket/commands/*.avro' --output gs://bucket/backfill/run-1 \\
         --endpoint https://mqtt-xxxx-gz-public.mqtt.tencenttdmq.com \\
         --username backfill --password-env TDMQ_PASSWORD --tps 500 \\
@@ -43,9 +43,13 @@ import fastavro
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.command_input import ReadCommands
-from pipelines.runs import committed_counters, new_pipeline, run_to_end
-from pipelines.service_flags import (
+from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.records.avro_mapping import load_schema
+from tdmq_beam.transforms.runner_limits import RunnerCapabilities
+from tdmq_beam_pipelines.command_input import ReadCommands
+from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
+from tdmq_beam_pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
     add_connection_flags,
     add_progress_flags,
@@ -54,10 +58,6 @@ from pipelines.service_flags import (
     show_progress,
     usage_error,
 )
-from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
-from tdmq_beam.errors import ConfigurationError
-from tdmq_beam.records.avro_mapping import load_schema
-from tdmq_beam.transforms.runner_limits import is_dask
 
 __all__ = ["build_pipeline", "generate_commands", "main"]
 
@@ -72,7 +72,7 @@ COMMANDS = ("reboot", "update-firmware", "set-interval", "lock", "unlock", "ping
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        prog="python -m pipelines.backfill_device_commands",
+        prog="python -m tdmq_beam_pipelines.backfill_device_commands",
         description="Publish device commands to TDMQ for MQTT; with no arguments, a demo on the embedded emulator.",
         epilog="Any other argument is a Beam pipeline option (--runner, --project, --direct_num_workers, ...).",
     )
@@ -212,7 +212,7 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection
     published, failed = commands.records | "Publish" >> write
     all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
     counted = all_failed | "CountFailures" >> beam.ParDo(_CountFailures())
-    if is_dask(pipeline):
+    if not RunnerCapabilities.of(pipeline).file_io:
         _write_results_on_dask(published, counted, args)
     else:
         _write_results(published, counted, args)
@@ -285,8 +285,10 @@ def run(args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConn
     finally:
         for folder in _temp_folders(args.output) - temp_before:
             shutil.rmtree(folder, ignore_errors=True)  # what a write left behind when the run stopped early
-    if is_dask(pipeline):
+    runner = RunnerCapabilities.of(pipeline)
+    if runner.leaves_client_open:
         result.client.close()  # the runner's Dask client would otherwise outlive the run
+    if not runner.metrics:
         return _summary_from_files(args.output, seconds)
     return _summary(result, seconds)
 

@@ -2,7 +2,7 @@
 
 Streaming (Pub/Sub in and out, the ``gcp`` extra)::
 
-    python -m pipelines.enrich_client_status \\
+    python -m tdmq_beam_pipelines.enrich_client_status \\
         --input_subscription projects/P/subscriptions/device-events \\
         --output_topic projects/P/topics/device-events-enriched \\
         --endpoint https://mqtt-xxxx-gz-public.mqtt.tencenttdmq.com --username enrich \\
@@ -37,8 +37,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.runs import committed_counters, new_pipeline, run_to_end
-from pipelines.service_flags import (
+from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
+from tdmq_beam.records.fields import json_default
+from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
+from tdmq_beam_pipelines.service_flags import (
     add_cloud_flags,
     add_connection_flags,
     add_progress_flags,
@@ -48,8 +50,6 @@ from pipelines.service_flags import (
     show_progress,
     usage_error,
 )
-from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
-from tdmq_beam.records.fields import json_default
 
 __all__ = ["build_pipeline", "generate_events", "main"]
 
@@ -61,7 +61,7 @@ EVENT_TYPES = ("telemetry", "alarm", "heartbeat", "door_opened")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        prog="python -m pipelines.enrich_client_status",
+        prog="python -m tdmq_beam_pipelines.enrich_client_status",
         description="Enrich device events with client status; with no arguments, a demo on the embedded emulator.",
         epilog="Any other argument is a Beam pipeline option (--runner, --streaming, --project, ...).",
     )

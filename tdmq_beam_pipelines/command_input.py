@@ -24,7 +24,7 @@ from fastavro.validation import ValidationError, validate
 
 from tdmq_beam import FailedMessage
 from tdmq_beam.transforms.outputs import par_do_with_outputs
-from tdmq_beam.transforms.runner_limits import is_dask
+from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
 __all__ = ["CommandInput", "ReadCommands"]
 
@@ -139,7 +139,7 @@ class ReadCommands(beam.PTransform):
         self._namespace = counter_namespace
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> CommandInput:
-        if is_dask(pipeline.pipeline):
+        if not RunnerCapabilities.of(pipeline.pipeline).file_io:
             # Beam's Dask runner translates no file read (fileio's yields nothing there): the
             # files are matched here and handed over as elements.
             matched = FileSystems.match([self._pattern])[0].metadata_list

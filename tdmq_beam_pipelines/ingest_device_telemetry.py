@@ -5,7 +5,7 @@ MQTT (``ReadFromTdmqMqtt``, shared readers) -> records (``DecodeMqttMessages`` w
 or a Pub/Sub topic (the ``gcp`` extra). Messages that do not decode go to the failed
 files (or the log, with Pub/Sub) with the reason and the raw message.
 
-    python -m pipelines.ingest_device_telemetry \\
+    python -m tdmq_beam_pipelines.ingest_device_telemetry \\
         --endpoint https://mqtt-xxxx.mqtt.tencenttdmq.com --mqtt-endpoint mqtts://mqtt-xxxx.mqtt.tencenttdmq.com \\
         --username ingest --password-file /secrets/tdmq-password \\
         --share-group ingest --num-readers 4 --output gs://bucket/telemetry/part \\
@@ -38,8 +38,11 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipelines.runs import committed_counters, new_pipeline, run_to_end
-from pipelines.service_flags import (
+from tdmq_beam import CloudApiConfig, DecodeMqttMessages, EnrichWithClientStatus, ReadFromTdmqMqtt, TdmqConnection
+from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.records.fields import json_default
+from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
+from tdmq_beam_pipelines.service_flags import (
     add_cloud_flags,
     add_connection_flags,
     add_progress_flags,
@@ -49,9 +52,6 @@ from pipelines.service_flags import (
     show_progress,
     usage_error,
 )
-from tdmq_beam import CloudApiConfig, DecodeMqttMessages, EnrichWithClientStatus, ReadFromTdmqMqtt, TdmqConnection
-from tdmq_beam.errors import ConfigurationError
-from tdmq_beam.records.fields import json_default
 
 __all__ = ["build_pipeline", "main"]
 
@@ -62,7 +62,7 @@ SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "device_telemetry.
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        prog="python -m pipelines.ingest_device_telemetry",
+        prog="python -m tdmq_beam_pipelines.ingest_device_telemetry",
         description="Ingest device telemetry from MQTT; with no arguments, a demo on the embedded emulator.",
         epilog="Any other argument is a Beam pipeline option (--runner, --streaming, --project, ...).",
     )
