@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AsyncTdmqClient": "tdmq_beam.service.client",
     "AuthenticationError": "tdmq_beam.errors",
+    "Batching": "tdmq_beam.transforms.batched_calls",
     "AvroPayload": "tdmq_beam.records.payload",
     "ClientDetails": "tdmq_beam.service.cloud_api",
     "ClientStatus": "tdmq_beam.service.status_lookup",
@@ -67,6 +68,7 @@ __all__ = [
     "AsyncTdmqClient",
     "AuthenticationError",
     "AvroPayload",
+    "Batching",
     "ClientDetails",
     "ClientStatus",
     "ClientSubscription",
@@ -150,6 +152,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.service.message import MqttMessage
     from tdmq_beam.service.retry import RetryPolicy
     from tdmq_beam.service.status_lookup import ClientStatus
+    from tdmq_beam.transforms.batched_calls import Batching
     from tdmq_beam.transforms.decode import DecodeMqttMessages, DecodeResult
     from tdmq_beam.transforms.deduplicate import DeduplicateMessages
     from tdmq_beam.transforms.enrich import EnrichResult, EnrichWithClientStatus

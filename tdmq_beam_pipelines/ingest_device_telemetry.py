@@ -101,7 +101,7 @@ class _PublishToPubSub(beam.DoFn):
     """Publishes each element (bytes) to a Pub/Sub topic, waiting for every publish by the bundle's end.
 
     Beam's ``WriteToPubSub`` sends a DirectRunner pipeline to the runner that cannot run
-    the MQTT source (the README says why); the Pub/Sub client works on every runner.
+    the MQTT source (docs/runners.md says why); the Pub/Sub client works on every runner.
     """
 
     def __init__(self, topic: str) -> None:
@@ -145,7 +145,7 @@ def build_pipeline(
     decoded = messages | "Decode" >> DecodeMqttMessages(args.schema, mapping_file=args.mapping_file)
     # Bundle batching: the reader's bundles already hold up to a second of messages, and sharded
     # batching's processing-time timers would send a DirectRunner run to the runner that cannot
-    # run the MQTT source (see the README).
+    # run the MQTT source (see docs/runners.md).
     result = decoded.records | "Enrich" >> EnrichWithClientStatus(
         connection,
         cloud,

@@ -165,13 +165,13 @@ def test_keepalive_rows_and_the_read_side_in_yaml(emulator, paho, tmp_path, monk
     assert rows == [{"topic": f"yaml-read/{i}", "text": f"hello {i}", "dup": False} for i in range(3)]
 
 
-def test_the_provider_listing_is_what_the_examples_and_readme_name():
+def test_the_provider_listing_is_what_the_examples_and_the_docs_name():
     listing = yaml.safe_load(Path(PROVIDERS_FILE).read_text())
     for example in EXAMPLES.glob("*.yaml"):
         assert yaml.safe_load(example.read_text())["providers"] == listing, example
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "beam-yaml.md").read_text()
     for name, target in listing[0]["transforms"].items():
-        assert f"{name}: {target}" in readme
+        assert f"{name}: {target}" in page
 
 
 def test_enrichment_with_client_details_in_yaml(emulator, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from apache_beam.transforms.enrichment import Enrichment
 from beam_helpers import MULTI_PROCESS, read_json_lines
 
 from tdmq_beam import (
+    Batching,
     ClientStatus,
     EnrichWithClientStatus,
     RetryPolicy,
@@ -115,7 +116,7 @@ def test_rows_pairs_and_custom_join(fleet):
 def test_n_elements_over_k_clients_make_at_most_k_calls(fleet, tmp_path):
     ids = [f"on-{i}" for i in range(6)] + [f"off-{i}" for i in range(4)] + [f"ghost-{i}" for i in range(5)]
     before = fleet.stats()["requests"]
-    enrich = EnrichWithClientStatus(fleet.connection(), fleet.cloud_config(), batch_size=64)
+    enrich = EnrichWithClientStatus(fleet.connection(), fleet.cloud_config(), batching=Batching(batch_size=64))
     enriched, failed = run_enrich(lambda p: p | beam.Create(events(ids, repeat=40)) | enrich, tmp_path)
     assert len(enriched) == 600 and failed == []
     after = fleet.stats()["requests"]
@@ -163,7 +164,7 @@ def test_cloud_request_limit_and_status_429_are_retried(tmp_path):
     with TdmqEmulator(cloud_rate=5, tps=5) as emu:
         ids = [f"ghost-{i}" for i in range(20)]
         enrich = EnrichWithClientStatus(
-            emu.connection(retry=patient), emu.cloud_config(rate=None, retry=patient), batch_size=64
+            emu.connection(retry=patient), emu.cloud_config(rate=None, retry=patient), batching=Batching(batch_size=64)
         )
         enriched, failed = run_enrich(lambda p: p | beam.Create(events(ids)) | enrich, tmp_path)
         assert failed == [] and len(enriched) == 20
@@ -175,7 +176,7 @@ def test_cloud_request_limit_and_status_429_are_retried(tmp_path):
 def test_client_side_cloud_rate_limit_avoids_refusals(tmp_path):
     with TdmqEmulator(cloud_rate=10) as emu:
         ids = [f"ghost-{i}" for i in range(25)]
-        enrich = EnrichWithClientStatus(emu.connection(), emu.cloud_config(rate=8), batch_size=64)
+        enrich = EnrichWithClientStatus(emu.connection(), emu.cloud_config(rate=8), batching=Batching(batch_size=64))
         started = time.monotonic()
         enriched, failed = run_enrich(lambda p: p | beam.Create(events(ids)) | enrich, tmp_path)
         assert failed == [] and len(enriched) == 25
@@ -222,7 +223,7 @@ def test_streaming_test_stream(fleet, tmp_path):
             pipeline
             | stream
             | beam.WindowInto(window.FixedWindows(10))
-            | EnrichWithClientStatus(fleet.connection(), max_buffering_duration_secs=0.3)
+            | EnrichWithClientStatus(fleet.connection(), batching=Batching(max_buffering_duration_secs=0.3))
         )
         result.enriched | beam.ParDo(Record())
     assert sorted(tuple(json.loads(line)) for line in open(out_path)) == [

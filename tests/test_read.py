@@ -263,7 +263,7 @@ def test_a_shared_reader_that_dies_loses_nothing(broker, unique, tmp_path):
         # mosquitto 2.0 keeps the dead member's session in the group's rotation (mosquitto issues
         # 1747, 2662): its share of what came after the kill waits for it. Nothing is lost: the
         # member comes back and reads it.
-        assert missing, "mosquitto handed the dead member's share to the group: update the README"
+        assert missing, "mosquitto handed the dead member's share to the group: update docs/read.md"
         back = read(connection, dying, tmp_path, share_group=group, max_read_time=3)
         assert missing - {m["payload"] for m in back} == set()
 

@@ -1,4 +1,4 @@
-"""Every error text the README quotes is the text the code prints."""
+"""Every error text the docs (README, docs/, CONTRIBUTING) quote is the text the code prints."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from tdmq_beam import MessageMapping, WriteToTdmqMqtt
 from tdmq_beam_pipelines import backfill_device_commands as backfill
 from tdmq_beam_pipelines.command_input import _ReadFile, _schema_problem
 
-README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = " ".join(" ".join(path.read_text(encoding="utf-8") for path in DOCS).split())
 
 
 def quoted(text: str) -> None:
-    assert f"`{text}`" in README or text in README, f"the README does not quote: {text}"
+    assert f"`{text}`" in README or text in README, f"the docs do not quote: {text}"
 
 
 def test_invalid_record_reason(emulator, tmp_path):

@@ -92,7 +92,9 @@ def test_defaults_as_one_object(emulator, paho, unique):
     "make",
     [
         lambda c: WriteToTdmqMqtt("http://x"),
-        lambda c: WriteToTdmqMqtt(c, batch_size=0),
+        lambda c: WriteToTdmqMqtt(c, batching={"batch_size": 0}),
+        lambda c: WriteToTdmqMqtt(c, batching={"batch_size": True}),
+        lambda c: WriteToTdmqMqtt(c).with_batching(max_pending_batches=0),
         lambda c: WriteToTdmqMqtt(c, batching="sometimes"),
         lambda c: WriteToTdmqMqtt(c, mapping={"topic": "x"}),
         lambda c: EnrichWithClientStatus(c, cloud="creds"),

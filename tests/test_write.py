@@ -16,6 +16,7 @@ from apache_beam.transforms import window
 from beam_helpers import MULTI_PROCESS, read_json_lines, run
 
 from tdmq_beam import (
+    Batching,
     IdempotencyKey,
     JsonPayload,
     MessageMapping,
@@ -174,7 +175,7 @@ def test_streaming_test_stream_keeps_timestamps_and_windows(emulator, paho, uniq
             pipeline
             | stream
             | beam.WindowInto(window.FixedWindows(10))
-            | WriteToTdmqMqtt(emulator.connection(), max_buffering_duration_secs=0.5)
+            | WriteToTdmqMqtt(emulator.connection(), batching={"max_buffering_duration_secs": 0.5})
         )
         result.published | "StampPublished" >> beam.ParDo(Stamp())
         result.failed | "StampFailed" >> beam.ParDo(Stamp())
@@ -332,7 +333,7 @@ def test_metrics_and_display_data(emulator, tmp_path):
         ({"message_expiry_interval": -5}, "invalid transform default"),
         ({"user_properties": [("k",)]}, "invalid transform default"),
         ({"response_topic": "a/#"}, "invalid transform default"),
-        ({"batch_size": 0}, "batch_size"),
+        ({"batching": {"batch_size": 0}}, "batch_size"),
         ({"batching": "fast"}, "batching"),
         ({"idempotency_key": "yes"}, "idempotency_key"),
     ],
@@ -393,7 +394,7 @@ def test_an_element_in_several_windows_is_published_once(batching, paho, unique,
                 | beam.Create([(MqttMessage(topic, f"m{i}"), 12 + i) for i in range(3)])
                 | beam.MapTuple(lambda message, ts: window.TimestampedValue(message, ts))
                 | beam.WindowInto(window.SlidingWindows(10, 5))
-                | WriteToTdmqMqtt(emu.connection(), batching=batching, max_buffering_duration_secs=0.2)
+                | WriteToTdmqMqtt(emu.connection(), batching=Batching(mode=batching, max_buffering_duration_secs=0.2))
             )
             result.published | beam.ParDo(Record())
         windows = sorted(tuple(json.loads(line)) for line in open(out_path))

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.mqtt.topics import filter_covers, topic_filter_error, topic_matches
+from tdmq_beam.option_checks import int_in_range, non_negative, non_negative_int, optional, positive_int
 
 __all__ = [
     "DEFAULT_INSTANCE_ID",
@@ -134,8 +136,8 @@ class FaultConfig:
     _random: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.rate <= 1.0:
-            raise ValueError(f"fault rate must be within 0..1, got {self.rate}")
+        if non_negative("fault rate", self.rate) > 1:
+            raise ConfigurationError(f"fault rate must be within 0..1, got {self.rate!r}")
         unknown = [kind for kind in self.kinds if kind not in FAULT_KINDS]
         if unknown or not self.kinds:
             raise ValueError(f"fault kinds must be among {', '.join(FAULT_KINDS)}, got {self.kinds}")
@@ -232,23 +234,23 @@ class EmulatorConfig:
 
     def __post_init__(self) -> None:
         for name in ("http_port", "mqtt_port", "mqtts_port", "ws_port", "wss_port"):
-            port = getattr(self, name)
-            if port is not None and not 0 <= port <= 65535:
-                raise ValueError(f"{name} must be within 0..65535, got {port}")
+            optional(int_in_range, name, getattr(self, name), 0, 65535)
         if (self.mqtts_port is not None or self.wss_port is not None) and not self.tls_cert:
-            raise ValueError("mqtts_port and wss_port need tls_cert and tls_key")
-        if self.retry_interval < 0 or self.max_keepalive < 0 or not 0 <= self.topic_alias_maximum <= 65535:
-            raise ValueError("retry_interval and max_keepalive must not be negative, topic_alias_maximum 0..65535")
-        if not 1 <= self.max_inflight <= 65535 or self.max_subscriptions < 1:
-            raise ValueError("max_inflight must be within 1..65535 and max_subscriptions at least 1")
-        if self.tps < 0 or self.cloud_rate < 0:
-            raise ValueError("tps and cloud_rate must not be negative")
+            raise ConfigurationError("mqtts_port and wss_port need tls_cert and tls_key")
+        non_negative("retry_interval", self.retry_interval, unit=" seconds")
+        non_negative_int("max_keepalive", self.max_keepalive)
+        int_in_range("topic_alias_maximum", self.topic_alias_maximum, 0, 65535)
+        int_in_range("max_inflight", self.max_inflight, 1, 65535)
+        positive_int("max_subscriptions", self.max_subscriptions)
+        non_negative("tps", self.tps)
+        non_negative("cloud_rate", self.cloud_rate)
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together")
+            raise ConfigurationError("tls_cert and tls_key go together")
         if self.client_ca and not self.tls_cert:
-            raise ValueError("client_ca needs tls_cert and tls_key")
-        if self.max_packet_size < 16 or self.max_payload < 0:
-            raise ValueError("max_packet_size must be at least 16 and max_payload not negative")
+            raise ConfigurationError("client_ca needs tls_cert and tls_key")
+        int_in_range("max_packet_size", self.max_packet_size, 16, 268_435_455, unit=" bytes")
+        non_negative_int("max_payload", self.max_payload)
+        positive_int("max_queued", self.max_queued)
 
     def check_password(self, username: str | None, password: str | bytes | None) -> bool:
         if username is None or username not in self.users:

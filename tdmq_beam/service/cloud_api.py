@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tdmq_beam.errors import CloudApiError, ConfigurationError, RequestTimeoutError, ServerError, TransportError
+from tdmq_beam.option_checks import one_of, optional, positive
 from tdmq_beam.rules import tc3
 from tdmq_beam.rules.token_bucket import TokenBucket
 from tdmq_beam.secret import Secret, SecretLike, as_secret
@@ -86,8 +87,7 @@ class CloudApiConfig:
             raise ConfigurationError("region is required, e.g. 'ap-guangzhou'")
         if not isinstance(instance_id, str) or not instance_id:
             raise ConfigurationError("instance_id is required, e.g. 'mqtt-xxxx'")
-        if api not in ("auto", *_ACTIONS):
-            raise ConfigurationError(f"api must be 'auto', 'DescribeMQTTClient' or 'DescribeClientList', got {api!r}")
+        one_of("api", api, ("auto", *_ACTIONS))
         if endpoint is not None:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
@@ -95,10 +95,8 @@ class CloudApiConfig:
             if parts.username or parts.password:
                 raise ConfigurationError("endpoint must not carry credentials")
             endpoint = f"{parts.scheme}://{parts.netloc}"
-        if rate is not None and rate <= 0:
-            raise ConfigurationError(f"rate must be positive or None, got {rate}")
-        if timeout <= 0:
-            raise ConfigurationError(f"timeout must be positive, got {timeout}")
+        optional(positive, "rate", rate, unit=" calls per second, or None")
+        positive("timeout", timeout, unit=" seconds")
         self.secret_id = secret_id
         self.secret_key: Secret = as_secret(secret_key)  # type: ignore[assignment]  # checked non-empty above
         self.region = region

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.option_checks import non_negative_int, optional, positive, positive_int
 from tdmq_beam.secret import Secret, SecretLike, as_secret
 from tdmq_beam.service.retry import RetryPolicy
 
@@ -121,14 +122,10 @@ class TdmqConnection:
             raise ConfigurationError("ca_cert needs an https or mqtts endpoint")
         if username is None and client_cert is None:
             raise ConfigurationError("credentials are required: username and password, or client_cert and client_key")
-        if not timeout or timeout <= 0:
-            raise ConfigurationError(f"timeout must be positive, got {timeout}")
-        if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
-        if tps is not None and tps <= 0:
-            raise ConfigurationError(f"tps must be positive or None, got {tps}")
-        if not isinstance(max_payload_bytes, int) or max_payload_bytes < 0:
-            raise ConfigurationError(f"max_payload_bytes must be a non-negative int, got {max_payload_bytes!r}")
+        timeout = positive("timeout", timeout, unit=" seconds")
+        positive_int("max_in_flight", max_in_flight)
+        tps = optional(positive, "tps", tps, unit=" requests per second, or None")
+        non_negative_int("max_payload_bytes", max_payload_bytes)
 
         self.username = username
         self.password: Secret | None = as_secret(password)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tdmq_beam.errors import ConfigurationError, TdmqError
+from tdmq_beam.option_checks import non_negative, positive, positive_int
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "RetryPolicy"]
 
@@ -44,10 +45,12 @@ class RetryPolicy:
     deadline: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1 or self.deadline <= 0:
-            raise ConfigurationError("backoffs must not be negative, multiplier at least 1 and deadline positive")
+        positive_int("max_attempts", self.max_attempts)
+        non_negative("initial_backoff", self.initial_backoff, unit=" seconds")
+        non_negative("max_backoff", self.max_backoff, unit=" seconds")
+        if non_negative("multiplier", self.multiplier) < 1:
+            raise ConfigurationError(f"multiplier must be at least 1, got {self.multiplier!r}")
+        positive("deadline", self.deadline, unit=" seconds")
 
     @classmethod
     def none(cls) -> RetryPolicy:

@@ -25,7 +25,7 @@ from typing import Any
 
 import cachetools
 
-from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.option_checks import non_negative, optional, positive, positive_int
 from tdmq_beam.rules.token_bucket import TokenBucket
 from tdmq_beam.service.client import AsyncTdmqClient, TdmqClient
 from tdmq_beam.service.cloud_api import ClientDetails
@@ -80,12 +80,9 @@ class LookupSettings:
 
     def __post_init__(self) -> None:
         for name in ("status_ttl", "details_ttl", "negative_ttl"):
-            if getattr(self, name) < 0:
-                raise ConfigurationError(f"{name} must not be negative")
-        if self.max_cached < 1:
-            raise ConfigurationError("max_cached must be at least 1")
-        if self.status_qps is not None and self.status_qps <= 0:
-            raise ConfigurationError("status_qps must be positive or None")
+            non_negative(name, getattr(self, name), unit=" seconds")
+        positive_int("max_cached", self.max_cached)
+        optional(positive, "status_qps", self.status_qps, unit=" calls per second, or None")
 
 
 def _cache(size: int, ttl: float, negative_ttl: float | None = None) -> cachetools.TLRUCache:

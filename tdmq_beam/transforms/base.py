@@ -24,19 +24,21 @@ from ``new_fn``; ``describe`` adds its display data.
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms.display import DisplayDataItem
 
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.option_checks import instance_of, optional, positive, positive_int
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.batched_calls import (
     FAILED,
     BatchedCallsFn,
-    BatchingOptions,
+    Batching,
     grouped_batches,
     sharded_batches,
 )
@@ -44,9 +46,7 @@ from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.results import FailedMessage
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
-__all__ = ["Batching", "CallTransform"]
-
-Batching = Literal["auto", "bundle", "sharded"]
+__all__ = ["CallTransform"]
 
 
 class CallTransform(beam.PTransform):
@@ -55,16 +55,8 @@ class CallTransform(beam.PTransform):
     Args:
         connection: the instance access point and credentials.
         cloud: cloud API credentials, for transforms that use the cloud API.
-        batch_size: elements per concurrent batch. Defaults to 2 x the
-            connection's ``max_in_flight`` (at least 128).
-        max_pending_batches: batches in flight per DoFn instance; they finish
-            in any order, so a slow call holds up only its own batch. Defaults to 32.
-        batching: ``bundle`` batches within bundles; ``sharded`` batches across
-            bundles with `GroupIntoBatches.WithShardedKey` (for streaming, where
-            bundles are small); ``auto`` (default) picks sharded for unbounded
-            input or streaming pipelines.
-        max_buffering_duration_secs: with sharded batching, the longest an
-            element waits for its batch to fill. Defaults to 1.
+        batching: how calls are batched: a `Batching`, just its mode (``auto``,
+            ``bundle``, ``sharded``) or its settings as a dict. Defaults to ``Batching()``.
 
     Raises:
         ConfigurationError: a setting that cannot work, naming it.
@@ -84,21 +76,14 @@ class CallTransform(beam.PTransform):
         connection: TdmqConnection,
         cloud: CloudApiConfig | None = None,
         *,
-        batch_size: int | None = None,
-        max_pending_batches: int = 32,
-        batching: Batching = "auto",
-        max_buffering_duration_secs: float = 1.0,
+        batching: Batching | str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(connection, TdmqConnection):
-            raise ConfigurationError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
-        if cloud is not None and not isinstance(cloud, CloudApiConfig):
-            raise ConfigurationError(f"cloud must be a CloudApiConfig or None, got {type(cloud).__name__}")
+        instance_of("connection", connection, TdmqConnection)
+        optional(instance_of, "cloud", cloud, CloudApiConfig)
         self._connection = connection
         self._cloud = cloud
-        self._batching = BatchingOptions.resolve(
-            connection, batch_size, max_pending_batches, batching, max_buffering_duration_secs
-        )
+        self._batching = Batching.of(batching)
         self._tag = f"{type(self).__name__}-{uuid.uuid4()}"  # one worker-process client per transform
         self._error_handler: Any = None
         self._progress: tuple[str, float, int | None] | None = (type(self).__name__, 10.0, None)
@@ -125,14 +110,22 @@ class CallTransform(beam.PTransform):
         self._error_handler = error_handler
         return self
 
+    def with_batching(self, batching: Batching | None = None, /, **settings: Any) -> CallTransform:
+        """Sets how calls are batched: a `Batching`, or its settings as keywords
+        (``.with_batching(batch_size=512, mode="sharded")``). Returns the transform, for chaining."""
+        if batching is not None and settings:
+            raise ConfigurationError("with_batching: give a Batching or its settings as keywords, not both")
+        self._batching = Batching(**settings) if batching is None else Batching.of(batching)
+        return self
+
     def with_progress(self, interval: float | None = 10.0, *, expected: int | None = None) -> CallTransform:
         """Each worker process logs this transform's progress (done, failed, rate, retries,
         throttling, and an ETA given ``expected`` elements per process) on the
         ``tdmq_beam.progress`` logger at INFO, at most every ``interval`` seconds (default 10).
         None turns it off. Returns the transform, for chaining."""
-        if interval is not None and interval <= 0:
-            raise ConfigurationError(f"the progress interval must be positive, got {interval}")
-        self._progress = None if interval is None else (type(self).__name__, float(interval), expected)
+        interval = optional(positive, "the progress interval", interval, unit=" seconds")
+        optional(positive_int, "expected", expected)
+        self._progress = None if interval is None else (type(self).__name__, interval, expected)
         return self
 
     def expand(self, pcoll: pvalue.PCollection) -> Any:
@@ -148,7 +141,7 @@ class CallTransform(beam.PTransform):
                 cloud=self._cloud,
                 tag=self._tag,
                 namespace=self.metrics_namespace,
-                batch_size=self._batching.batch_size,
+                batch_size=self._batching.size_for(self._connection),
                 max_pending_batches=self._batching.max_pending_batches,
                 batched_input=sharded or grouped,
                 complete_in_process=grouped,
@@ -159,7 +152,8 @@ class CallTransform(beam.PTransform):
         if grouped:
             pcoll = grouped_batches(pcoll)
         elif sharded:
-            pcoll = sharded_batches(pcoll, self._batching.batch_size, self._batching.max_buffering_duration_secs)
+            size = self._batching.size_for(self._connection)
+            pcoll = sharded_batches(pcoll, size, self._batching.max_buffering_duration_secs)
         outputs = par_do_with_outputs(
             pcoll, self.LABEL, make_fn, self.MAIN, {self.MAIN: self.main_type, FAILED: FailedMessage}
         )
@@ -173,7 +167,7 @@ class CallTransform(beam.PTransform):
         if self._cloud is not None:
             items.update(self._cloud.display_data())
         items.update(self.describe())
-        items.update(self._batching.display_data())
+        items.update(self._batching.display_data(self._connection))
         return {
             key: DisplayDataItem(
                 value if isinstance(value, (str, int, float, bool)) else repr(value),

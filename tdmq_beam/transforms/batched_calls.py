@@ -24,9 +24,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import random
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import apache_beam as beam
@@ -36,6 +36,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from tdmq_beam.errors import ConfigurationError, InvalidMessageError
+from tdmq_beam.option_checks import instance_of, one_of, optional, positive, positive_int
 from tdmq_beam.service.client import TdmqClient
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
@@ -47,7 +48,8 @@ __all__ = [
     "FAILED",
     "AttachWindowing",
     "BatchedCallsFn",
-    "BatchingOptions",
+    "Batching",
+    "BatchingMode",
     "sharded_batches",
     "use_sharded_batching",
 ]
@@ -305,40 +307,64 @@ def use_sharded_batching(pcoll: beam.PCollection, batching: str) -> bool:
     return bool(pcoll.pipeline.options.view_as(StandardOptions).streaming) or not pcoll.is_bounded
 
 
-@dataclass(frozen=True)
-class BatchingOptions:
-    """How a transform batches its calls; see `WriteToTdmqMqtt` for each option."""
+BatchingMode = Literal["auto", "bundle", "sharded"]
 
-    batch_size: int
-    max_pending_batches: int
-    batching: str
-    max_buffering_duration_secs: float
+
+@dataclass(frozen=True)
+class Batching:
+    """How a transform batches its calls to the service: one value, given as
+    ``WriteToTdmqMqtt(..., batching=Batching(batch_size=512))`` (or just the mode,
+    ``batching="sharded"``, or the settings, ``batching={"batch_size": 512}``) or with
+    ``.with_batching(...)``.
+
+    Args:
+        batch_size: elements per concurrent batch. Defaults to None: 2 x the
+            connection's ``max_in_flight`` (at least 128).
+        max_pending_batches: batches in flight per DoFn instance; they finish
+            in any order, so a slow call holds up only its own batch. Defaults to 32.
+        mode: ``bundle`` batches within bundles; ``sharded`` batches across
+            bundles with `GroupIntoBatches.WithShardedKey` (for streaming, where
+            bundles are small); ``auto`` (default) picks sharded for unbounded
+            input or streaming pipelines.
+        max_buffering_duration_secs: with sharded batching, the longest an
+            element waits for its batch to fill. Defaults to 1.
+
+    Raises:
+        ConfigurationError: a setting that cannot work, naming it.
+    """
+
+    batch_size: int | None = None
+    max_pending_batches: int = 32
+    mode: BatchingMode = "auto"
+    max_buffering_duration_secs: float = 1.0
+
+    def __post_init__(self) -> None:
+        optional(positive_int, "batch_size", self.batch_size)
+        positive_int("max_pending_batches", self.max_pending_batches)
+        one_of("batching", self.mode, ("auto", "bundle", "sharded"))
+        positive("max_buffering_duration_secs", self.max_buffering_duration_secs, unit=" seconds")
 
     @classmethod
-    def resolve(
-        cls,
-        connection: TdmqConnection,
-        batch_size: int | None,
-        max_pending_batches: int,
-        batching: str,
-        max_buffering_duration_secs: float,
-    ) -> BatchingOptions:
-        """Checks a transform's batching options (`ConfigurationError` naming the option)."""
-        if batch_size is None:
-            batch_size = max(2 * connection.max_in_flight, 128)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(max_pending_batches, int) or max_pending_batches < 1:
-            raise ConfigurationError(f"max_pending_batches must be a positive int, got {max_pending_batches!r}")
-        if batching not in ("auto", "bundle", "sharded"):
-            raise ConfigurationError(f"batching must be 'auto', 'bundle' or 'sharded', got {batching!r}")
-        if not max_buffering_duration_secs or max_buffering_duration_secs <= 0:
-            raise ConfigurationError("max_buffering_duration_secs must be positive")
-        return cls(batch_size, max_pending_batches, batching, max_buffering_duration_secs)
+    def of(cls, value: Batching | str | Mapping[str, Any] | None) -> Batching:
+        """``value`` as a `Batching`: None is the defaults, a str the mode, a mapping the settings."""
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            return cls(mode=value)  # type: ignore[arg-type]  # checked in __post_init__
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {field.name for field in fields(cls)})
+            if unknown:
+                raise ConfigurationError(f"batching: unknown setting(s) {unknown}")
+            return cls(**value)
+        return instance_of("batching", value, cls)
+
+    def size_for(self, connection: TdmqConnection) -> int:
+        """The batch size on ``connection``."""
+        return self.batch_size if self.batch_size is not None else max(2 * connection.max_in_flight, 128)
 
     def sharded_for(self, pcoll: beam.PCollection) -> bool:
         """Whether ``pcoll`` is batched across bundles: ``sharded``, or ``auto`` for streaming and unbounded input."""
-        return use_sharded_batching(pcoll, self.batching)
+        return use_sharded_batching(pcoll, self.mode)
 
-    def display_data(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "batching": self.batching}
+    def display_data(self, connection: TdmqConnection) -> dict[str, Any]:
+        return {"batch_size": self.size_for(connection), "batching": self.mode}

@@ -15,7 +15,7 @@ from apache_beam.coders import BooleanCoder
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 
-from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.option_checks import non_empty_text, positive
 from tdmq_beam.records.received_message import ReceivedMessage
 
 __all__ = ["DeduplicateMessages"]
@@ -72,11 +72,8 @@ class DeduplicateMessages(beam.PTransform):
 
     def __init__(self, window: float, *, idempotency_property: str = "idempotency-key") -> None:
         super().__init__()
-        if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
-            raise ConfigurationError(f"window must be positive seconds, got {window!r}")
-        if not isinstance(idempotency_property, str) or not idempotency_property:
-            raise ConfigurationError("idempotency_property must be a non-empty str")
-        self._window = float(window)
+        self._window = positive("window", window, unit=" seconds")
+        non_empty_text("idempotency_property", idempotency_property)
         self._property = idempotency_property
 
     def expand(self, messages: beam.PCollection[ReceivedMessage]) -> beam.PCollection[ReceivedMessage]:

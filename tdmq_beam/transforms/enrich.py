@@ -9,13 +9,14 @@ from typing import Any, Literal, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics.metric import Lineage
 
-from tdmq_beam.errors import ConfigurationError, TdmqError
+from tdmq_beam.errors import TdmqError
+from tdmq_beam.option_checks import field_or_callable, one_of
 from tdmq_beam.records.fields import client_id_getter
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.status_lookup import ClientStatus, LookupResults, LookupSettings
-from tdmq_beam.transforms.base import Batching, CallTransform
-from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Output
+from tdmq_beam.transforms.base import CallTransform
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Batching, Output
 from tdmq_beam.transforms.client_rows import details_row
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error
 from tdmq_beam.transforms.worker_client import acquire_status_lookup
@@ -144,8 +145,9 @@ class EnrichWithClientStatus(CallTransform):
         max_cached: entries per cache before the least recently used go. Default 100,000.
         status_qps: status API requests/s per worker process; None (default)
             leaves only ``connection.tps``.
-        batch_size, max_pending_batches, batching, max_buffering_duration_secs:
-            see `CallTransform`.
+        batching: how calls are batched: a `Batching`, just its mode (``auto``,
+            ``bundle``, ``sharded``) or its settings as a dict. Defaults to
+            ``Batching()``; see also ``with_batching``.
 
     Returns an `EnrichResult` (``enriched``, ``failed``).
 
@@ -170,23 +172,15 @@ class EnrichWithClientStatus(CallTransform):
         negative_ttl: float = 30.0,
         max_cached: int = 100_000,
         status_qps: float | None = None,
-        batch_size: int | None = None,
-        max_pending_batches: int = 32,
-        batching: Batching = "auto",
-        max_buffering_duration_secs: float = 1.0,
+        batching: Batching | str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             connection,
             cloud,
-            batch_size=batch_size,
-            max_pending_batches=max_pending_batches,
             batching=batching,
-            max_buffering_duration_secs=max_buffering_duration_secs,
         )
-        if not (callable(client_id) or (isinstance(client_id, str) and client_id)):
-            raise ConfigurationError("client_id must name a field or be a callable")
-        if on_failure not in ("failed", "unknown"):
-            raise ConfigurationError(f"on_failure must be 'failed' or 'unknown', got {on_failure!r}")
+        field_or_callable("client_id", client_id)
+        one_of("on_failure", on_failure, ("failed", "unknown"))
         self._settings = LookupSettings(status_ttl, details_ttl, negative_ttl, max_cached, status_qps)
         self._client_id = client_id_getter(client_id)
         self._client_id_label = client_id if isinstance(client_id, str) else getattr(client_id, "__name__", "callable")

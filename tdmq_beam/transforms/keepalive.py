@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -11,12 +11,13 @@ import apache_beam as beam
 from apache_beam.metrics.metric import Lineage
 
 from tdmq_beam.errors import ConfigurationError, TdmqError
+from tdmq_beam.option_checks import field_or_callable, int_in_range
 from tdmq_beam.records.fields import MappingError, as_record, client_id_getter, element_to_json
 from tdmq_beam.rules.limits import KEEPALIVE_RANGE
 from tdmq_beam.service.concurrency import run_bounded
 from tdmq_beam.service.connection import TdmqConnection
-from tdmq_beam.transforms.base import Batching, CallTransform
-from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Output
+from tdmq_beam.transforms.base import CallTransform
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Batching, Output
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error
 
 __all__ = ["KeepAliveResult", "KeepAliveSet", "SetClientKeepAlive"]
@@ -117,8 +118,9 @@ class SetClientKeepAlive(CallTransform):
         client_id: the field holding the client id (default ``client_id``), or a callable.
         interval: the field holding the seconds (default ``interval``), a fixed
             int for every element, or a callable.
-        batch_size, max_pending_batches, batching, max_buffering_duration_secs:
-            see `CallTransform`.
+        batching: how calls are batched: a `Batching`, just its mode (``auto``,
+            ``bundle``, ``sharded``) or its settings as a dict. Defaults to
+            ``Batching()``; see also ``with_batching``.
 
     Returns a `KeepAliveResult` (``updated``, ``failed``).
 
@@ -137,25 +139,18 @@ class SetClientKeepAlive(CallTransform):
         *,
         client_id: str | Callable[[Any], str] = "client_id",
         interval: str | int | Callable[[Any], int] = "interval",
-        batch_size: int | None = None,
-        max_pending_batches: int = 32,
-        batching: Batching = "auto",
-        max_buffering_duration_secs: float = 1.0,
+        batching: Batching | str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             connection,
-            batch_size=batch_size,
-            max_pending_batches=max_pending_batches,
             batching=batching,
-            max_buffering_duration_secs=max_buffering_duration_secs,
         )
         low, high = KEEPALIVE_RANGE
-        if isinstance(interval, int) and not isinstance(interval, bool) and not low <= interval <= high:
-            raise ConfigurationError(f"interval must be within {low}..{high} seconds, got {interval}")
-        if not (callable(interval) or isinstance(interval, (str, int))) or isinstance(interval, bool):
-            raise ConfigurationError("interval must name a field, be an int or a callable")
-        if not (callable(client_id) or (isinstance(client_id, str) and client_id)):
-            raise ConfigurationError("client_id must name a field or be a callable")
+        if isinstance(interval, int) and not isinstance(interval, bool):
+            int_in_range("interval", interval, low, high, unit=" seconds")
+        elif not (callable(interval) or isinstance(interval, str)):
+            raise ConfigurationError(f"interval must name a field, be an int or a callable, got {interval!r}")
+        field_or_callable("client_id", client_id)
         self._client_id = client_id_getter(client_id)
         self._interval = _interval_getter(interval)
         self._interval_label = interval if isinstance(interval, (str, int)) else "callable"

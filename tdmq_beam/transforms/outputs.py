@@ -2,7 +2,7 @@
 
 Beam 2.77's Dask runner hands every output of a multi-output ``ParDo`` to every
 consumer: its translation keys each Dask bag by the producing transform, not by
-the output's tag (the README shows the smallest reproduction). On such a runner
+the output's tag (docs/runners.md shows the smallest reproduction). On such a runner
 the DoFn emits ``(tag, value)`` pairs on its one output instead, and one
 ``FlatMap`` per output picks its own. Every other runner gets an ordinary
 multi-output ``ParDo``, which costs nothing extra per element.

@@ -18,12 +18,26 @@ from apache_beam.transforms.display import DisplayDataItem
 
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.mqtt.topics import topic_filter_error
+from tdmq_beam.option_checks import (
+    flag,
+    instance_of,
+    int_in_range,
+    non_empty_text,
+    non_negative,
+    one_of,
+    optional,
+    positive,
+    positive_int,
+)
 from tdmq_beam.records.received_message import ReceivedMessage
+from tdmq_beam.rules.limits import MAX_UINT32
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.deduplicate import DeduplicateMessages
 from tdmq_beam.transforms.mqtt_source import IDLE_WAIT, MqttSource, ReadSpec
 
 __all__ = ["ReadFromTdmqMqtt"]
+
+MAX_RECORDS = 2**63 - 1
 
 
 class ReadFromTdmqMqtt(beam.PTransform):
@@ -115,8 +129,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
         end_sessions: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(connection, TdmqConnection):
-            raise ConfigurationError(f"connection must be a TdmqConnection, got {type(connection).__name__}")
+        instance_of("connection", connection, TdmqConnection)
         connection.mqtt_address()  # raises when there is no mqtt_endpoint
         filters = (topics,) if isinstance(topics, str) else tuple(topics)
         if not filters:
@@ -128,48 +141,29 @@ class ReadFromTdmqMqtt(beam.PTransform):
                 raise ConfigurationError(f"topics: give the group as share_group=, not in {topic_filter!r}")
         if len(filters) > 30:
             raise ConfigurationError(f"topics: the service allows 30 topic filters per client, got {len(filters)}")
-        if not isinstance(client_id_prefix, str) or not client_id_prefix or len(client_id_prefix) > 100:
-            raise ConfigurationError("client_id_prefix must be a non-empty str of at most 100 characters")
-        if share_group is not None and (
-            not isinstance(share_group, str) or not share_group or any(c in share_group for c in "/+#")
-        ):
-            raise ConfigurationError(
-                f"share_group must be a non-empty name without '/', '+' or '#', got {share_group!r}"
-            )
-        if not isinstance(num_readers, int) or num_readers < 1:
-            raise ConfigurationError(f"num_readers must be a positive int, got {num_readers!r}")
+        non_empty_text("client_id_prefix", client_id_prefix, max_length=100)
+        if share_group is not None and set("/+#") & set(non_empty_text("share_group", share_group)):
+            raise ConfigurationError(f"share_group must be a name without '/', '+' or '#', got {share_group!r}")
+        positive_int("num_readers", num_readers)
         if num_readers > 1 and share_group is None:
             raise ConfigurationError(
                 "num_readers > 1 needs share_group: without a shared subscription every reader gets every message"
             )
-        if qos not in (0, 1, 2):
-            raise ConfigurationError(f"qos must be 0, 1 or 2, got {qos!r}")
-        if mqtt_version not in (4, 5):
-            raise ConfigurationError(f"mqtt_version must be 5 or 4 (MQTT 3.1.1), got {mqtt_version!r}")
-        if not isinstance(session_expiry_interval, int) or not 0 < session_expiry_interval <= 0xFFFFFFFF:
-            raise ConfigurationError(
-                f"session_expiry_interval must be an int within 1..4294967295 seconds, got {session_expiry_interval!r}"
-            )
-        if max_records is not None and (not isinstance(max_records, int) or max_records < num_readers):
-            raise ConfigurationError(f"max_records must be an int of at least num_readers, got {max_records!r}")
-        if max_read_time is not None and not max_read_time > 0:
-            raise ConfigurationError(f"max_read_time must be positive seconds, got {max_read_time!r}")
+        one_of("qos", qos, (0, 1, 2))
+        one_of("mqtt_version", mqtt_version, (5, 4))
+        int_in_range("session_expiry_interval", session_expiry_interval, 1, MAX_UINT32, unit=" seconds")
+        optional(int_in_range, "max_records", max_records, num_readers, MAX_RECORDS, unit=" (at least num_readers)")
+        optional(positive, "max_read_time", max_read_time, unit=" seconds")
         if timestamp_fn is not None and not callable(timestamp_fn):
             raise ConfigurationError("timestamp_fn must be callable")
-        if event_time_delay < 0:
-            raise ConfigurationError(f"event_time_delay must not be negative, got {event_time_delay}")
-        if deduplicate_window is not None and not deduplicate_window > 0:
-            raise ConfigurationError(f"deduplicate_window must be positive seconds, got {deduplicate_window!r}")
-        if not isinstance(keepalive, int) or not 0 < keepalive <= 65535:
-            raise ConfigurationError(f"keepalive must be an int within 1..65535, got {keepalive!r}")
-        if not isinstance(receive_maximum, int) or not 0 < receive_maximum <= 65535:
-            raise ConfigurationError(f"receive_maximum must be an int within 1..65535, got {receive_maximum!r}")
-        if not isinstance(max_records_per_bundle, int) or max_records_per_bundle < 1:
-            raise ConfigurationError(f"max_records_per_bundle must be a positive int, got {max_records_per_bundle!r}")
-        if not max_bundle_time > 0:
-            raise ConfigurationError(f"max_bundle_time must be positive seconds, got {max_bundle_time!r}")
-        if not isinstance(end_sessions, bool):
-            raise ConfigurationError(f"end_sessions must be True or False, got {end_sessions!r}")
+        non_negative("event_time_delay", event_time_delay, unit=" seconds")
+        optional(positive, "deduplicate_window", deduplicate_window, unit=" seconds")
+        non_empty_text("idempotency_property", idempotency_property)
+        int_in_range("keepalive", keepalive, 1, 65535, unit=" seconds")
+        int_in_range("receive_maximum", receive_maximum, 1, 65535)
+        positive_int("max_records_per_bundle", max_records_per_bundle)
+        positive("max_bundle_time", max_bundle_time, unit=" seconds")
+        flag("end_sessions", end_sessions)
         if end_sessions and (max_records is None and max_read_time is None):
             raise ConfigurationError("end_sessions applies when a read ends: give max_records or max_read_time")
         if end_sessions and mqtt_version != 5:

@@ -7,7 +7,7 @@ multi-output ``ParDo`` reaches every consumer; it collects a partition's outputs
 before it calls ``finish_bundle``, so whatever a DoFn emits there is dropped; it
 reads and writes no files through Beam, reports no metrics, and keeps a Dask
 client open after the run. (It also runs no stateful DoFn and computes only the
-branch of the last transform applied: the README has the list and the pipelines'
+branch of the last transform applied: docs/runners.md has the list and the pipelines'
 shapes that run anyway.)
 
 Transforms ask `RunnerCapabilities.of(pipeline)` in ``expand`` and hand DoFns

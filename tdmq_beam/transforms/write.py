@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -12,12 +12,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import Lineage
 
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.option_checks import instance_of, optional
 from tdmq_beam.records.mapping import IdempotencyKey, MessageBuilder, MessageDefaults, MessageMapping
 from tdmq_beam.service.client import PublishResult
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.message import MqttMessage
-from tdmq_beam.transforms.base import Batching, CallTransform
-from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Output
+from tdmq_beam.transforms.base import CallTransform
+from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Batching, Output
 from tdmq_beam.transforms.results import FailedMessage, PublishedMessage, failure_from_error
 
 __all__ = ["WriteToTdmqMqtt", "WriteToTdmqMqttResult"]
@@ -129,8 +130,9 @@ class WriteToTdmqMqtt(CallTransform):
         idempotency_key: add a deterministic user property (see `IdempotencyKey`).
         defaults: all the transform-level defaults at once, as a `MessageDefaults`
             (instead of the keywords above; giving both is an error).
-        batch_size, max_pending_batches, batching, max_buffering_duration_secs:
-            see `CallTransform`.
+        batching: how calls are batched: a `Batching`, just its mode (``auto``,
+            ``bundle``, ``sharded``) or its settings as a dict. Defaults to
+            ``Batching()``; see also ``with_batching``.
 
     Raises:
         ConfigurationError: an option that cannot work, naming it.
@@ -158,20 +160,13 @@ class WriteToTdmqMqtt(CallTransform):
         correlation_data: bytes | str | None = None,
         idempotency_key: IdempotencyKey | bool | None = None,
         defaults: MessageDefaults | None = None,
-        batch_size: int | None = None,
-        max_pending_batches: int = 32,
-        batching: Batching = "auto",
-        max_buffering_duration_secs: float = 1.0,
+        batching: Batching | str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             connection,
-            batch_size=batch_size,
-            max_pending_batches=max_pending_batches,
             batching=batching,
-            max_buffering_duration_secs=max_buffering_duration_secs,
         )
-        if mapping is not None and not isinstance(mapping, MessageMapping):
-            raise ConfigurationError(f"mapping must be a MessageMapping, got {type(mapping).__name__}")
+        optional(instance_of, "mapping", mapping, MessageMapping)
         if idempotency_key is True:
             idempotency_key = IdempotencyKey()
         elif idempotency_key is False:
@@ -191,8 +186,7 @@ class WriteToTdmqMqtt(CallTransform):
             correlation_data=correlation_data,
         )
         if defaults is not None:
-            if not isinstance(defaults, MessageDefaults):
-                raise ConfigurationError(f"defaults must be a MessageDefaults, got {type(defaults).__name__}")
+            instance_of("defaults", defaults, MessageDefaults)
             if not keywords.is_empty():
                 raise ConfigurationError("give the message defaults either as keywords or as defaults=, not both")
             keywords = defaults
