@@ -111,22 +111,38 @@ def _feed(port: int, rate: int, seconds: float) -> tuple[subprocess.Popen, float
     return process, start
 
 
+class _PahoCounter:
+    """A bare paho-mqtt 2.x MQTT 5 subscriber (QoS 1, acknowledging on arrival) that counts
+    distinct payloads and the time of the last one; `done` is set once it has ``total``."""
+
+    def __init__(self, client_id: str, total: int) -> None:
+        self.seen: set[bytes] = set()
+        self.last = 0.0
+        self.done = threading.Event()
+        self._total = total
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(USER, PASSWORD)
+        self.client.on_message = self._on_message
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.seen.add(message.payload)
+        self.last = time.time()
+        if len(self.seen) >= self._total:
+            self.done.set()
+
+
+def _session_expiry(seconds: int = 3600) -> Properties:
+    """CONNECT properties of a session the broker keeps ``seconds`` after a disconnect."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = seconds
+    return properties
+
+
 def read_with_paho(rate: int, seconds: float) -> dict:
     total = int(rate * seconds)
     with emulator_server() as server:
-        seen: set[bytes] = set()
-        last = [0.0]
-        done = threading.Event()
-
-        def on_message(client, userdata, message) -> None:
-            seen.add(message.payload)
-            last[0] = time.time()
-            if len(seen) >= total:
-                done.set()
-
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-reader", protocol=mqtt.MQTTv5)
-        client.username_pw_set(USER, PASSWORD)
-        client.on_message = on_message
+        counter = _PahoCounter("paho-reader", total)
+        client = counter.client
         client.connect("127.0.0.1", server.mqtt_port)
         client.loop_start()
         client.subscribe("feed/#", qos=1)
@@ -134,12 +150,12 @@ def read_with_paho(rate: int, seconds: float) -> dict:
         time.sleep(0.2)  # the SUBACK
         cpu = _cpu()
         feed, start = _feed(server.mqtt_port, rate, seconds)
-        done.wait(seconds * 3 + 30)
+        counter.done.wait(seconds * 3 + 30)
         cpu = _cpu() - cpu
         feed.wait(60)
         client.loop_stop()
         client.disconnect()
-    return _figures("paho", total, len(seen), start, last[0], cpu)
+    return _figures("paho", total, len(counter.seen), start, counter.last, cpu)
 
 
 def _summarise(receipts, path: str) -> None:
@@ -151,6 +167,24 @@ def _summarise(receipts, path: str) -> None:
         json.dump([len(payloads), last], handle)
 
 
+def _summary_pipeline(connection: TdmqConnection, topic_filter: str, summary: str, **read_options) -> beam.Pipeline:
+    """A pipeline reading ``topic_filter`` that writes (distinct payloads, last time a step after
+    the read had one) to the file ``summary``."""
+    pipeline = beam.Pipeline(options=PipelineOptions([]))
+    _ = (
+        pipeline
+        | ReadFromTdmqMqtt(connection, topic_filter, **read_options)
+        | beam.Map(lambda message: (message.payload, time.time_ns() // 1000))  # when the pipeline has it
+        | beam.combiners.ToList()
+        | beam.Map(_summarise, summary)
+    )
+    return pipeline
+
+
+def _read_summary(summary: str) -> tuple[int, float]:
+    return tuple(json.load(open(summary))) if os.path.exists(summary) else (0, 0.0)  # type: ignore[return-value]
+
+
 def read_with_beam(rate: int, seconds: float, readers: int) -> dict:
     total = int(rate * seconds)
     summary = os.path.join(tempfile.mkdtemp(prefix="read-bench-"), "summary.json")
@@ -159,16 +193,9 @@ def read_with_beam(rate: int, seconds: float, readers: int) -> dict:
             server.http_url, username=USER, password=PASSWORD, mqtt_endpoint=f"mqtt://127.0.0.1:{server.mqtt_port}"
         )
         options = {"share_group": "bench", "num_readers": readers} if readers > 1 else {}
-        pipeline = beam.Pipeline(options=PipelineOptions([]))
-        _ = (
-            pipeline
-            | ReadFromTdmqMqtt(
-                connection, "feed/#", client_id_prefix=f"bench-{readers}", max_records=total,
-                max_read_time=seconds * 3 + 30, **options,
-            )
-            | beam.Map(lambda message: (message.payload, time.time_ns() // 1000))  # when the pipeline has it
-            | beam.combiners.ToList()
-            | beam.Map(_summarise, summary)
+        pipeline = _summary_pipeline(
+            connection, "feed/#", summary, client_id_prefix=f"bench-{readers}", max_records=total,
+            max_read_time=seconds * 3 + 30, **options,
         )  # fmt: skip
         cpu = _cpu()
         run = threading.Thread(target=lambda: pipeline.run().wait_until_finish())
@@ -179,7 +206,7 @@ def read_with_beam(rate: int, seconds: float, readers: int) -> dict:
         run.join()
         cpu = _cpu() - cpu
         feed.wait(60)
-    distinct, last = json.load(open(summary)) if os.path.exists(summary) else (0, 0.0)
+    distinct, last = _read_summary(summary)
     return _figures(f"beam x{readers}", total, distinct, start, last, cpu)
 
 
@@ -213,9 +240,7 @@ def _queued_mosquitto(client_id: str, count: int) -> Iterator[Mosquitto]:
         pin(broker.process.pid, SERVER_CPU)  # type: ignore[union-attr]
         session = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         session.username_pw_set(USER, PASSWORD)
-        expiry = Properties(PacketTypes.CONNECT)
-        expiry.SessionExpiryInterval = 3600
-        session.connect("127.0.0.1", broker.port, clean_start=False, properties=expiry)
+        session.connect("127.0.0.1", broker.port, clean_start=False, properties=_session_expiry())
         session.loop_start()
         session.subscribe("drain/#", qos=1)
         time.sleep(0.3)  # the SUBACK
@@ -232,29 +257,15 @@ def _queued_mosquitto(client_id: str, count: int) -> Iterator[Mosquitto]:
 
 def drain_with_paho(count: int, budget: float) -> dict:
     with _queued_mosquitto("paho-drain", count) as broker:
-        seen: set[bytes] = set()
-        last = [0.0]
-        done = threading.Event()
-
-        def on_message(client, userdata, message) -> None:
-            seen.add(message.payload)
-            last[0] = time.time()
-            if len(seen) >= count:
-                done.set()
-
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-drain", protocol=mqtt.MQTTv5)
-        client.username_pw_set(USER, PASSWORD)
-        client.on_message = on_message
-        expiry = Properties(PacketTypes.CONNECT)
-        expiry.SessionExpiryInterval = 3600
+        counter = _PahoCounter("paho-drain", count)
         cpu, start = _cpu(), time.time()
-        client.connect("127.0.0.1", broker.port, clean_start=False, properties=expiry)
-        client.loop_start()
-        done.wait(budget)
+        counter.client.connect("127.0.0.1", broker.port, clean_start=False, properties=_session_expiry())
+        counter.client.loop_start()
+        counter.done.wait(budget)
         cpu = _cpu() - cpu
-        client.loop_stop()
-        client.disconnect()
-    return _figures("paho", count, len(seen), start, last[0], cpu)
+        counter.client.loop_stop()
+        counter.client.disconnect()
+    return _figures("paho", count, len(counter.seen), start, counter.last, cpu)
 
 
 def drain_with_mosquitto_sub(count: int, budget: float) -> dict:
@@ -281,20 +292,13 @@ def drain_with_beam(count: int, budget: float) -> dict:
         connection = TdmqConnection(
             "http://127.0.0.1:9", username=USER, password=PASSWORD, mqtt_endpoint=f"mqtt://127.0.0.1:{broker.port}"
         )
-        pipeline = beam.Pipeline(options=PipelineOptions([]))
-        _ = (
-            pipeline
-            | ReadFromTdmqMqtt(
-                connection, "drain/#", client_id_prefix="beam-drain", max_records=count, max_read_time=budget
-            )
-            | beam.Map(lambda message: (message.payload, time.time_ns() // 1000))  # when the pipeline has it
-            | beam.combiners.ToList()
-            | beam.Map(_summarise, summary)
-        )  # fmt: skip
+        pipeline = _summary_pipeline(
+            connection, "drain/#", summary, client_id_prefix="beam-drain", max_records=count, max_read_time=budget
+        )
         cpu, start = _cpu(), time.time()
         pipeline.run().wait_until_finish()
         cpu = _cpu() - cpu
-    distinct, last = json.load(open(summary)) if os.path.exists(summary) else (0, 0.0)
+    distinct, last = _read_summary(summary)
     return _figures("ReadFromTdmqMqtt", count, distinct, start, last, cpu)
 
 

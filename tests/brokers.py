@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -147,25 +148,17 @@ class Mosquitto:
         return connection_to(port or (self.tls_port if tls else self.port), tls=tls, **options)
 
 
-class CuttingProxy:
-    """A loopback TCP proxy that cuts every connection through it at random moments.
+class _LoopbackServer:
+    """A TCP server on a free loopback port, run by its own event loop thread while in a ``with``;
+    subclasses serve each connection in ``_serve``."""
 
-    Each connection is aborted (both sides, no goodbye) after a random 0.5-2 s,
-    for as long as `cutting` is set; `cuts` counts them. Runs its own event loop thread.
-    """
-
-    def __init__(self, target_port: int, *, low: float = 0.5, high: float = 2.0, seed: int = 7) -> None:
-        self.target_port = target_port
+    def __init__(self) -> None:
         self.port = free_port()
-        self.low, self.high = low, high
-        self.cutting = True
-        self.cuts = 0
-        self._random = random.Random(seed)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> CuttingProxy:
+    def __enter__(self) -> Self:
         self._thread.start()
         self._ready.wait(5)
         return self
@@ -173,6 +166,9 @@ class CuttingProxy:
     def __exit__(self, *exc_info: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -182,6 +178,22 @@ class CuttingProxy:
             self._loop.run_forever()
         finally:
             server.close()
+
+
+class CuttingProxy(_LoopbackServer):
+    """A loopback TCP proxy that cuts every connection through it at random moments.
+
+    Each connection is aborted (both sides, no goodbye) after a random 0.5-2 s,
+    for as long as `cutting` is set; `cuts` counts them. Runs its own event loop thread.
+    """
+
+    def __init__(self, target_port: int, *, low: float = 0.5, high: float = 2.0, seed: int = 7) -> None:
+        super().__init__()
+        self.target_port = target_port
+        self.low, self.high = low, high
+        self.cutting = True
+        self.cuts = 0
+        self._random = random.Random(seed)
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
@@ -213,7 +225,7 @@ class CuttingProxy:
         await asyncio.gather(*pumps, return_exceptions=True)
 
 
-class ScriptedBroker:
+class ScriptedBroker(_LoopbackServer):
     """An MQTT 5 broker of a few lines, for CONNACK answers a real broker gives only in its own setting.
 
     Answers CONNECT with a CONNACK carrying ``connack_properties``, SUBSCRIBE with
@@ -225,31 +237,10 @@ class ScriptedBroker:
         self.connack_properties = connack_properties
         self.after_suback = list(after_suback)
         self.received: list[tuple[int, bytes]] = []
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ScriptedBroker:
-        self._thread.start()
-        self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        super().__init__()
 
     def types(self) -> list[int]:
         return [kind for kind, _ in self.received]
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer = codec.PacketFramer()

@@ -48,6 +48,10 @@ class PahoClient:
         )
         if websocket:
             self.client.ws_set_options(path="/mqtt")
+        # paho 2.x does not honour the broker's Receive Maximum (and cannot change its window once
+        # connected): past it a broker rightly disconnects with 0x93. 16 is the emulator's (the
+        # service's), the smallest of the brokers here.
+        self.client.max_inflight_messages_set(16)
         if username is not None:
             self.client.username_pw_set(username, password)
         if will is not None:

@@ -32,9 +32,6 @@ from tdmq_beam.testing import SimulatedClients, TdmqEmulator
 def feed(port: int, count: int, *, start: int = 0, qos: int = 1, chunk: int = 500, pause: float = 0.0) -> None:
     """Publishes m{start}..m{start+count-1} on tele/dev-{i % 5} without waiting per message."""
     publisher = PahoClient(port, "")
-    # paho 2.x does not honour the broker's Receive Maximum (the emulator's is 16, as the service's;
-    # mosquitto's 20): past it the emulator rightly disconnects with 0x93.
-    publisher.client.max_inflight_messages_set(16)
     publisher.connect()
     infos = []
     for i in range(start, start + count):

@@ -13,12 +13,15 @@ from brokers import need_mosquitto
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "read_throughput.py")
 
 
-def test_read_throughput_loses_nothing():
-    run = subprocess.run(
-        [sys.executable, SCRIPT, "--rate", "500", "--seconds", "2"], capture_output=True, text=True, timeout=300
-    )
+def _run(*args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Runs the benchmark; returns the run and each reader's figures."""
+    run = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    readers = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"reader"')]
+    return run, [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"reader"')]
+
+
+def test_read_throughput_loses_nothing():
+    run, readers = _run("--rate", "500", "--seconds", "2")
     assert [reader["reader"] for reader in readers] == ["paho", "beam x1", "beam x2"]
     assert all(reader["read"] == reader["published"] == 1000 for reader in readers), readers
     result = re.search(r"^RESULT read_throughput ratio_vs_paho=([\d.]+) msgs_per_s=(\d+) lost=(\d+)$", run.stdout, re.M)
@@ -28,11 +31,7 @@ def test_read_throughput_loses_nothing():
 
 def test_the_drain_mode_reads_the_whole_queue_with_every_reader():
     need_mosquitto()
-    run = subprocess.run(
-        [sys.executable, SCRIPT, "--drain", "2000", "--budget", "60"], capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    readers = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"reader"')]
+    run, readers = _run("--drain", "2000", "--budget", "60")
     assert [reader["reader"] for reader in readers] == ["paho", "mosquitto_sub", "ReadFromTdmqMqtt"]
     assert all(reader["read"] == reader["published"] == 2000 for reader in readers), readers
     pattern = r"^RESULT read_drain ratio_vs_paho=[\d.]+ ratio_vs_mosquitto_sub=[\d.]+ msgs_per_s=\d+ lost=(\d+)$"

@@ -37,8 +37,6 @@ from tdmq_beam.transforms.mqtt_source import IDLE_WAIT, MqttSource, ReadSpec
 
 __all__ = ["ReadFromTdmqMqtt"]
 
-MAX_RECORDS = 2**63 - 1
-
 
 class ReadFromTdmqMqtt(beam.PTransform):
     """Reads MQTT messages from a TDMQ for MQTT instance, at least once.
@@ -152,7 +150,8 @@ class ReadFromTdmqMqtt(beam.PTransform):
         one_of("qos", qos, (0, 1, 2))
         one_of("mqtt_version", mqtt_version, (5, 4))
         int_in_range("session_expiry_interval", session_expiry_interval, 1, MAX_UINT32, unit=" seconds")
-        optional(int_in_range, "max_records", max_records, num_readers, MAX_RECORDS, unit=" (at least num_readers)")
+        if max_records is not None and positive_int("max_records", max_records) < num_readers:
+            raise ConfigurationError(f"max_records must be at least num_readers ({num_readers}), got {max_records}")
         optional(positive, "max_read_time", max_read_time, unit=" seconds")
         if timestamp_fn is not None and not callable(timestamp_fn):
             raise ConfigurationError("timestamp_fn must be callable")
