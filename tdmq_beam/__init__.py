@@ -25,6 +25,12 @@ _EXPORTS = {
     "ClientSubscription": "tdmq_beam.service.cloud_api",
     "CloudApiConfig": "tdmq_beam.service.cloud_api",
     "CloudApiError": "tdmq_beam.errors",
+    "CloudLookup": "tdmq_beam.transforms.cloud_lookup",
+    "CloudLookupTransform": "tdmq_beam.transforms.cloud_lookup",
+    "MissingMessage": "tdmq_beam.transforms.verify",
+    "VerifiedMessage": "tdmq_beam.transforms.verify",
+    "VerifyResult": "tdmq_beam.transforms.verify",
+    "VerifyStoredMessages": "tdmq_beam.transforms.verify",
     "ConfigurationError": "tdmq_beam.errors",
     "DecodeMqttMessages": "tdmq_beam.transforms.decode",
     "DecodeResult": "tdmq_beam.transforms.decode",
@@ -74,6 +80,8 @@ __all__ = [
     "ClientSubscription",
     "CloudApiConfig",
     "CloudApiError",
+    "CloudLookup",
+    "CloudLookupTransform",
     "ConfigurationError",
     "DecodeMqttMessages",
     "DecodeResult",
@@ -91,6 +99,7 @@ __all__ = [
     "MessageDecoder",
     "MessageDefaults",
     "MessageMapping",
+    "MissingMessage",
     "MqttMessage",
     "PermissionDeniedError",
     "PublishResult",
@@ -108,6 +117,9 @@ __all__ = [
     "TdmqError",
     "TransportError",
     "UserProperty",
+    "VerifiedMessage",
+    "VerifyResult",
+    "VerifyStoredMessages",
     "WriteToTdmqMqtt",
     "WriteToTdmqMqttResult",
     "avro_mapping",
@@ -153,6 +165,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.service.retry import RetryPolicy
     from tdmq_beam.service.status_lookup import ClientStatus
     from tdmq_beam.transforms.batched_calls import Batching
+    from tdmq_beam.transforms.cloud_lookup import CloudLookup, CloudLookupTransform
     from tdmq_beam.transforms.decode import DecodeMqttMessages, DecodeResult
     from tdmq_beam.transforms.deduplicate import DeduplicateMessages
     from tdmq_beam.transforms.enrich import EnrichResult, EnrichWithClientStatus
@@ -160,4 +173,5 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.transforms.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive
     from tdmq_beam.transforms.read import ReadFromTdmqMqtt
     from tdmq_beam.transforms.results import FailedMessage, PublishedMessage
+    from tdmq_beam.transforms.verify import MissingMessage, VerifiedMessage, VerifyResult, VerifyStoredMessages
     from tdmq_beam.transforms.write import WriteToTdmqMqtt, WriteToTdmqMqttResult

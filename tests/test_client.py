@@ -277,7 +277,9 @@ def test_set_keepalive_changes_describe_client(client, emulator, unique):
     device.close()
 
 
-def test_describe_client_connected_disconnected_and_unknown(client, paho, unique):
+@pytest.mark.parametrize("api", ["DescribeMQTTClient", "DescribeClientList"])
+def test_describe_client_connected_disconnected_and_unknown(emulator, paho, unique, api):
+    client = TdmqClient(emulator.connection(), emulator.cloud_config(rate=1000, api=api))
     client_id = unique("desc")
     device = paho(client_id, protocol=4, clean=False, keepalive=30)
     device.subscribe("home/+/temp", 1)
@@ -288,13 +290,17 @@ def test_describe_client_connected_disconnected_and_unknown(client, paho, unique
     assert [(s.topic_filter, s.qos) for s in details.subscriptions] == [("home/+/temp", 1)]
     assert details.client_address.startswith("127.0.0.1:")
     assert details.connect_time >= details.create_time > 0 and details.disconnect_time == 0
-    assert {item["MessageType"] for item in details.inbound["Items"]} >= {"CONNACK", "SUBACK"}
+    if api == "DescribeMQTTClient":  # traffic: only the old generation reports it
+        assert {item["MessageType"] for item in details.inbound["Items"]} >= {"CONNACK", "SUBACK"}
+    else:
+        assert details.inbound is None and details.session_expiry_interval == 2**32 - 1  # 3.1.1, clean off: never
     device.disconnect()
     time.sleep(0.2)
     offline = client.describe_client(client_id)
     assert not offline.online and offline.disconnect_time >= offline.connect_time
     assert client.describe_client(unique("never-seen")) is None
     assert offline.as_dict()["subscriptions"] == [{"topic_filter": "home/+/temp", "qos": 1}]
+    client.close()
 
 
 def test_describe_client_via_client_list_is_exact_match(emulator, paho, unique):
@@ -307,17 +313,46 @@ def test_describe_client_via_client_list_is_exact_match(emulator, paho, unique):
         assert details.client_id == base and details.session_expiry_interval == 0
 
 
-def test_auto_switches_to_client_list_when_describe_mqtt_client_is_offline(paho, unique):
-    with TdmqEmulator(offline_actions=frozenset({"DescribeMQTTClient"})) as emu:
-        client_id = unique("auto")
+def test_auto_starts_with_client_list_and_falls_back_only_when_it_is_offline(paho, unique):
+    client_id = unique("auto")
+    with TdmqEmulator() as emu:
         paho(client_id, port=emu.mqtt_port)
         with TdmqClient(emu.connection(), emu.cloud_config()) as client:
             assert client.describe_client(client_id).client_id == client_id
-            assert client.aio._cloud.action == "DescribeClientList"
+        assert emu.stats()["requests"]["cloud:DescribeClientList"] == {"OK": 1}
+        assert "cloud:DescribeMQTTClient" not in emu.stats()["requests"]
+    with TdmqEmulator(offline_actions=frozenset({"DescribeClientList"})) as emu:
+        paho(client_id, port=emu.mqtt_port)
+        with TdmqClient(emu.connection(), emu.cloud_config()) as client:
+            assert client.describe_client(client_id).client_id == client_id
+            assert client.aio._cloud.action == "DescribeMQTTClient"
             assert client.describe_client(client_id).online
         requests = emu.stats()["requests"]
-        assert requests["cloud:DescribeMQTTClient"] == {"ActionOffline": 1}
-        assert requests["cloud:DescribeClientList"] == {"OK": 2}
+        assert requests["cloud:DescribeClientList"] == {"ActionOffline": 1}
+        assert requests["cloud:DescribeMQTTClient"] == {"OK": 2}
+
+
+def test_auto_asks_for_the_exact_id_when_the_client_list_is_truncated(paho, unique, monkeypatch):
+    import tdmq_beam.service.cloud_api as cloud_api
+
+    monkeypatch.setattr(cloud_api, "CLIENT_LIST_LIMIT", 2)  # 2 clients fill a list
+    base = unique("trunc")
+    with TdmqEmulator() as emu:
+        for suffix in ("-a", "-b", "-c"):
+            paho(base + suffix, port=emu.mqtt_port)
+        paho(base, port=emu.mqtt_port)
+        with TdmqClient(emu.connection(), emu.cloud_config()) as auto:
+            # However the list falls, the answer is exact: from the list, or from DescribeMQTTClient.
+            assert all(auto.describe_client(base).client_id == base for _ in range(5))
+        with TdmqClient(emu.connection(), emu.cloud_config(api="DescribeClientList")) as listing_only:
+            codes = set()
+            for _ in range(10):
+                try:
+                    assert listing_only.describe_client(base).client_id == base
+                except CloudApiError as error:
+                    codes.add(error.code)
+            assert codes <= {"ClientListTruncated"}
+        assert emu.stats()["requests"]["cloud:DescribeMQTTClient"]["OK"] >= 1
 
 
 def test_cloud_auth_failure_is_fatal_and_rate_limit_retried():
@@ -330,7 +365,7 @@ def test_cloud_auth_failure_is_fatal_and_rate_limit_retried():
         config = emu.cloud_config(rate=None, retry=RetryPolicy(max_attempts=20, initial_backoff=0.2))
         with TdmqClient(emu.connection(), config) as client:
             assert [client.describe_client("x") for _ in range(6)] == [None] * 6
-        assert emu.stats()["requests"]["cloud:DescribeMQTTClient"]["RequestLimitExceeded"] > 0
+        assert emu.stats()["requests"]["cloud:DescribeClientList"]["RequestLimitExceeded"] > 0
 
 
 def test_describe_needs_a_cloud_config(client, emulator):

@@ -20,6 +20,7 @@ from tencentcloud.common.profile.http_profile import HttpProfile
 from test_emulator_http import BASIC, request
 
 from tdmq_beam.emulator.config import Acl
+from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS
 from tdmq_beam.testing import TdmqEmulator
 
 # -- property strings: nothing one publisher sends may hurt another client ---------------------------------
@@ -230,9 +231,7 @@ def test_stats_count_events_apart():
 
 
 def _sdk(emu, action: str, params: dict, *, method: str = "POST", secret_id: str | None = None, region="ap-guangzhou"):
-    service, version = {"DescribeMQTTClient": ("trocket", "2023-03-08"), "DescribeClientList": ("mqtt", "2024-05-16")}[
-        action
-    ]
+    service, version = CLOUD_ACTIONS[action].service, CLOUD_ACTIONS[action].version
     cred = credential.Credential(secret_id or emu.secret_id, emu.secret_key)
     profile = ClientProfile(httpProfile=HttpProfile(protocol="http", endpoint=emu.cloud_endpoint, reqMethod=method))
     return CommonClient(service, version, cred, region, profile=profile).call_json(action, params)["Response"]

@@ -125,7 +125,7 @@ def test_n_elements_over_k_clients_make_at_most_k_calls(fleet, tmp_path):
         return sum(after.get(api, {}).values()) - sum(before.get(api, {}).values())
 
     assert delta("status") <= len(ids)
-    assert delta("cloud:DescribeMQTTClient") <= len(ids)
+    assert 0 < delta("cloud:DescribeClientList") <= len(ids)
 
 
 def test_ttl_expiry_negative_cache_and_lru(fleet):
@@ -169,7 +169,7 @@ def test_cloud_request_limit_and_status_429_are_retried(tmp_path):
         enriched, failed = run_enrich(lambda p: p | beam.Create(events(ids)) | enrich, tmp_path)
         assert failed == [] and len(enriched) == 20
         requests = emu.stats()["requests"]
-        assert requests["cloud:DescribeMQTTClient"]["RequestLimitExceeded"] > 0
+        assert requests["cloud:DescribeClientList"]["RequestLimitExceeded"] > 0
         assert requests["status"]["429"] > 0
 
 
@@ -181,7 +181,7 @@ def test_client_side_cloud_rate_limit_avoids_refusals(tmp_path):
         enriched, failed = run_enrich(lambda p: p | beam.Create(events(ids)) | enrich, tmp_path)
         assert failed == [] and len(enriched) == 25
         assert time.monotonic() - started >= 1.5  # 25 calls at 8/s after a burst of 8
-        assert "RequestLimitExceeded" not in emu.stats()["requests"]["cloud:DescribeMQTTClient"]
+        assert "RequestLimitExceeded" not in emu.stats()["requests"]["cloud:DescribeClientList"]
 
 
 def test_failed_lookups_go_to_failed_or_pass_through_unknown(fleet, tmp_path):

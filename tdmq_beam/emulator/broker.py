@@ -18,6 +18,7 @@ from collections import deque
 
 from tdmq_beam.emulator.config import EmulatorConfig
 from tdmq_beam.emulator.message import Message
+from tdmq_beam.emulator.message_store import MessageStore
 from tdmq_beam.emulator.session import (
     NEVER_EXPIRES,
     ClientConnection,
@@ -45,6 +46,7 @@ class Broker:
         self.loop = loop
         self.sessions: dict[str, Session] = {}
         self.retained: dict[str, Message] = {}
+        self.store = MessageStore(config.stored_messages, config.stored_message_age)
         self.tree = SubscriptionTree()
         self.node = ""  # "ip:port" of the MQTT listener, set when it is bound
         self.counters: dict[str, int] = {
@@ -222,9 +224,11 @@ class Broker:
 
     # -- publishing -------------------------------------------------------------
 
-    def publish(self, message: Message, *, event: bool = False) -> None:
-        """Routes one message to every matching session and shared group."""
+    def publish(self, message: Message, *, event: bool = False) -> str:
+        """Stores one message (client events are not stored) and routes it to every matching
+        session and shared group; returns its message id."""
         self.counters["events_published" if event else "messages_received"] += 1
+        message_id = self.store.new_id() if event else self.store.add(message, now_ms())
         if message.retain:
             if message.payload and not message.immediate:
                 self.retained[message.topic] = message
@@ -238,6 +242,7 @@ class Broker:
                 self._deliver(session, message, match)
         for group in groups:
             self._dispatch_shared(group, message)
+        return message_id
 
     def _deliver(self, session: Session, message: Message, match: Match) -> None:
         qos = min(message.qos, match.qos)

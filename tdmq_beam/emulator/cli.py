@@ -77,6 +77,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-cloud-body", type=int, default=10 * 1024 * 1024, help="largest cloud API request body in bytes"
     )
+    parser.add_argument(
+        "--stored-messages", type=int, default=100_000,
+        help="accepted messages kept for the cloud API's message query, 0 for none",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stored-message-age", type=float, default=72 * 3600.0, help="seconds a stored message is kept"
+    )
     parser.add_argument("--mqtts-port", type=int, help="MQTT over TLS port (needs --tls-cert), 0 for a free one")
     parser.add_argument("--ws-port", type=int, help="MQTT over WebSocket port (path /mqtt), 0 for a free one")
     parser.add_argument("--wss-port", type=int, help="MQTT over secure WebSocket port (needs --tls-cert)")
@@ -119,6 +126,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
             topic_alias_maximum=args.topic_alias_maximum,
             max_keepalive=args.max_keepalive,
             max_cloud_body=args.max_cloud_body,
+            stored_messages=args.stored_messages,
+            stored_message_age=args.stored_message_age,
             mqtts_port=args.mqtts_port,
             ws_port=args.ws_port,
             wss_port=args.wss_port,

@@ -1,4 +1,4 @@
-"""Cloud API 3.0 at ``POST /``: DescribeMQTTClient and DescribeClientList, TC3-signed.
+"""Cloud API 3.0 at ``POST /``: the client and message query actions, TC3-signed.
 
 Answers as Tencent Cloud does: HTTP 200 with ``Response.Error`` for every
 business outcome, ``Content-Type: application/json`` exactly (the official SDK
@@ -14,28 +14,23 @@ import re
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from tdmq_beam.emulator.broker import Broker
+from tdmq_beam.emulator.cloud_errors import CloudError, integer_parameter
 from tdmq_beam.emulator.http_api import RequestError, parse_query
+from tdmq_beam.emulator.message_query import MessageQuery
 from tdmq_beam.emulator.session import Session
 from tdmq_beam.mqtt.codec import PacketType
 from tdmq_beam.rules import tc3
+from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS
 from tdmq_beam.rules.token_bucket import TokenBucket
 
-__all__ = ["ACTIONS", "SIGNATURE_WINDOW", "CloudApi"]
+__all__ = ["SIGNATURE_WINDOW", "CloudApi"]
 
-# Action -> (service of its credential scope, API version).
-ACTIONS = {
-    "DescribeMQTTClient": ("trocket", "2023-03-08"),
-    "DescribeClientList": ("mqtt", "2024-05-16"),
-}
-# Action -> the parameters it takes (anything else is UnknownParameter, as the service answers).
-PARAMETERS = {
-    "DescribeMQTTClient": frozenset(("InstanceId", "ClientId")),
-    "DescribeClientList": frozenset(("InstanceId", "ClientId", "Number", "OnlineStatus", "MaxTimestamp")),
-}
 SIGNATURE_WINDOW = 300
 """Seconds a signature's timestamp may be from the server's clock."""
 
@@ -45,13 +40,6 @@ _AUTHORIZATION = re.compile(
     r"^TC3-HMAC-SHA256 Credential=(?P<secret_id>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<service>[^/]+)/tc3_request, "
     r"SignedHeaders=(?P<signed>[a-z0-9;_-]+), Signature=(?P<signature>[0-9a-f]{64})$"
 )
-
-
-class _CloudError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _answer(body: dict) -> web.Response:
@@ -65,8 +53,17 @@ class CloudApi:
         self.broker = broker
         self.config = broker.config
         self.requests: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        messages = MessageQuery(broker.store)
+        # One handler per row of CLOUD_ACTIONS (a test checks that none is missing).
+        self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "DescribeClientList": self._describe_client_list,
+            "DescribeMQTTClient": self._describe_mqtt_client,
+            "DescribeMessageByTopic": messages.by_topic,
+            "DescribeMessageList": messages.time_range,
+            "DescribeMessageDetails": messages.details,
+        }
         self._limits = (
-            {action: TokenBucket(self.config.cloud_rate) for action in ACTIONS} if self.config.cloud_rate else {}
+            {action: TokenBucket(self.config.cloud_rate) for action in CLOUD_ACTIONS} if self.config.cloud_rate else {}
         )
 
     def add_routes(self, app: web.Application) -> None:
@@ -81,11 +78,11 @@ class CloudApi:
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                raise _CloudError(
+                raise CloudError(
                     "RequestSizeLimitExceeded", f"the request body exceeds {self.config.max_cloud_body} bytes"
                 ) from None
             result = self._dispatch(request, action, body)
-        except _CloudError as error:
+        except CloudError as error:
             self.requests[f"cloud:{action or '?'}"][error.code] += 1
             return _answer({"Error": {"Code": error.code, "Message": error.message}, "RequestId": request_id})
         self.requests[f"cloud:{action}"]["OK"] += 1
@@ -94,34 +91,33 @@ class CloudApi:
 
     def _dispatch(self, request: web.Request, action: str, body: bytes) -> dict:
         self._verify(request, action, body)
-        if action not in ACTIONS:
-            raise _CloudError("InvalidAction", f"the action {action!r} does not exist")
+        if action not in CLOUD_ACTIONS:
+            raise CloudError("InvalidAction", f"the action {action!r} does not exist")
         if action in self.config.offline_actions:
-            raise _CloudError("ActionOffline", f"the action {action} is offline")
+            raise CloudError("ActionOffline", f"the action {action} is offline")
         version = request.headers.get("X-TC-Version", "")
-        if version != ACTIONS[action][1]:
-            raise _CloudError("NoSuchVersion", f"{action} has no version {version!r}; use {ACTIONS[action][1]}")
+        expected = CLOUD_ACTIONS[action].version
+        if version != expected:
+            raise CloudError("NoSuchVersion", f"{action} has no version {version!r}; use {expected}")
         if action in self.config.cloud_denied_actions:
-            raise _CloudError(
+            raise CloudError(
                 "AuthFailure.UnauthorizedOperation", f"the credential is not authorized to call {action} (CAM)"
             )
         if not request.headers.get("X-TC-Region", "").strip():
-            raise _CloudError("MissingParameter", "the request is missing the required parameter Region")
+            raise CloudError("MissingParameter", "the request is missing the required parameter Region")
         limit = self._limits.get(action)
         if limit is not None and not limit.try_take():
-            raise _CloudError("RequestLimitExceeded", f"{action} is limited to {self.config.cloud_rate:g} requests/s")
+            raise CloudError("RequestLimitExceeded", f"{action} is limited to {self.config.cloud_rate:g} requests/s")
         params = self._parameters(request, body)
-        unknown = sorted(set(params) - PARAMETERS[action])
+        unknown = sorted(set(params) - CLOUD_ACTIONS[action].parameters)
         if unknown:
-            raise _CloudError("UnknownParameter", f"the parameter {unknown[0]} is not recognized by {action}")
+            raise CloudError("UnknownParameter", f"the parameter {unknown[0]} is not recognized by {action}")
         instance_id = params.get("InstanceId")
         if not instance_id:
-            raise _CloudError("MissingParameter", "the parameter InstanceId is required")
+            raise CloudError("MissingParameter", "the parameter InstanceId is required")
         if instance_id != self.config.instance_id:
-            raise _CloudError("ResourceNotFound.Instance", f"instance {instance_id!r} does not exist")
-        if action == "DescribeMQTTClient":
-            return self._describe_mqtt_client(params)
-        return self._describe_client_list(params)
+            raise CloudError("ResourceNotFound.Instance", f"instance {instance_id!r} does not exist")
+        return self._handlers[action](params)
 
     @staticmethod
     def _parameters(request: web.Request, body: bytes) -> dict:
@@ -130,38 +126,39 @@ class CloudApi:
             try:
                 return parse_query(request.raw_path.partition("?")[2])
             except RequestError as exc:
-                raise _CloudError("InvalidParameter", str(exc)) from None
+                raise CloudError("InvalidParameter", str(exc)) from None
         try:
             params = json.loads(body or b"{}")
         except ValueError:
-            raise _CloudError("InvalidParameter", "the request body is not JSON") from None
+            raise CloudError("InvalidParameter", "the request body is not JSON") from None
         if not isinstance(params, dict):
-            raise _CloudError("InvalidParameter", "the request body is not a JSON object")
+            raise CloudError("InvalidParameter", "the request body is not a JSON object")
         return params
 
     def _verify(self, request: web.Request, action: str, body: bytes) -> None:
         headers = request.headers
         match = _AUTHORIZATION.match(headers.get("Authorization", ""))
         if match is None:
-            raise _CloudError("AuthFailure.InvalidAuthorization", "the Authorization header is not TC3-HMAC-SHA256")
+            raise CloudError("AuthFailure.InvalidAuthorization", "the Authorization header is not TC3-HMAC-SHA256")
         timestamp_text = headers.get("X-TC-Timestamp", "")
         if not timestamp_text.isdigit():
-            raise _CloudError("MissingParameter", "X-TC-Timestamp is missing or not a Unix time")
+            raise CloudError("MissingParameter", "X-TC-Timestamp is missing or not a Unix time")
         timestamp = int(timestamp_text)
         if abs(time.time() - timestamp) > SIGNATURE_WINDOW:
-            raise _CloudError("AuthFailure.SignatureExpire", "the signature's timestamp is more than 5 minutes off")
+            raise CloudError("AuthFailure.SignatureExpire", "the signature's timestamp is more than 5 minutes off")
         if not match["secret_id"].startswith("AKID"):
-            raise _CloudError("AuthFailure.InvalidSecretId", "the SecretId is not a cloud API key (AKID...)")
+            raise CloudError("AuthFailure.InvalidSecretId", "the SecretId is not a cloud API key (AKID...)")
         if match["secret_id"] != self.config.secret_id:
-            raise _CloudError("AuthFailure.SecretIdNotFound", "the SecretId does not exist")
+            raise CloudError("AuthFailure.SecretIdNotFound", "the SecretId does not exist")
         signed = match["signed"].split(";")
         if "content-type" not in signed or "host" not in signed:
-            raise _CloudError("AuthFailure.SignatureFailure", "SignedHeaders must include content-type and host")
+            raise CloudError("AuthFailure.SignatureFailure", "SignedHeaders must include content-type and host")
         if match["date"] != tc3.utc_date(timestamp):
-            raise _CloudError("AuthFailure.SignatureFailure", "the credential date does not match X-TC-Timestamp")
-        expected_service = ACTIONS.get(action, (match["service"],))[0]
+            raise CloudError("AuthFailure.SignatureFailure", "the credential date does not match X-TC-Timestamp")
+        known = CLOUD_ACTIONS.get(action)
+        expected_service = known.service if known is not None else match["service"]
         if match["service"] != expected_service:
-            raise _CloudError(
+            raise CloudError(
                 "AuthFailure.SignatureFailure",
                 f"the credential scope names service {match['service']!r}; {action} belongs to {expected_service!r}",
             )
@@ -176,15 +173,15 @@ class CloudApi:
             unsigned_payload=headers.get("X-TC-Content-SHA256") == tc3.UNSIGNED_PAYLOAD,
         )
         if not hmac.compare_digest(signature, match["signature"]):
-            raise _CloudError("AuthFailure.SignatureFailure", "the signature does not match")
+            raise CloudError("AuthFailure.SignatureFailure", "the signature does not match")
 
     def _describe_mqtt_client(self, params: dict) -> dict:
         client_id = params.get("ClientId")
         if not client_id:
-            raise _CloudError("MissingParameter", "the parameter ClientId is required")
+            raise CloudError("MissingParameter", "the parameter ClientId is required")
         session = self.broker.sessions.get(client_id)
         if session is None:
-            raise _CloudError("ResourceNotFound.Client", f"client {client_id!r} does not exist")
+            raise CloudError("ResourceNotFound.Client", f"client {client_id!r} does not exist")
         details = _client_fields(session)
         details["MQTTClientSubscriptions"] = [
             {"TopicFilter": sub.topic_filter, "Qos": sub.qos} for sub in session.subscriptions.values()
@@ -195,14 +192,14 @@ class CloudApi:
 
     def _describe_client_list(self, params: dict) -> dict:
         prefix = params.get("ClientId") or ""
-        number = _integer(params, "Number", MAX_CLIENT_LIST)
-        online_status = _integer(params, "OnlineStatus", 0)
-        max_timestamp = _integer(params, "MaxTimestamp", 0)
+        number = integer_parameter(params, "Number", MAX_CLIENT_LIST)
+        online_status = integer_parameter(params, "OnlineStatus", 0)
+        max_timestamp = integer_parameter(params, "MaxTimestamp", 0)
         if number < 1:
-            raise _CloudError("InvalidParameterValue", f"Number must be 1..{MAX_CLIENT_LIST}, got {number}")
+            raise CloudError("InvalidParameterValue", f"Number must be 1..{MAX_CLIENT_LIST}, got {number}")
         number = min(number, MAX_CLIENT_LIST)
         if online_status not in (0, 1, 2):
-            raise _CloudError("InvalidParameterValue", "OnlineStatus must be 0, 1 or 2")
+            raise CloudError("InvalidParameterValue", "OnlineStatus must be 0, 1 or 2")
         clients: list[dict] = []
         # In no particular order, as the service's console says it lists them ("randomly displayed"):
         # a caller cannot count on the exact id coming first.
@@ -235,19 +232,6 @@ class CloudApi:
 
     def snapshot(self) -> dict:
         return {api: dict(counts) for api, counts in self.requests.items()}
-
-
-def _integer(params: dict, name: str, default: int) -> int:
-    """An integer parameter, sent as a JSON number or as a string of digits (as the SDK's
-    string fields are): ``5`` and ``"5"`` mean the same."""
-    value = params.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not (
-        isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value))
-    ):
-        raise _CloudError("InvalidParameterValue", f"{name} must be an integer, got {value!r}")
-    return int(value)
 
 
 def _client_fields(session: Session) -> dict:

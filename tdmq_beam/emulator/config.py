@@ -10,7 +10,7 @@ from typing import Literal
 
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.mqtt.topics import filter_covers, topic_filter_error, topic_matches
-from tdmq_beam.option_checks import int_in_range, non_negative, non_negative_int, optional, positive_int
+from tdmq_beam.option_checks import int_in_range, non_negative, non_negative_int, optional, positive, positive_int
 
 __all__ = [
     "DEFAULT_INSTANCE_ID",
@@ -191,6 +191,13 @@ class EmulatorConfig:
         max_cloud_body: largest cloud API request body, in bytes. Defaults to
             10 MiB, the limit of Tencent Cloud API 3.0.
         max_queued: messages queued per session before the oldest are dropped.
+        stored_messages: accepted messages kept for the cloud API's message
+            query (``DescribeMessageByTopic``, ``DescribeMessageList``,
+            ``DescribeMessageDetails``); past it the oldest go. 0 keeps none.
+            Defaults to 100,000.
+        stored_message_age: seconds a stored message is kept. Defaults to
+            72 hours (the service keeps messages for a retention time set per
+            instance).
         faults: faults injected into HTTP publish requests.
         tls_cert, tls_key: serve HTTPS with this certificate instead of HTTP,
             and MQTT over TLS and secure WebSocket where those ports are given.
@@ -219,6 +226,8 @@ class EmulatorConfig:
     max_payload: int = 1024 * 1024
     max_inflight: int = 16
     max_queued: int = 100_000
+    stored_messages: int = 100_000
+    stored_message_age: float = 72 * 3600.0
     retry_interval: float = 120.0
     max_subscriptions: int = 30
     topic_alias_maximum: int = 64
@@ -251,6 +260,8 @@ class EmulatorConfig:
         int_in_range("max_packet_size", self.max_packet_size, 16, 268_435_455, unit=" bytes")
         non_negative_int("max_payload", self.max_payload)
         positive_int("max_queued", self.max_queued)
+        non_negative_int("stored_messages", self.stored_messages)
+        positive("stored_message_age", self.stored_message_age, unit=" seconds")
 
     def check_password(self, username: str | None, password: str | bytes | None) -> bool:
         if username is None or username not in self.users:

@@ -16,7 +16,6 @@ import binascii
 import itertools
 import json
 import logging
-import os
 import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
@@ -178,8 +177,6 @@ class DataPlaneApi:
         self.config = broker.config
         self.requests: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._quota = TokenBucket(self.config.tps) if self.config.tps else None
-        self._id_prefix = os.urandom(8).hex().upper()
-        self._ids = itertools.count(1)
         # One default client id per HTTP connection, http-{connection-id} as documented, keyed by the
         # peer address (unique among open connections; TLS transports cannot be weakly referenced).
         self._connection_ids: OrderedDict[object, str] = OrderedDict()
@@ -312,7 +309,7 @@ class DataPlaneApi:
                 return _error(400, "PayloadFormatIndicator is 1 but the payload is not UTF-8")
 
         broker = self.broker
-        broker.publish(
+        message_id = broker.publish(
             Message.create(
                 topic,
                 payload,
@@ -323,7 +320,7 @@ class DataPlaneApi:
                 broker.loop.time(),
             )
         )
-        return web.Response(headers={"X-Message-Id": f"{self._id_prefix}{next(self._ids):016X}"})
+        return web.Response(headers={"X-Message-Id": message_id})
 
     @staticmethod
     async def _read_body(request: web.Request, limit: int) -> bytes | None:

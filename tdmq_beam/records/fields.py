@@ -15,7 +15,7 @@ from typing import Any
 
 from tdmq_beam.errors import InvalidMessageError
 
-__all__ = ["MappingError", "as_record", "client_id_getter", "element_to_json", "json_default"]
+__all__ = ["MappingError", "as_record", "client_id_getter", "element_to_json", "json_default", "text_getter"]
 
 
 class MappingError(InvalidMessageError):
@@ -40,21 +40,25 @@ def as_record(element: Any) -> Mapping[str, Any]:
     )
 
 
-def client_id_getter(client_id: str | Callable[[Any], str]) -> Callable[[Any], str]:
-    """A function from an element to its client id: a field of a record, or ``client_id`` itself."""
-    if callable(client_id):
-        return client_id
-    field = client_id
+def text_getter(field: str | Callable[[Any], str], what: str) -> Callable[[Any], str]:
+    """A function from an element to a non-empty str: a field of a record, or ``field`` itself
+    when it is a callable. ``what`` names the value in errors (``the client id``)."""
+    if callable(field):
+        return field
+    name = field
 
     def from_field(element: Any) -> str:
-        value = as_record(element).get(field)
+        value = as_record(element).get(name)
         if not isinstance(value, str) or not value:
-            raise MappingError(
-                f"invalid record: field {field!r} must hold the client id as a non-empty str, got {value!r}"
-            )
+            raise MappingError(f"invalid record: field {name!r} must hold {what} as a non-empty str, got {value!r}")
         return value
 
     return from_field
+
+
+def client_id_getter(client_id: str | Callable[[Any], str]) -> Callable[[Any], str]:
+    """A function from an element to its client id: a field of a record, or ``client_id`` itself."""
+    return text_getter(client_id, "the client id")
 
 
 def json_default(value: Any) -> Any:

@@ -12,6 +12,8 @@ Usage::
 
     async with AsyncTdmqClient(conn) as client:
         message_id = await client.publish(MqttMessage("devices/dev-1/commands", b"..."))
+
+A client for the cloud API alone needs no connection: ``TdmqClient(cloud=CloudApiConfig(...))``.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from tdmq_beam.errors import (
     TransportError,
     error_for_status,
 )
+from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS
 from tdmq_beam.rules.limits import KEEPALIVE_RANGE
 from tdmq_beam.rules.token_bucket import TokenBucket
-from tdmq_beam.service.cloud_api import ClientDetails, CloudApiCaller, CloudApiConfig
+from tdmq_beam.service.cloud_api import CLOUD_IN_FLIGHT, ClientDetails, CloudApiCaller, CloudApiConfig
 from tdmq_beam.service.concurrency import run_bounded
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.http_transport import HttpAnswer, HttpTransport, Transport
@@ -107,12 +110,14 @@ def _server_message(text: str) -> str:
 class AsyncTdmqClient:
     """The data-plane and cloud API calls on one event loop, with a keep-alive connection pool.
 
-    Every call goes through the connection's `RetryPolicy`. Open with
-    ``async with`` or `open`; secrets are resolved then.
+    Every data-plane call goes through the connection's `RetryPolicy`, every cloud
+    API call through the cloud config's. Open with ``async with`` or `open`;
+    secrets are resolved then.
 
     Args:
-        connection: the instance's access point and credentials.
-        cloud: cloud API credentials, needed for `describe_client`.
+        connection: the instance's access point and credentials, needed for the
+            data plane (publish, status, keep-alive). None: a cloud API client only.
+        cloud: cloud API credentials, needed for `describe_client` and `call_cloud`.
         transport: the data-plane transport; by default an `HttpTransport` to
             the connection's endpoint, made on `open`. Tests give their own.
         clock: time and sleeping for retries and throttling; by default the
@@ -121,12 +126,14 @@ class AsyncTdmqClient:
 
     def __init__(
         self,
-        connection: TdmqConnection,
+        connection: TdmqConnection | None,
         cloud: CloudApiConfig | None = None,
         *,
         transport: Transport | None = None,
         clock: Clock | None = None,
     ) -> None:
+        if connection is None and cloud is None:
+            raise ConfigurationError("a client needs a TdmqConnection, a CloudApiConfig, or both")
         self.connection = connection
         self.cloud = cloud
         self._transport = transport
@@ -134,8 +141,7 @@ class AsyncTdmqClient:
         self._clock = clock or SYSTEM_CLOCK
         self._session: aiohttp.ClientSession | None = None
         self._cloud: CloudApiCaller | None = None
-        self._bucket = TokenBucket(connection.tps, clock=self._clock.now) if connection.tps else None
-        self._retry = connection.retry
+        self._bucket = TokenBucket(connection.tps, clock=self._clock.now) if connection and connection.tps else None
         self._throttler: AdaptiveThrottler | None = None  # made on the first 429
         self._open = False
         self.retries = 0
@@ -151,7 +157,7 @@ class AsyncTdmqClient:
         if self._open:
             return self
         connection = self.connection
-        if self._transport is None:
+        if self._transport is None and connection is not None:
             endpoint = urlsplit(connection.endpoint)
             self._transport = HttpTransport(
                 endpoint.hostname or "",
@@ -194,9 +200,21 @@ class AsyncTdmqClient:
         if not self._open:
             raise ConfigurationError("the client is not open: use 'async with' or await open()")
 
+    @property
+    def max_in_flight(self) -> int:
+        """Calls at once by default: the connection's ``max_in_flight``; `CLOUD_IN_FLIGHT` without one."""
+        return self.connection.max_in_flight if self.connection is not None else CLOUD_IN_FLIGHT
+
+    @property
+    def _plane(self) -> TdmqConnection:
+        """The connection, for data-plane calls."""
+        if self.connection is None:
+            raise ConfigurationError("this client was made for the cloud API only: data-plane calls need a connection")
+        return self.connection
+
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
         self._require_open()
-        return await self._retry.run(call, on_retry=self._count_retry, clock=self._clock)
+        return await self._plane.retry.run(call, on_retry=self._count_retry, clock=self._clock)
 
     # -- the data plane: one request path, one mapping of answers to errors -----------
 
@@ -214,7 +232,7 @@ class AsyncTdmqClient:
             if self._throttler is not None:
                 self._throttler.successful_request(self._clock.wall() * 1000)
             return answer
-        if status == 429 and self._throttler is None and self.connection.adaptive_throttling:
+        if status == 429 and self._throttler is None and self._plane.adaptive_throttling:
             # Imported on the first 429 only: a client-only user does not pay for Beam's import.
             from apache_beam.io.components.adaptive_throttler import AdaptiveThrottler
 
@@ -262,7 +280,7 @@ class AsyncTdmqClient:
 
     async def publish_with_attempts(self, message: MqttMessage) -> tuple[str | None, int]:
         """Like `publish`, also returning the number of attempts."""
-        problem = message.payload_problem(self.connection.max_payload_bytes)
+        problem = message.payload_problem(self._plane.max_payload_bytes)
         if problem:
             raise InvalidMessageError(problem, attempts=0)
         return await self._with_retries(lambda: self._publish_once(message))
@@ -278,7 +296,7 @@ class AsyncTdmqClient:
             One `PublishResult` per message, in input order.
         """
         self._require_open()
-        results = await run_bounded(messages, self._publish_result, concurrency or self.connection.max_in_flight)
+        results = await run_bounded(messages, self._publish_result, concurrency or self._plane.max_in_flight)
         return results  # type: ignore[return-value]  # _publish_result never raises
 
     async def _publish_result(self, message: MqttMessage) -> PublishResult:
@@ -350,14 +368,29 @@ class AsyncTdmqClient:
             CloudApiError: ``AuthFailure.*`` and other refusals; ``RequestLimitExceeded``
                 after retries.
         """
-        if self._cloud is None:
-            if not self._open:
-                raise ConfigurationError("the client is not open: use 'async with' or await open()")
-            raise ConfigurationError("describe_client needs a CloudApiConfig (cloud=...)")
         if not isinstance(client_id, str) or not client_id:
             raise InvalidRequestError("client_id must be a non-empty str")
-        details, _ = await self._cloud.describe_client(client_id)
+        details, _ = await self._cloud_caller("describe_client").describe_client(client_id)
         return details
+
+    async def call_cloud(self, action: str, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """One cloud API action (a row of `CLOUD_ACTIONS`), signed, rate-limited per action and
+        retried: the ``Response`` object and the attempts made.
+
+        Raises:
+            ConfigurationError: the client was made without a `CloudApiConfig`, or the action is unknown.
+            CloudApiError: the service's refusal (``Error.Code``), or ``RequestLimitExceeded`` after retries.
+        """
+        caller = self._cloud_caller(action)
+        if action not in CLOUD_ACTIONS:
+            raise ConfigurationError(f"unknown cloud API action {action!r}; known: {sorted(CLOUD_ACTIONS)}")
+        return await caller.call_with_retries(action, params)
+
+    def _cloud_caller(self, what: str) -> CloudApiCaller:
+        if self._cloud is None:
+            self._require_open()
+            raise ConfigurationError(f"{what} needs a CloudApiConfig (cloud=...)")
+        return self._cloud
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: AsyncTdmqClient) -> None:
@@ -377,14 +410,15 @@ class TdmqClient:
     """The synchronous client: `AsyncTdmqClient` on an event loop of its own thread.
 
     Args:
-        connection: the instance's access point and credentials.
-        cloud: cloud API credentials, needed for `describe_client`.
+        connection: the instance's access point and credentials; None for a
+            cloud API client only.
+        cloud: cloud API credentials, needed for `describe_client` and `call_cloud`.
 
     Raises:
         ConfigurationError: a secret or certificate cannot be read.
     """
 
-    def __init__(self, connection: TdmqConnection, cloud: CloudApiConfig | None = None) -> None:
+    def __init__(self, connection: TdmqConnection | None = None, cloud: CloudApiConfig | None = None) -> None:
         self.connection = connection
         self.cloud = cloud
         self._loop = new_event_loop()
@@ -422,6 +456,9 @@ class TdmqClient:
     def describe_client(self, client_id: str) -> ClientDetails | None:
         return self.run(self.aio.describe_client(client_id))
 
+    def call_cloud(self, action: str, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return self.run(self.aio.call_cloud(action, params))
+
     def close(self) -> None:
         self._finalizer()
 
@@ -432,4 +469,4 @@ class TdmqClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TdmqClient({self.connection!r})"
+        return f"TdmqClient({self.connection or self.cloud!r})"

@@ -1,10 +1,11 @@
 """The cloud API (control plane): `CloudApiConfig`, `ClientDetails`, and the signed async caller.
 
-Two generations describe one client: ``DescribeMQTTClient`` (service trocket,
-2023-03-08; Tencent has announced its retirement) and ``DescribeClientList``
-(service mqtt, 2024-05-16). ``api="auto"`` starts with the first and switches
-to the second for the rest of the run when the service says the action is
-offline or unknown.
+Two generations describe one client: ``DescribeClientList`` (service mqtt,
+2024-05-16) and ``DescribeMQTTClient`` (service trocket, 2023-03-08; announced
+for retirement in March 2026). ``api="auto"`` starts with the first and falls
+back to the second for the rest of the run only when the service says the
+first is offline or unknown. Every other action is called through
+`CloudApiCaller.call_with_retries`, by its row in `CLOUD_ACTIONS`.
 """
 
 from __future__ import annotations
@@ -23,26 +24,24 @@ import aiohttp
 from tdmq_beam.errors import CloudApiError, ConfigurationError, RequestTimeoutError, ServerError, TransportError
 from tdmq_beam.option_checks import one_of, optional, positive
 from tdmq_beam.rules import tc3
+from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS, RETIRED_CODES
 from tdmq_beam.rules.token_bucket import TokenBucket
 from tdmq_beam.secret import Secret, SecretLike, as_secret
 from tdmq_beam.service.retry import RetryPolicy
 
-__all__ = ["ClientDetails", "ClientSubscription", "CloudApiCaller", "CloudApiConfig"]
+__all__ = ["CLOUD_IN_FLIGHT", "ClientDetails", "ClientSubscription", "CloudApiCaller", "CloudApiConfig"]
 
 _LOGGER = logging.getLogger(__name__)
 
-ApiChoice = Literal["auto", "DescribeMQTTClient", "DescribeClientList"]
+ApiChoice = Literal["auto", "DescribeClientList", "DescribeMQTTClient"]
 
-# Action -> (service, version, default host).
-_ACTIONS = {
-    "DescribeMQTTClient": ("trocket", "2023-03-08", "trocket.tencentcloudapi.com"),
-    "DescribeClientList": ("mqtt", "2024-05-16", "mqtt.tencentcloudapi.com"),
-}
+_DESCRIBE_ACTIONS = ("DescribeClientList", "DescribeMQTTClient")
+"""The two generations, newest first: ``api="auto"`` tries them in this order."""
+CLOUD_IN_FLIGHT = 16
+"""Cloud API calls at once per worker process by default: at 20 requests/s per action and
+latencies of a few hundred ms, a handful keeps the limit busy."""
 CLIENT_LIST_LIMIT = 1024
 """The most clients one DescribeClientList call answers."""
-
-# Codes meaning "this action is gone": switch generations under api="auto".
-_RETIRED_CODES = ("InvalidAction", "ActionOffline", "UnsupportedOperation", "NoSuchVersion")
 
 
 class CloudApiConfig:
@@ -55,8 +54,8 @@ class CloudApiConfig:
         instance_id: the TDMQ for MQTT instance id, e.g. ``mqtt-xxxx``.
         endpoint: ``scheme://host[:port]`` serving every action (the emulator,
             a proxy). Defaults to Tencent's hosts, one per service, over https.
-        api: ``auto`` (DescribeMQTTClient, then DescribeClientList once the
-            former is gone), or one of the two actions. Defaults to auto.
+        api: ``auto`` (DescribeClientList, then DescribeMQTTClient should the
+            former not be available), or one of the two actions. Defaults to auto.
         token: session token of temporary credentials (str or `Secret`).
         rate: requests per second per worker process, per action. Defaults
             to 20, the service's documented limit: divide by the number of
@@ -87,7 +86,7 @@ class CloudApiConfig:
             raise ConfigurationError("region is required, e.g. 'ap-guangzhou'")
         if not isinstance(instance_id, str) or not instance_id:
             raise ConfigurationError("instance_id is required, e.g. 'mqtt-xxxx'")
-        one_of("api", api, ("auto", *_ACTIONS))
+        one_of("api", api, ("auto", *_DESCRIBE_ACTIONS))
         if endpoint is not None:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
@@ -112,7 +111,7 @@ class CloudApiConfig:
         """The URL to POST to and the Host header (signed) for ``action``."""
         if self.endpoint is not None:
             return self.endpoint + "/", urlsplit(self.endpoint).netloc
-        host = _ACTIONS[action][2]
+        host = CLOUD_ACTIONS[action].host
         return f"https://{host}/", host
 
     def display_data(self) -> dict[str, Any]:
@@ -222,8 +221,8 @@ class CloudApiCaller:
         self._session = session
         self._secret_key = config.secret_key.resolve()
         self._token = config.token.resolve() if config.token is not None else None
-        self.action = "DescribeMQTTClient" if config.api == "auto" else config.api
-        self._limits = {action: TokenBucket(config.rate) for action in _ACTIONS} if config.rate else {}
+        self.action = _DESCRIBE_ACTIONS[0] if config.api == "auto" else config.api
+        self._limits = {action: TokenBucket(config.rate) for action in CLOUD_ACTIONS} if config.rate else {}
         self.throttled = 0
 
     async def describe_client(self, client_id: str) -> tuple[ClientDetails | None, int]:
@@ -235,13 +234,31 @@ class CloudApiCaller:
             except CloudApiError as error:
                 if (
                     self.config.api == "auto"
-                    and action == "DescribeMQTTClient"
-                    and error.code.startswith(_RETIRED_CODES)
+                    and action == _DESCRIBE_ACTIONS[0]
+                    and error.code.startswith(RETIRED_CODES)
                 ):
-                    _LOGGER.warning("DescribeMQTTClient is gone (%s); using DescribeClientList from now on", error.code)
-                    self.action = "DescribeClientList"
+                    _LOGGER.warning(
+                        "%s is not available (%s); using %s from now on", action, error.code, _DESCRIBE_ACTIONS[1]
+                    )
+                    self.action = _DESCRIBE_ACTIONS[1]
                     continue
+                if self.config.api == "auto" and error.code == "ClientListTruncated":
+                    return await self._describe_exactly(client_id, error)
                 raise
+
+    async def _describe_exactly(self, client_id: str, truncated: CloudApiError) -> tuple[ClientDetails | None, int]:
+        """Under ``api="auto"``, a client the list could not settle, asked of DescribeMQTTClient by its exact id
+        while that action lasts; the list's error when it is gone."""
+        try:
+            return await self.config.retry.run(functools.partial(self._describe_once, _DESCRIBE_ACTIONS[1], client_id))
+        except CloudApiError as error:
+            if error.code.startswith(RETIRED_CODES):
+                raise truncated from None
+            raise
+
+    async def call_with_retries(self, action: str, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """`call` under the config's `RetryPolicy`: the ``Response`` object and the attempts made."""
+        return await self.config.retry.run(functools.partial(self.call, action, params))
 
     async def _describe_once(self, action: str, client_id: str) -> ClientDetails | None:
         params: dict[str, Any] = {"InstanceId": self.config.instance_id, "ClientId": client_id}
@@ -271,7 +288,7 @@ class CloudApiCaller:
             )
         return None
 
-    async def call(self, action: str, params: dict) -> dict:
+    async def call(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
         """One signed request for a known action; returns ``Response`` or raises `CloudApiError`."""
         limit = self._limits.get(action)
         if limit is not None:
@@ -279,7 +296,7 @@ class CloudApiCaller:
             if wait:
                 self.throttled += 1
                 await asyncio.sleep(wait)
-        service, version, _ = _ACTIONS[action]
+        service, version = CLOUD_ACTIONS[action].service, CLOUD_ACTIONS[action].version
         url, host = self.config.url_and_host(action)
         body = json.dumps(params, separators=(",", ":")).encode()
         timestamp = int(time.time())

@@ -128,7 +128,7 @@ class StatusLookup:
             await run_bounded(
                 client_ids,
                 lambda client_id: self.lookup(client_id, stats),
-                concurrency or self.client.connection.max_in_flight,
+                concurrency or self.aio.max_in_flight,
             )
         )
         stats["throttled"] += self.aio.cloud_throttled - throttled_before

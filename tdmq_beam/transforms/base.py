@@ -5,11 +5,12 @@ A transform on this base is three things: how an element becomes a call
 and what a result becomes (``output``): a `BatchedCallsFn` subclass. The base
 owns the rest, the same for every transform:
 
-- the connection (and cloud API) check and the four batching options;
-- the output wiring: a typed main output and a typed ``failed`` output of
-  `FailedMessage`, returned as a `NamedTuple` result (attributes, and
-  ``main, failed = pcoll | ...`` unpacks), optionally also sent to a Beam
-  `ErrorHandler` (``with_error_handler``), as Beam's own IOs do;
+- the connection (and cloud API) check and the batching options;
+- the output wiring: a typed main output, any further typed outputs
+  (``OUTPUTS``) and a typed ``failed`` output of `FailedMessage`, returned as
+  a `NamedTuple` result (attributes, and ``main, failed = pcoll | ...``
+  unpacks), ``failed`` optionally also sent to a Beam `ErrorHandler`
+  (``with_error_handler``), as Beam's own IOs do;
 - display data (connection, cloud API, batching and the transform's own
   settings, all labelled alike) and the metrics namespace
   (``tdmq_beam.{TransformName}``).
@@ -18,7 +19,8 @@ Adding an API call as a transform: write its DoFn (``prepare``, ``start``,
 ``output``), a result `NamedTuple` (main output, ``failed``), and a
 `CallTransform` subclass that sets ``LABEL``, ``MAIN``, ``Result`` and
 ``main_type``, validates its own options in ``__init__`` and returns its DoFn
-from ``new_fn``; ``describe`` adds its display data.
+from ``new_fn``; ``describe`` adds its display data. A transform making one
+cloud API call per element is smaller still: see `cloud_lookup.CloudLookup`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class CallTransform(beam.PTransform):
     """Base of the transforms that call the service per element in concurrent batches.
 
     Args:
-        connection: the instance access point and credentials.
+        connection: the instance access point and credentials; None for
+            transforms that use the cloud API only.
         cloud: cloud API credentials, for transforms that use the cloud API.
         batching: how calls are batched: a `Batching`, just its mode (``auto``,
             ``bundle``, ``sharded``) or its settings as a dict. Defaults to ``Batching()``.
@@ -70,17 +73,24 @@ class CallTransform(beam.PTransform):
     """The result type: a NamedTuple of (main output, ``failed``)."""
     main_type: Any = Any
     """The element type of the main output."""
+    NEEDS_CONNECTION: ClassVar[bool] = True
+    """Whether the transform calls the data plane (and so needs a connection)."""
+    OUTPUTS: ClassVar[dict[str, Any]] = {}
+    """Outputs besides the main one and ``failed``: name -> element type (``Result`` has a field for each)."""
 
     def __init__(
         self,
-        connection: TdmqConnection,
+        connection: TdmqConnection | None,
         cloud: CloudApiConfig | None = None,
         *,
         batching: Batching | str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        instance_of("connection", connection, TdmqConnection)
+        optional(instance_of, "connection", connection, TdmqConnection)
         optional(instance_of, "cloud", cloud, CloudApiConfig)
+        if connection is None and (self.NEEDS_CONNECTION or cloud is None):
+            needs = "a connection (TdmqConnection)" if self.NEEDS_CONNECTION else "cloud (a CloudApiConfig)"
+            raise ConfigurationError(f"{type(self).__name__} needs {needs}")
         self._connection = connection
         self._cloud = cloud
         self._batching = Batching.of(batching)
@@ -154,16 +164,14 @@ class CallTransform(beam.PTransform):
         elif sharded:
             size = self._batching.size_for(self._connection)
             pcoll = sharded_batches(pcoll, size, self._batching.max_buffering_duration_secs)
-        outputs = par_do_with_outputs(
-            pcoll, self.LABEL, make_fn, self.MAIN, {self.MAIN: self.main_type, FAILED: FailedMessage}
-        )
-        main, failed = outputs[self.MAIN], outputs[FAILED]
+        types = {self.MAIN: self.main_type, **self.OUTPUTS, FAILED: FailedMessage}
+        outputs = par_do_with_outputs(pcoll, self.LABEL, make_fn, self.MAIN, types)
         if self._error_handler is not None:
-            self._error_handler.add_error_pcollection(failed)
-        return self.Result(main, failed)
+            self._error_handler.add_error_pcollection(outputs[FAILED])
+        return self.Result(**{name: outputs[name] for name in self.Result._fields})
 
     def display_data(self) -> dict[str, Any]:
-        items: dict[str, Any] = dict(self._connection.display_data())
+        items: dict[str, Any] = dict(self._connection.display_data()) if self._connection is not None else {}
         if self._cloud is not None:
             items.update(self._cloud.display_data())
         items.update(self.describe())

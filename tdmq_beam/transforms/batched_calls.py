@@ -38,7 +38,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from tdmq_beam.errors import ConfigurationError, InvalidMessageError
 from tdmq_beam.option_checks import instance_of, one_of, optional, positive, positive_int
 from tdmq_beam.service.client import TdmqClient
-from tdmq_beam.service.cloud_api import CloudApiConfig
+from tdmq_beam.service.cloud_api import CLOUD_IN_FLIGHT, CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.progress import Progress, progress_for
 from tdmq_beam.transforms.results import failure_from_error
@@ -88,7 +88,7 @@ class BatchedCallsFn(beam.DoFn):
     def __init__(
         self,
         *,
-        connection: TdmqConnection,
+        connection: TdmqConnection | None,
         cloud: CloudApiConfig | None,
         tag: str,
         namespace: str,
@@ -133,7 +133,8 @@ class BatchedCallsFn(beam.DoFn):
         """Calls at once per batch: all batches together run about twice the connection's
         ``max_in_flight``, enough to keep every connection busy while some calls wait out a
         backoff, few enough that idle workers do not crowd the event loop."""
-        return max(2, -(-2 * self._connection.max_in_flight // self._max_pending))
+        in_flight = self._connection.max_in_flight if self._connection is not None else CLOUD_IN_FLIGHT
+        return max(2, -(-2 * in_flight // self._max_pending))
 
     def output(self, element: Any, work: Any, result: Any) -> Output:
         """The output for one element whose call finished with ``result``: (tag or None, value)."""
@@ -147,7 +148,9 @@ class BatchedCallsFn(beam.DoFn):
 
     @property
     def instance(self) -> str:
-        """``host:port`` of the instance, as lineage names it."""
+        """``host:port`` of the instance, as lineage names it (the instance id for cloud-only transforms)."""
+        if self._connection is None:
+            return self._cloud.instance_id if self._cloud is not None else ""
         return urlsplit(self._connection.endpoint).netloc
 
     # -- beam.DoFn ----------------------------------------------------------------
@@ -358,13 +361,15 @@ class Batching:
             return cls(**value)
         return instance_of("batching", value, cls)
 
-    def size_for(self, connection: TdmqConnection) -> int:
-        """The batch size on ``connection``."""
-        return self.batch_size if self.batch_size is not None else max(2 * connection.max_in_flight, 128)
+    def size_for(self, connection: TdmqConnection | None) -> int:
+        """The batch size on ``connection`` (None: cloud API calls only)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return max(2 * (connection.max_in_flight if connection is not None else CLOUD_IN_FLIGHT), 128)
 
     def sharded_for(self, pcoll: beam.PCollection) -> bool:
         """Whether ``pcoll`` is batched across bundles: ``sharded``, or ``auto`` for streaming and unbounded input."""
         return use_sharded_batching(pcoll, self.mode)
 
-    def display_data(self, connection: TdmqConnection) -> dict[str, Any]:
+    def display_data(self, connection: TdmqConnection | None) -> dict[str, Any]:
         return {"batch_size": self.size_for(connection), "batching": self.mode}

@@ -14,7 +14,7 @@ __all__ = ["acquire_client", "acquire_status_lookup"]
 _SHARED = Shared()
 
 
-def acquire_client(connection: TdmqConnection, cloud: CloudApiConfig | None, tag: str) -> TdmqClient:
+def acquire_client(connection: TdmqConnection | None, cloud: CloudApiConfig | None, tag: str) -> TdmqClient:
     """The process's client for ``tag`` (one tag per transform instance), made on first use.
 
     The client (its event loop thread and connection pool) lives while any
@@ -24,7 +24,7 @@ def acquire_client(connection: TdmqConnection, cloud: CloudApiConfig | None, tag
 
 
 def acquire_status_lookup(
-    connection: TdmqConnection, cloud: CloudApiConfig | None, settings: LookupSettings, tag: str
+    connection: TdmqConnection | None, cloud: CloudApiConfig | None, settings: LookupSettings, tag: str
 ) -> StatusLookup:
     """The process's status lookup (client and caches) for ``tag``, made on first use."""
     return _SHARED.acquire(lambda: StatusLookup(TdmqClient(connection, cloud), settings), tag=tag)
