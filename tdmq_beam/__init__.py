@@ -39,6 +39,7 @@ _EXPORTS = {
     "EnrichWithClientStatus": "tdmq_beam.transforms.enrich",
     "FailedMessage": "tdmq_beam.transforms.results",
     "FieldPayload": "tdmq_beam.records.payload",
+    "HistoryResult": "tdmq_beam.transforms.history",
     "IdempotencyKey": "tdmq_beam.records.mapping",
     "InvalidMessageError": "tdmq_beam.errors",
     "InvalidRequestError": "tdmq_beam.errors",
@@ -54,10 +55,12 @@ _EXPORTS = {
     "PublishedMessage": "tdmq_beam.transforms.results",
     "RateLimitedError": "tdmq_beam.errors",
     "ReadFromTdmqMqtt": "tdmq_beam.transforms.read",
+    "ReadTdmqMessageHistory": "tdmq_beam.transforms.history",
     "ReceivedMessage": "tdmq_beam.records.received_message",
     "RetryPolicy": "tdmq_beam.service.retry",
     "Secret": "tdmq_beam.secret",
     "ServerError": "tdmq_beam.errors",
+    "StoredMessageInfo": "tdmq_beam.transforms.history",
     "SetClientKeepAlive": "tdmq_beam.transforms.keepalive",
     "TdmqClient": "tdmq_beam.service.client",
     "TdmqClientStatusHandler": "tdmq_beam.transforms.enrichment_handler",
@@ -90,6 +93,7 @@ __all__ = [
     "EnrichWithClientStatus",
     "FailedMessage",
     "FieldPayload",
+    "HistoryResult",
     "IdempotencyKey",
     "InvalidMessageError",
     "InvalidRequestError",
@@ -106,11 +110,13 @@ __all__ = [
     "PublishedMessage",
     "RateLimitedError",
     "ReadFromTdmqMqtt",
+    "ReadTdmqMessageHistory",
     "ReceivedMessage",
     "RetryPolicy",
     "Secret",
     "ServerError",
     "SetClientKeepAlive",
+    "StoredMessageInfo",
     "TdmqClient",
     "TdmqClientStatusHandler",
     "TdmqConnection",
@@ -170,6 +176,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.transforms.deduplicate import DeduplicateMessages
     from tdmq_beam.transforms.enrich import EnrichResult, EnrichWithClientStatus
     from tdmq_beam.transforms.enrichment_handler import TdmqClientStatusHandler
+    from tdmq_beam.transforms.history import HistoryResult, ReadTdmqMessageHistory, StoredMessageInfo
     from tdmq_beam.transforms.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive
     from tdmq_beam.transforms.read import ReadFromTdmqMqtt
     from tdmq_beam.transforms.results import FailedMessage, PublishedMessage

@@ -17,7 +17,10 @@ For real use::
         --setup_file ./setup.py
 
 Outputs: ``{output}-published-*.jsonl`` and ``{output}-failed-*.jsonl`` (or
-``.avro`` with ``--output-format avro``, in the schemas of ``schemas/``).
+``.avro`` with ``--output-format avro``, in the schemas of ``schemas/``). With
+``--verify`` (and the cloud API flags), each published message (or a
+``--verify-sample`` of them) is then looked up among the service's stored
+messages: ``{output}-verified-*`` and ``{output}-missing-*``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ import fastavro
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
-from tdmq_beam import IdempotencyKey, TdmqConnection, WriteToTdmqMqtt, avro_mapping
+from tdmq_beam import (
+    CloudApiConfig,
+    IdempotencyKey,
+    MissingMessage,
+    TdmqConnection,
+    VerifyStoredMessages,
+    WriteToTdmqMqtt,
+    avro_mapping,
+)
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.avro_mapping import load_schema
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
@@ -51,8 +62,10 @@ from tdmq_beam_pipelines.command_input import ReadCommands
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
+    add_cloud_flags,
     add_connection_flags,
     add_progress_flags,
+    cloud_from_flags,
     connection_from_flags,
     preflight,
     show_progress,
@@ -85,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--output-format", choices=("jsonl", "avro"), default="jsonl")
 
     add_connection_flags(parser)
+    add_cloud_flags(parser, "for --verify")
     add_progress_flags(parser)
 
     behaviour = parser.add_argument_group("publishing")
@@ -93,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     behaviour.add_argument(
         "--allow-failed", action="store_true",
         help=f"exit 0 even when some records failed (otherwise exit {EXIT_RECORDS_FAILED})",
+    )  # fmt: skip
+
+    audit = parser.add_argument_group("verification")
+    audit.add_argument(
+        "--verify", action="store_true",
+        help="then check that the service stored each published message (DescribeMessageDetails: one cloud API "
+        "call a message, 20/s by default; needs the cloud API flags, except for the demo)",
+    )  # fmt: skip
+    audit.add_argument(
+        "--verify-sample", type=float, default=1.0, metavar="FRACTION",
+        help="verify this fraction of the published messages, chosen by message id (0 < FRACTION <= 1)",
     )  # fmt: skip
 
     demo = parser.add_argument_group("demo (no --endpoint: the embedded emulator)")
@@ -143,8 +168,8 @@ class _CountFailures(beam.DoFn):
         yield failure
 
 
-def _write_results(published: beam.PCollection, failed: beam.PCollection, args: argparse.Namespace) -> None:
-    for name, pcoll in (("published", published), ("failed", failed)):
+def _write_results(results: dict[str, beam.PCollection], args: argparse.Namespace) -> None:
+    for name, pcoll in results.items():
         prefix = f"{args.output}-{name}"
         records = pcoll | f"{name}AsRecords" >> beam.Map(lambda result: result.as_dict())
         if args.output_format == "avro":
@@ -181,13 +206,13 @@ class _AppendLines(beam.DoFn):
             self._handle.close()
 
 
-def _write_results_on_dask(published: beam.PCollection, failed: beam.PCollection, args: argparse.Namespace) -> None:
+def _write_results_on_dask(results: dict[str, beam.PCollection], args: argparse.Namespace) -> None:
     """The results as JSON Lines on Beam's Dask runner, which computes only the branch of the last
-    transform applied: both writes feed one last step, so that both run."""
+    transform applied: every write feeds one last step, so that all run."""
     if args.output_format == "avro":
         raise ConfigurationError("--output-format avro: Beam's Dask runner writes no files through Beam; use jsonl")
     written = []
-    for name, pcoll in (("published", published), ("failed", failed)):
+    for name, pcoll in results.items():
         written.append(
             pcoll
             | f"{name}ToJson" >> beam.Map(lambda result: json.dumps(result.as_dict(), ensure_ascii=False))
@@ -196,8 +221,58 @@ def _write_results_on_dask(published: beam.PCollection, failed: beam.PCollection
     _ = tuple(written) | "AllWritten" >> beam.Flatten() | "Done" >> beam.Map(lambda nothing: nothing)
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection: TdmqConnection) -> None:
-    """Read, check, map, publish, and write results and dead letters (bad input included)."""
+class _Count(beam.DoFn):
+    """Counts what passes, as ``name`` in the pipeline's metrics namespace."""
+
+    def __init__(self, name: str) -> None:
+        self._counter = Metrics.counter(METRICS_NAMESPACE, name)
+
+    def process(self, element):
+        self._counter.inc()
+        yield element
+
+
+def _sampled(fraction: float) -> Any:
+    """Whether a published message is in the ``fraction`` verified (by its id, so reruns pick the same)."""
+
+    def chosen(published: Any) -> bool:
+        if fraction >= 1 or published.message_id is None:
+            return True  # a message without an id is always reported: it cannot be verified
+        return int(uuid.uuid5(uuid.NAMESPACE_OID, published.message_id).hex[:8], 16) < fraction * 0x1_0000_0000
+
+    return chosen
+
+
+def _checked(published: Any) -> dict[str, Any]:
+    """What the audit checks of a published command, and writes back: the command, its topic and id."""
+    return {"command": published.element, "topic": published.topic, "message_id": published.message_id}
+
+
+def _not_verified(failure: Any) -> MissingMessage:
+    return MissingMessage(failure.element, failure.element.get("message_id") or "", failure.reason)
+
+
+def _verify(
+    published: beam.PCollection, args: argparse.Namespace, cloud: CloudApiConfig
+) -> dict[str, beam.PCollection]:
+    """The audit: the published messages (or a sample) looked up among the service's stored ones."""
+    checked = published | "VerifySample" >> beam.Filter(_sampled(args.verify_sample)) | "ToCheck" >> beam.Map(_checked)
+    verify = VerifyStoredMessages(cloud).with_progress(None if args.quiet else args.progress_interval)
+    verified, missing, unverified = checked | "Verify" >> verify
+    not_checked = unverified | "NotVerified" >> beam.Map(_not_verified)
+    return {
+        "verified": verified | "CountVerified" >> beam.ParDo(_Count("verified")),
+        "missing": (missing, not_checked)
+        | "AllMissing" >> beam.Flatten()
+        | "CountMissing" >> beam.ParDo(_Count("missing")),
+    }
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline, args: argparse.Namespace, connection: TdmqConnection, cloud: CloudApiConfig | None = None
+) -> None:
+    """Read, check, map, publish, and write results and dead letters (bad input included); with
+    ``--verify``, check that the service stored what was published."""
     schema = load_schema(args.schema)
     mapping = avro_mapping(schema, args.mapping)
     commands = pipeline | "Read" >> ReadCommands(
@@ -212,16 +287,25 @@ def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, connection
     published, failed = commands.records | "Publish" >> write
     all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
     counted = all_failed | "CountFailures" >> beam.ParDo(_CountFailures())
+    results = {"published": published, "failed": counted}
+    if getattr(args, "verify", False):
+        if cloud is None:
+            raise ConfigurationError("--verify needs the cloud API: --secret-id, --secret-key-env or "
+                                     "--secret-key-file, --tencent-region and --instance-id")  # fmt: skip
+        results.update(_verify(published, args, cloud))
     if not RunnerCapabilities.of(pipeline).file_io:
-        _write_results_on_dask(published, counted, args)
+        _write_results_on_dask(results, args)
     else:
-        _write_results(published, counted, args)
+        _write_results(results, args)
 
 
-def _summary_from_files(output: str, seconds: float) -> dict[str, Any]:
+def _summary_from_files(output: str, seconds: float, verify: bool) -> dict[str, Any]:
     """The summary, read back from the result files (Beam's Dask runner reports no metrics)."""
-    published = [json.loads(line) for name in glob.glob(f"{output}-published-*.jsonl") for line in open(name)]
-    failed = [json.loads(line) for name in glob.glob(f"{output}-failed-*.jsonl") for line in open(name)]
+
+    def lines(name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for path in glob.glob(f"{output}-{name}-*.jsonl") for line in open(path)]
+
+    published, failed = lines("published"), lines("failed")
     failed_by_reason: dict[str, int] = {}
     examples: dict[str, str] = {}
     for failure in failed:
@@ -237,10 +321,11 @@ def _summary_from_files(output: str, seconds: float) -> dict[str, Any]:
         "retried": sum(max(0, record["attempts"] - 1) for record in published + failed),
         "seconds": round(seconds, 2),
         "messages_per_s": round(len(published) / seconds) if seconds else 0,
+        **({"verified": len(lines("verified")), "missing": len(lines("missing"))} if verify else {}),
     }
 
 
-def _summary(result, seconds: float) -> dict[str, Any]:
+def _summary(result, seconds: float, verify: bool) -> dict[str, Any]:
     counters = committed_counters(result, (METRICS_NAMESPACE, "tdmq_beam.WriteToTdmqMqtt"))
     failed_by_reason = {
         name[len("failed_") :]: count for name, count in sorted(counters.items()) if name.startswith("failed_")
@@ -260,6 +345,7 @@ def _summary(result, seconds: float) -> dict[str, Any]:
         "retried": counters.get("retried", 0),
         "seconds": round(seconds, 2),
         "messages_per_s": round(published / seconds) if seconds else 0,
+        **({"verified": counters.get("verified", 0), "missing": counters.get("missing", 0)} if verify else {}),
     }
 
 
@@ -271,14 +357,20 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for kind, example in summary.get("failure_examples", {}).items():
         print(f"  e.g. {kind}: {example}")
     print(f"retried:      {summary['retried']}")
-    print(f"messages/s:   {summary['messages_per_s']} ({summary['seconds']} s)")
+    timed = "verification included" if "verified" in summary else ""
+    print(f"messages/s:   {summary['messages_per_s']} ({summary['seconds']} s{', ' + timed if timed else ''})")
+    if "verified" in summary:
+        print(f"verified:     {summary['verified']} (stored by the service)")
+        print(f"missing:      {summary['missing']} (not stored as published, or not checked: see the missing output)")
     if "delivered" in summary:
         print(f"delivered:    {summary['delivered']} (received by an MQTT subscriber)")
 
 
-def run(args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConnection) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConnection, cloud: CloudApiConfig | None = None
+) -> dict[str, Any]:
     pipeline = new_pipeline(beam_args)
-    build_pipeline(pipeline, args, connection)
+    build_pipeline(pipeline, args, connection, cloud)
     temp_before = _temp_folders(args.output)
     try:
         result, seconds = run_to_end(pipeline)
@@ -289,8 +381,8 @@ def run(args: argparse.Namespace, beam_args: Sequence[str], connection: TdmqConn
     if runner.leaves_client_open:
         result.client.close()  # the runner's Dask client would otherwise outlive the run
     if not runner.metrics:
-        return _summary_from_files(args.output, seconds)
-    return _summary(result, seconds)
+        return _summary_from_files(args.output, seconds, args.verify)
+    return _summary(result, seconds, args.verify)
 
 
 def _temp_folders(output_prefix: str) -> set[str]:
@@ -352,7 +444,7 @@ def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, An
         subscriber = _DeliveryCounter(emulator.mqtt_port, emulator.username, emulator.password)
         try:
             connection = emulator.connection(max_in_flight=args.max_in_flight, timeout=args.timeout, tps=args.tps)
-            summary = run(args, beam_args, connection)
+            summary = run(args, beam_args, connection, emulator.cloud_config())
             summary["delivered"] = subscriber.wait_for(summary["published"])
         finally:
             subscriber.close()
@@ -374,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args, beam_args = _parser().parse_known_args(argv)
     show_progress(args)
+    if not 0 < args.verify_sample <= 1:
+        usage_error(PROGRAM, f"--verify-sample must be within (0, 1], got {args.verify_sample:g}")
     if args.endpoint is None:
         if args.input is not None:
             usage_error(PROGRAM, "--input needs --endpoint (without both, the demo runs on the embedded emulator)")
@@ -392,13 +486,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_error(PROGRAM, "--input and --output are required with --endpoint")
     try:
         connection = connection_from_flags(args)
+        cloud = cloud_from_flags(args)
         load_schema(args.schema)
     except ValueError as exc:
         usage_error(PROGRAM, f"invalid settings: {exc}")
-    preflight(PROGRAM, connection)
-    summary = run(args, beam_args, connection)
+    if args.verify and cloud is None:
+        usage_error(PROGRAM, "--verify needs the cloud API flags: --secret-id, --secret-key-env or --secret-key-file, "
+                             "--tencent-region and --instance-id")  # fmt: skip
+    preflight(PROGRAM, connection, cloud)
+    summary = run(args, beam_args, connection, cloud)
     _print_summary(summary)
-    if summary["failed"] and not args.allow_failed:
+    if (summary["failed"] or summary.get("missing")) and not args.allow_failed:
         return EXIT_RECORDS_FAILED
     return 0
 

@@ -148,8 +148,8 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-attempts", type=int, default=5, help="attempts per call, the first included")
 
 
-def add_cloud_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("cloud API (client details; optional)")
+def add_cloud_flags(parser: argparse.ArgumentParser, purpose: str = "client details") -> None:
+    group = parser.add_argument_group(f"cloud API ({purpose}; optional)")
     group.add_argument("--secret-id", help="SecretId of the cloud API credential")
     group.add_argument("--secret-key-env", metavar="NAME", help="environment variable holding the SecretKey")
     group.add_argument("--secret-key-file", metavar="PATH", help="file holding the SecretKey")

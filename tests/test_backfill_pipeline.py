@@ -236,3 +236,77 @@ def test_progress_lines_unless_quiet(capsys):
     assert any("s to go" in line for line in lines)  # the demo knows its input size: an ETA
     assert backfill.main([*argv, "--quiet"]) == 0
     assert "progress: " not in capsys.readouterr().err
+
+
+def test_verify_checks_what_the_service_stored(emulator, tmp_path, monkeypatch, capsys):
+    records = backfill.generate_commands(40, 5, 0, seed=5)
+    source = tmp_path / "commands.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in records))
+    monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emulator.password)
+    monkeypatch.setenv("BACKFILL_TEST_SECRET_KEY", emulator.secret_key)
+    service = [
+        "--endpoint", emulator.http_url, "--username", emulator.username, "--password-env", "BACKFILL_TEST_PASSWORD",
+        "--secret-id", emulator.secret_id, "--secret-key-env", "BACKFILL_TEST_SECRET_KEY",
+        "--tencent-region", "ap-guangzhou", "--instance-id", emulator.instance_id,
+        "--cloud-endpoint", emulator.http_url, "--quiet",
+    ]  # fmt: skip
+    output = tmp_path / "out"
+    assert backfill.main(["--input", str(source), "--output", str(output), *service, "--verify"]) == 0
+    lines = _numbers(capsys.readouterr().out)
+    assert (lines["published"], lines["verified"], lines["missing"].split()[0]) == (
+        "40",
+        "40 (stored by the service)",
+        "0",
+    )
+    verified = [json.loads(line) for name in glob.glob(f"{output}-verified-*") for line in open(name)]
+    published = [json.loads(line) for name in glob.glob(f"{output}-published-*") for line in open(name)]
+    assert {row["message_id"] for row in verified} == {row["message_id"] for row in published}
+    first = json.loads(verified[0]["element_json"])
+    assert first["command"]["command_id"].startswith("cmd-") and first["topic"] == verified[0]["topic"]
+
+    # A sample, in Avro: about half, the same half on every run (chosen by message id).
+    sampled = tmp_path / "sampled"
+    argv = ["--input", str(source), "--output", str(sampled), *service, "--verify", "--verify-sample", "0.5",
+            "--output-format", "avro"]  # fmt: skip
+    assert backfill.main(argv) == 0
+    lines = _numbers(capsys.readouterr().out)
+    rows = []
+    for name in glob.glob(f"{sampled}-verified-*.avro"):
+        with open(name, "rb") as handle:
+            rows.extend(fastavro.reader(handle))
+    assert 5 <= len(rows) <= 35 and lines["verified"].startswith(f"{len(rows)} ")
+    assert all(row["store_time"] > 1_700_000_000_000 for row in rows)
+
+
+def test_verify_finds_a_message_the_service_no_longer_holds(tmp_path, monkeypatch, capsys):
+    from tdmq_beam.testing import TdmqEmulator
+
+    records = backfill.generate_commands(5, 2, 0, seed=9)
+    source = tmp_path / "commands.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in records))
+    with TdmqEmulator(stored_messages=3) as emu:  # keeps the last 3: the first 2 are gone when verified
+        monkeypatch.setenv("BACKFILL_TEST_PASSWORD", emu.password)
+        monkeypatch.setenv("BACKFILL_TEST_SECRET_KEY", emu.secret_key)
+        argv = [
+            "--input", str(source), "--output", str(tmp_path / "out"), "--endpoint", emu.http_url,
+            "--username", emu.username, "--password-env", "BACKFILL_TEST_PASSWORD", "--secret-id", emu.secret_id,
+            "--secret-key-env", "BACKFILL_TEST_SECRET_KEY", "--tencent-region", "ap-guangzhou",
+            "--instance-id", emu.instance_id, "--cloud-endpoint", emu.http_url, "--quiet", "--verify",
+        ]  # fmt: skip
+        assert backfill.main(argv) == EXIT_RECORDS_FAILED
+    lines = _numbers(capsys.readouterr().out)
+    assert lines["verified"].startswith("3 ") and lines["missing"].startswith("2 ")
+    missing = [json.loads(line) for name in glob.glob(str(tmp_path / "out-missing-*")) for line in open(name)]
+    assert len(missing) == 2 and all("holds no message with this id" in row["reason"] for row in missing)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--verify-sample", "0"], "--verify-sample must be within (0, 1]"),
+        (["--endpoint", "http://127.0.0.1:1", "--input", "x", "--output", "y", "--username", "u",
+          "--password-env", "HOME", "--verify"], "--verify needs the cloud API flags"),
+    ],
+)  # fmt: skip
+def test_verify_mistakes_exit_with_a_message(argv, message, capsys):
+    assert _usage_exit(argv, capsys).count(message) == 1

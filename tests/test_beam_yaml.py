@@ -3,6 +3,7 @@ emulator, checked by an MQTT 5 subscriber; error handling, secrets and the provi
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 from pathlib import Path
@@ -215,13 +216,101 @@ def test_an_unknown_key_is_named_when_the_pipeline_is_built(emulator, tmp_path, 
         run_yaml(_pipeline(tmp_path, transform, [{"id": "a"}]), {}, monkeypatch)
 
 
-def test_every_transform_declares_the_connection_keys_to_beam_yaml():
+CLOUD_ONLY = {"ReadTdmqMessageHistory", "VerifyStoredMessages"}
+
+
+def test_every_transform_declares_the_connection_or_cloud_keys_to_beam_yaml():
     from apache_beam.yaml.yaml_provider import InlineProvider
 
     listing = yaml.safe_load(Path(PROVIDERS_FILE).read_text())[0]["transforms"]
+    assert CLOUD_ONLY < set(listing)
     for name, target in listing.items():
         module, _, attribute = target.rpartition(".")
         factory = getattr(__import__(module, fromlist=[attribute]), attribute)
         fields = {field.name: field for field in InlineProvider.config_schema_from_callable(factory).fields}
-        assert {"endpoint", "username", "password_env", "password_file", "ca_cert", "max_attempts"} <= set(fields), name
-        assert fields["password_env"].description.startswith("environment variable"), name
+        if name in CLOUD_ONLY or name == "EnrichWithClientStatus":
+            assert {"secret_id", "secret_key_env", "secret_key_file", "tencent_region", "instance_id",
+                    "cloud_endpoint", "cloud_rate", "max_attempts"} <= set(fields), name  # fmt: skip
+            assert fields["secret_key_env"].description.startswith("environment variable"), name
+        if name not in CLOUD_ONLY:
+            assert {"endpoint", "username", "password_env", "password_file", "ca_cert", "max_attempts"} <= set(fields)
+            assert fields["password_env"].description.startswith("environment variable"), name
+
+
+def _cloud_keys(emulator) -> dict:
+    return {"secret_id": emulator.secret_id, "secret_key_env": "TDMQ_SECRET_KEY", "tencent_region": "ap-guangzhou",
+            "instance_id": emulator.instance_id, "cloud_endpoint": emulator.http_url}  # fmt: skip
+
+
+def test_a_yaml_backfill_verified_and_replayed(emulator, paho, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("TDMQ_SECRET_KEY", emulator.secret_key)
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(milliseconds=5)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"y{i}", "body": f"cmd {i}"}) + "\n" for i in range(3)))
+    connection = {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD"}
+    document = {
+        "pipeline": {"transforms": [
+            {"type": "ReadFromJson", "name": "Read", "config": {"path": str(source)}},
+            {"type": "WriteToTdmqMqtt", "name": "Publish", "input": "Read",
+             "config": {**connection, "topic": "yaml-audit/{id}", "payload_field": "body"}},
+            # One forged id beside what was published: the audit must say it is missing.
+            {"type": "MapToFields", "name": "Forge", "input": "Publish",
+             "config": {"language": "python", "fields": {
+                 "id": "id", "body": "body", "topic": "topic", "attempts": "attempts",
+                 "message_id": "message_id if id != 'y2' else 'F' * 32"}}},
+            {"type": "VerifyStoredMessages", "name": "Verify", "input": "Forge", "config": _cloud_keys(emulator)},
+            {"type": "WriteToJson", "input": "Verify.verified", "config": {"path": str(tmp_path / "verified")}},
+            {"type": "WriteToJson", "input": "Verify.missing", "config": {"path": str(tmp_path / "missing")}},
+        ]},
+        "providers": [{"include": PROVIDERS_FILE}],
+    }  # fmt: skip
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(document))
+    run_yaml(tmp_path / "audit.yaml", {}, monkeypatch)
+    verified = sorted(read_json_files(str(tmp_path / "verified")), key=lambda row: row["id"])
+    assert [row["id"] for row in verified] == ["y0", "y1"]
+    assert all(row["store_time"] >= start.timestamp() * 1000 - 1 for row in verified)
+    [missing] = read_json_files(str(tmp_path / "missing"))
+    assert missing["id"] == "y2" and "holds no message with this id" in missing["reason"]
+
+    time.sleep(0.005)
+    end = datetime.datetime.now(datetime.timezone.utc)
+    replay = {
+        "pipeline": {"transforms": [
+            {"type": "ReadTdmqMessageHistory", "name": "Replay",
+             "config": {**_cloud_keys(emulator), "topic_filter": "yaml-audit/#", "start": start.isoformat(),
+                        "end": end.isoformat(), "error_handling": {"output": "unread"}}},
+            {"type": "MapToFields", "name": "Rows", "input": "Replay.messages",
+             "config": {"language": "python", "fields": {
+                 "topic": "topic", "text": "payload.decode()", "message_id": "message_id"}}},
+            {"type": "WriteToJson", "input": "Rows", "config": {"path": str(tmp_path / "replayed")}},
+            {"type": "WriteToJson", "input": "Replay.unread", "config": {"path": str(tmp_path / "unread")}},
+        ]},
+        "providers": [{"include": PROVIDERS_FILE}],
+    }  # fmt: skip
+    (tmp_path / "replay.yaml").write_text(yaml.safe_dump(replay))
+    run_yaml(tmp_path / "replay.yaml", {}, monkeypatch)
+    rows = sorted(read_json_files(str(tmp_path / "replayed")), key=lambda row: row["topic"])
+    assert [(row["topic"], row["text"]) for row in rows] == [(f"yaml-audit/y{i}", f"cmd {i}") for i in range(3)]
+    assert {row["message_id"] for row in rows[:2]} == {row["message_id"] for row in verified}
+    assert read_json_files(str(tmp_path / "unread")) == []
+
+
+def test_a_history_read_without_cloud_keys_or_with_a_bad_time_is_named(emulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("TDMQ_SECRET_KEY", emulator.secret_key)
+    for config, message in [
+        ({"topic_filter": "a/#", "start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"},
+         "the cloud API keys are required"),
+        ({**_cloud_keys(emulator), "topic_filter": "a/#", "start": "yesterday", "end": "2026-01-02T00:00:00Z"},
+         "start must be ISO 8601 with its zone"),
+        ({**_cloud_keys(emulator), "topic_filter": "a/#", "start": "2026-01-01T00:00:00",
+          "end": "2026-01-02T00:00:00Z"}, "start must be a timezone-aware datetime"),
+    ]:  # fmt: skip
+        document = {"pipeline": {"transforms": [
+            {"type": "ReadTdmqMessageHistory", "name": "Replay", "config": config},
+            {"type": "WriteToJson", "input": "Replay", "config": {"path": str(tmp_path / "out")}},
+        ]}, "providers": [{"include": PROVIDERS_FILE}]}  # fmt: skip
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
+        with pytest.raises(Exception, match=message):
+            run_yaml(tmp_path / "bad.yaml", {}, monkeypatch)

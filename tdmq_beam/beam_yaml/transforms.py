@@ -13,6 +13,7 @@ No ``from __future__ import annotations`` here: Beam YAML reads the
 configuration schema from the evaluated signatures.
 """
 
+import datetime
 import inspect
 import json
 from collections.abc import Callable, Mapping
@@ -25,22 +26,28 @@ from apache_beam.typehints.schemas import named_fields_from_element_type
 from tdmq_beam.beam_yaml.config import cloud_from_config, connection_from_config
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.avro_mapping import avro_mapping, load_mapping_file
+from tdmq_beam.records.fields import element_to_json
 from tdmq_beam.records.mapping import MessageMapping
 from tdmq_beam.records.payload import FieldPayload, JsonPayload
 from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
+from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.client_rows import ClientRow
 from tdmq_beam.transforms.enrich import EnrichWithClientStatus
+from tdmq_beam.transforms.history import ReadTdmqMessageHistory
 from tdmq_beam.transforms.keepalive import SetClientKeepAlive
 from tdmq_beam.transforms.read import ReadFromTdmqMqtt
 from tdmq_beam.transforms.results import FailedMessage
+from tdmq_beam.transforms.verify import VerifyStoredMessages
 from tdmq_beam.transforms.write import WriteToTdmqMqtt
 
 __all__ = [
     "YamlEnrichWithClientStatus",
     "YamlReadFromTdmqMqtt",
+    "YamlReadTdmqMessageHistory",
     "YamlSetClientKeepAlive",
+    "YamlVerifyStoredMessages",
     "YamlWriteToTdmqMqtt",
 ]
 
@@ -67,23 +74,46 @@ _CONNECTION_KEYS: tuple[tuple[str, Any, Any, str], ...] = (
 _CONNECTION_KEY_NAMES = frozenset(name for name, _, _, _ in _CONNECTION_KEYS)
 
 
-def _takes_connection_keys(cls: type) -> type:
-    """Declares the connection keys on a YAML transform: its ``__init__(self, *, <own keys>,
-    **connection)`` gets them in its signature, after its own (those it declares itself
-    are left as it declares them), and its docstring describes them."""
-    init = cls.__init__  # type: ignore[misc]
-    own = inspect.signature(init)
-    parameters = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    declared = {p.name for p in parameters}
-    added = [(name, kind, default, doc) for name, kind, default, doc in _CONNECTION_KEYS if name not in declared]
-    parameters += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-        for name, kind, default, _ in added
-    ]
-    init.__signature__ = own.replace(parameters=parameters)
-    docs = "".join(f"        {name}: {doc}\n" for name, _, _, doc in added)
-    cls.__doc__ = (cls.__doc__ or "").replace("    Args:\n", "    Args:\n" + docs, 1)
-    return cls
+# The keys of the cloud API (client details, stored messages): a `CloudApiConfig`.
+_CLOUD_KEYS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("secret_id", Optional[str], None, "cloud API SecretId."),  # noqa: UP045
+    ("secret_key_env", Optional[str], None, "environment variable holding the cloud API SecretKey."),  # noqa: UP045
+    ("secret_key_file", Optional[str], None, "file holding the cloud API SecretKey."),  # noqa: UP045
+    ("secret_key", Optional[str], None, "refused: a YAML file is no place for a secret."),  # noqa: UP045
+    ("tencent_region", Optional[str], None, "the cloud API region, e.g. ap-guangzhou."),  # noqa: UP045
+    ("instance_id", Optional[str], None, "the TDMQ for MQTT instance id."),  # noqa: UP045
+    ("cloud_endpoint", Optional[str], None, "cloud API endpoint. Default: Tencent's hosts."),  # noqa: UP045
+    ("cloud_rate", float, 20.0, "cloud API requests per second per worker process, per action. Default: 20."),
+    ("max_attempts", int, 5, "attempts per call, the first included. Default: 5."),
+)
+_CLOUD_KEY_NAMES = frozenset(name for name, _, _, _ in _CLOUD_KEYS)
+
+
+def _takes_keys(keys: tuple[tuple[str, Any, Any, str], ...]) -> Callable[[type], type]:
+    """Declares ``keys`` on a YAML transform: its ``__init__(self, *, <own keys>, **keys)`` gets
+    them in its signature (which Beam YAML reads as its configuration schema), after its own
+    (those it declares itself are left as it declares them), and its docstring describes them."""
+
+    def declare(cls: type) -> type:
+        init = cls.__init__  # type: ignore[misc]
+        own = inspect.signature(init)
+        parameters = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        declared = {p.name for p in parameters}
+        added = [(name, kind, default, doc) for name, kind, default, doc in keys if name not in declared]
+        parameters += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+            for name, kind, default, _ in added
+        ]
+        init.__signature__ = own.replace(parameters=parameters)  # without **keys: Beam YAML reads it as the schema
+        docs = "".join(f"        {name}: {doc}\n" for name, _, _, doc in added)
+        cls.__doc__ = (cls.__doc__ or "").replace("    Args:\n", "    Args:\n" + docs, 1)
+        return cls
+
+    return declare
+
+
+_takes_connection_keys = _takes_keys(_CONNECTION_KEYS)
+_takes_cloud_keys = _takes_keys(_CLOUD_KEYS)
 
 
 # The message settings' keys, one per row of the message-property table: its name, or, where a
@@ -128,6 +158,24 @@ def _connection(keys: Mapping[str, Any]) -> TdmqConnection:
     return connection_from_config(**keys)
 
 
+def _cloud(keys: dict[str, Any]) -> Optional[CloudApiConfig]:  # noqa: UP045
+    """Takes the cloud API keys out of ``keys``: their `CloudApiConfig`, or None without ``secret_id``."""
+    given = {name: keys.pop(name) for name in _CLOUD_KEY_NAMES - {"max_attempts"} if keys.get(name) is not None}
+    return cloud_from_config(secret_id=given.pop("secret_id", None), max_attempts=keys.get("max_attempts", 5), **given)
+
+
+def _cloud_only(keys: dict[str, Any]) -> CloudApiConfig:
+    """The `CloudApiConfig` of a transform that uses the cloud API alone: its keys required, no others taken."""
+    cloud = _cloud(keys)
+    if cloud is None:
+        raise ConfigurationError("the cloud API keys are required: secret_id, secret_key_env or secret_key_file, "
+                                 "tencent_region and instance_id")  # fmt: skip
+    unknown = sorted(set(keys) - {"max_attempts"})
+    if unknown:
+        raise ConfigurationError(f"unknown key(s) {unknown}")
+    return cloud
+
+
 def _input_fields(rows: beam.PCollection, transform: str) -> list[tuple[str, Any]]:
     try:
         return list(named_fields_from_element_type(rows.element_type))  # type: ignore[arg-type]
@@ -141,11 +189,26 @@ def _fields(element: Any) -> dict[str, Any]:
     return dict(element._asdict()) if hasattr(element, "_asdict") else dict(element)
 
 
-def _error_row(failure: FailedMessage) -> beam.Row:
+def _error_text(failure: FailedMessage) -> tuple[str, str]:
+    """The ``msg`` and ``stack`` of a failure's error row."""
     details = {"error_kind": failure.error_kind, "status": failure.status, "attempts": failure.attempts}
     if failure.topic is not None:
         details["topic"] = failure.topic
-    return beam.Row(element=failure.element, msg=f"{failure.error_kind}: {failure.reason}", stack=json.dumps(details))
+    return f"{failure.error_kind}: {failure.reason}", json.dumps(details)
+
+
+def _error_row(failure: FailedMessage) -> beam.Row:
+    msg, stack = _error_text(failure)
+    return beam.Row(element=failure.element, msg=msg, stack=stack)
+
+
+def _json_error_row(failure: FailedMessage) -> beam.Row:
+    """An error row whose element is JSON text (for failures of a source, which has no input row)."""
+    msg, stack = _error_text(failure)
+    return beam.Row(element=element_to_json(failure.element), msg=msg, stack=stack)
+
+
+_ERROR_FIELDS_JSON = [("element", str), ("msg", str), ("stack", str)]
 
 
 def _fail(row: Any) -> None:
@@ -173,6 +236,26 @@ def _updated_row(done: Any) -> beam.Row:
     return beam.Row(**_fields(done.element), keepalive=done.keepalive)
 
 
+def _verified_row(verified: Any) -> beam.Row:
+    return beam.Row(**_fields(verified.element), store_time=verified.store_time)
+
+
+def _missing_row(missing: Any) -> beam.Row:
+    return beam.Row(**_fields(missing.element), reason=missing.reason)
+
+
+def _instant(name: str, value: Any) -> Any:
+    """A time key: ISO 8601 text with its zone (or the datetime YAML made of it)."""
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigurationError(
+                f"{name} must be ISO 8601 with its zone, e.g. '2026-12-01T00:00:00Z', got {value!r}"
+            ) from None
+    return value  # ReadTdmqMessageHistory checks the rest
+
+
 class _YamlCallTransform(beam.PTransform):
     """Base of the YAML transforms over a `CallTransform`: Rows in, the main output as Rows with
     the input's fields plus ``EXTRA`` (declared), and failures by Beam YAML's convention (see
@@ -182,6 +265,9 @@ class _YamlCallTransform(beam.PTransform):
     """The transform's name in YAML, for messages."""
     EXTRA: ClassVar[list[tuple[str, Any]]]
     """The fields the main output adds to the input's."""
+    OTHER_OUTPUTS: ClassVar[dict[str, tuple[list[tuple[str, Any]], Callable[[Any], beam.Row]]]] = {}
+    """The inner transform's outputs besides the main one and ``failed``: name -> (the fields
+    its rows add to the input's, the function from its elements to rows)."""
 
     def __init__(self, inner: Any, error_handling: Optional[Mapping[str, str]]) -> None:  # noqa: UP045
         super().__init__()
@@ -206,13 +292,19 @@ class _YamlCallTransform(beam.PTransform):
         main = getattr(result, main_name) | "Rows" >> beam.Map(self.to_row()).with_output_types(
             RowTypeConstraint.from_fields([*fields, *self.extra_fields()])
         )
+        others = {
+            name: getattr(result, name)
+            | f"{name.capitalize()}Rows"
+            >> beam.Map(to_row).with_output_types(RowTypeConstraint.from_fields([*fields, *extra]))
+            for name, (extra, to_row) in self.OTHER_OUTPUTS.items()
+        }
         errors = result.failed | "ErrorRows" >> beam.Map(_error_row).with_output_types(
             RowTypeConstraint.from_fields([("element", rows.element_type), ("msg", str), ("stack", str)])  # type: ignore[list-item]
         )
         if self._error_handling:
-            return {main_name: main, self._error_handling["output"]: errors}
+            return {main_name: main, **others, self._error_handling["output"]: errors}
         _ = errors | "FailOnError" >> beam.Map(_fail)
-        return main
+        return {main_name: main, **others} if others else main
 
 
 @_takes_connection_keys
@@ -303,6 +395,7 @@ def _mapping(
         raise ConfigurationError(f"roles: unknown role(s) {unknown}") from None
 
 
+@_takes_cloud_keys
 @_takes_connection_keys
 class YamlEnrichWithClientStatus(_YamlCallTransform):
     """Adds to each row whether its MQTT client is online (and, with cloud API keys, its details).
@@ -317,14 +410,6 @@ class YamlEnrichWithClientStatus(_YamlCallTransform):
         status_ttl: seconds an online status stays cached. Default: 5.
         details_ttl: seconds client details stay cached. Default: 60.
         negative_ttl: seconds an unknown client stays cached. Default: 30.
-        secret_id: cloud API SecretId (for client details).
-        secret_key_env: environment variable holding the cloud API SecretKey.
-        secret_key_file: file holding the cloud API SecretKey.
-        secret_key: refused: a YAML file is no place for a secret.
-        tencent_region: the cloud API region, e.g. ap-guangzhou.
-        instance_id: the TDMQ for MQTT instance id.
-        cloud_endpoint: cloud API endpoint. Default: Tencent's hosts.
-        cloud_rate: cloud API requests per second per worker process. Default: 20.
         error_handling: ``{output: NAME}``: rows whose lookup failed go to output NAME.
     """
 
@@ -338,25 +423,13 @@ class YamlEnrichWithClientStatus(_YamlCallTransform):
         status_ttl: float = 5.0,
         details_ttl: float = 60.0,
         negative_ttl: float = 30.0,
-        secret_id: Optional[str] = None,  # noqa: UP045
-        secret_key_env: Optional[str] = None,  # noqa: UP045
-        secret_key_file: Optional[str] = None,  # noqa: UP045
-        secret_key: Optional[str] = None,  # noqa: UP045
-        tencent_region: Optional[str] = None,  # noqa: UP045
-        instance_id: Optional[str] = None,  # noqa: UP045
-        cloud_endpoint: Optional[str] = None,  # noqa: UP045
-        cloud_rate: float = 20.0,
         error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
-        **connection: Any,
+        **keys: Any,
     ) -> None:
-        cloud = cloud_from_config(
-            secret_id=secret_id, secret_key=secret_key, secret_key_env=secret_key_env,
-            secret_key_file=secret_key_file, tencent_region=tencent_region, instance_id=instance_id,
-            cloud_endpoint=cloud_endpoint, cloud_rate=cloud_rate, max_attempts=connection.get("max_attempts", 5),
-        )  # fmt: skip
+        cloud = _cloud(keys)
         self._with_details = cloud is not None
         enrich = EnrichWithClientStatus(
-            _connection(connection), cloud, client_id=client_id_field, status_ttl=status_ttl,
+            _connection(keys), cloud, client_id=client_id_field, status_ttl=status_ttl,
             details_ttl=details_ttl, negative_ttl=negative_ttl,
         )  # fmt: skip
         super().__init__(enrich, error_handling)
@@ -453,3 +526,98 @@ class YamlReadFromTdmqMqtt(beam.PTransform):
 
     def expand(self, pbegin: Any) -> beam.PCollection[ReceivedMessage]:
         return pbegin | "Read" >> self._read
+
+
+@_takes_cloud_keys
+class YamlReadTdmqMessageHistory(beam.PTransform):
+    """Reads the messages the service stored on a topic filter over a time range, as rows (a bounded source).
+
+    Outputs ``ReceivedMessage`` rows (those of ``ReadFromTdmqMqtt``, with
+    ``message_id``, and the store time as ``receive_time``), or with
+    ``with_details: false`` ``StoredMessageInfo`` rows (message_id, topic,
+    client_id, qos, store_time); with ``error_handling``, what could not be read,
+    as error rows whose ``element`` is JSON text (the time range, or the message).
+
+    Args:
+        topic_filter: a topic or a topic filter.
+        start: the range's start, included: ISO 8601 with its zone, e.g. '2026-12-01T00:00:00Z'.
+        end: the range's end, excluded, alike; not in the future.
+        with_details: each message whole (one call a message), or only listed. Default: true.
+        slice_duration: seconds of the range each parallel slice covers. Default: 3600.
+        page_size: messages per listing call, 1..1024. Default: 1024.
+        error_handling: ``{output: NAME}``: what could not be read goes to output NAME.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic_filter: str,
+        start: str,
+        end: str,
+        with_details: bool = True,
+        slice_duration: float = 3600.0,
+        page_size: int = 1024,
+        error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
+        **keys: Any,
+    ) -> None:
+        super().__init__()
+        cloud = _cloud_only(keys)
+        if error_handling is not None and not isinstance((error_handling or {}).get("output"), str):
+            raise ConfigurationError("error_handling must be {output: NAME}")
+        self._read = ReadTdmqMessageHistory(
+            cloud, topic_filter, start=_instant("start", start), end=_instant("end", end),
+            with_details=with_details, slice_duration=slice_duration, page_size=page_size,
+        )  # fmt: skip
+        self._error_handling = error_handling
+
+    def expand(self, pbegin: Any) -> Any:
+        messages, failed = pbegin | "ReadHistory" >> self._read
+        errors = failed | "ErrorRows" >> beam.Map(_json_error_row).with_output_types(
+            RowTypeConstraint.from_fields(_ERROR_FIELDS_JSON)
+        )
+        if self._error_handling:
+            return {"messages": messages, self._error_handling["output"]: errors}
+        _ = errors | "FailOnError" >> beam.Map(_fail)
+        return messages
+
+
+@_takes_cloud_keys
+class YamlVerifyStoredMessages(_YamlCallTransform):
+    """Checks that the service stored each row's message (the output of ``WriteToTdmqMqtt``), by its id.
+
+    Outputs ``verified``: the rows the service stored, with ``store_time`` (Unix
+    ms) added; ``missing``: the rows it does not hold (or holds under another
+    topic), with ``reason``; with ``error_handling``, the rows that could not
+    be checked. One call per row, within ``cloud_rate``.
+
+    Args:
+        message_id_field: the field holding the message id. Default: message_id.
+        topic_field: the field holding the topic it was published to. Default: topic.
+        check_topic: a message stored under another topic is missing. Default: true.
+        error_handling: ``{output: NAME}``: rows that could not be checked go to output NAME.
+    """
+
+    NAME = "VerifyStoredMessages"
+    EXTRA = [("store_time", int)]
+    OTHER_OUTPUTS = {"missing": ([("reason", str)], _missing_row)}
+
+    def __init__(
+        self,
+        *,
+        message_id_field: str = "message_id",
+        topic_field: Optional[str] = "topic",  # noqa: UP045
+        check_topic: bool = True,
+        error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
+        **keys: Any,
+    ) -> None:
+        cloud = _cloud_only(keys)
+        verify = VerifyStoredMessages(
+            cloud,
+            message_id=message_id_field,
+            topic=topic_field,
+            check_topic=check_topic,
+        )
+        super().__init__(verify, error_handling)
+
+    def to_row(self) -> Callable[[Any], beam.Row]:
+        return _verified_row

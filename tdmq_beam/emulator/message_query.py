@@ -10,7 +10,6 @@ encoding of binary bodies is not documented), answers list the oldest first,
 
 from __future__ import annotations
 
-import base64
 import datetime
 import uuid
 from collections import OrderedDict
@@ -20,24 +19,11 @@ from tdmq_beam.emulator.cloud_errors import CloudError, integer_parameter, strin
 from tdmq_beam.emulator.message_store import MessageStore, StoredMessage
 from tdmq_beam.mqtt.codec import Prop
 from tdmq_beam.mqtt.topics import topic_filter_error, topic_matches
-from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
+from tdmq_beam.rules.stored_messages import BY_TOPIC_LIMIT, DETAIL_FIELDS, LIST_LIMIT, encode_bytes
 
-__all__ = ["BY_TOPIC_LIMIT", "LIST_LIMIT", "MessageQuery"]
+__all__ = ["MessageQuery"]
 
-BY_TOPIC_LIMIT = 1024
-"""The most messages one DescribeMessageByTopic call answers (default 100)."""
-LIST_LIMIT = 50
-"""The most messages one DescribeMessageList page holds (default 20)."""
 _TASKS_KEPT = 256
-
-# The forwarded properties, by the field DescribeMessageDetails names them with (the publish parameter's name).
-_DETAIL_FIELDS = {
-    prop.parameter: prop for prop in MESSAGE_PROPERTIES if prop.forwarded and prop.mqtt_property is not None
-}
-
-
-def _base64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def _produce_time(store_ms: int) -> str:
@@ -62,7 +48,7 @@ def _details(entry: StoredMessage) -> dict[str, Any]:
     if message.expiry_interval is not None:
         properties[Prop.MESSAGE_EXPIRY_INTERVAL] = message.expiry_interval
     answer: dict[str, Any] = {
-        "Body": _base64(message.payload),
+        "Body": encode_bytes(message.payload),
         "UserProperties": [{"Key": key, "Value": value} for key, value in properties.get(Prop.USER_PROPERTY, ())],
         "StoreTimestamp": entry.store_ms,
         "MessageId": entry.message_id,
@@ -72,10 +58,10 @@ def _details(entry: StoredMessage) -> dict[str, Any]:
         "SubscriptionIdentifier": "",
         "Retain": message.retain,
     }
-    for field, prop in _DETAIL_FIELDS.items():
+    for field, prop in DETAIL_FIELDS.items():
         value = properties.get(prop.mqtt_property)
         if isinstance(value, bytes):
-            value = _base64(value)
+            value = encode_bytes(value)
         answer[field] = value
     return answer
 

@@ -6,14 +6,15 @@ Rows that Beam SQL and Beam YAML can use, and `RowCoder` encodes them.
 
 # No `from __future__ import annotations` here: Beam infers the schema from
 # the evaluated field annotations.
-from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.utils.timestamp import Timestamp
 
 from tdmq_beam.mqtt.codec import Prop, Publish
 from tdmq_beam.rules.message_properties import FORWARDED_PROPERTIES
+from tdmq_beam.rules.stored_messages import DETAIL_FIELDS, decode_bytes
 
 __all__ = ["ReceivedMessage", "UserProperty"]
 
@@ -26,7 +27,7 @@ class UserProperty(NamedTuple):
 
 
 class ReceivedMessage(NamedTuple):
-    """One message as the broker delivered it to a reader.
+    """One message as the broker delivered it to a reader, or as the service stored it.
 
     Attributes:
         topic: the topic it was published to.
@@ -41,7 +42,10 @@ class ReceivedMessage(NamedTuple):
             property table's ``forwarded`` rows), None where absent (always under
             MQTT 3.1.1). The expiry is what was left of it when the broker sent
             the message.
-        receive_time: when the reader received it (the default event time).
+        receive_time: when the reader received it (the default event time); for a
+            stored message (`ReadTdmqMessageHistory`), when the service stored it.
+        message_id: the service's id of a stored message; None for a live read (MQTT
+            does not carry it).
     """
 
     topic: str
@@ -56,6 +60,7 @@ class ReceivedMessage(NamedTuple):
     correlation_data: Optional[bytes]  # noqa: UP045
     message_expiry_interval: Optional[int]  # noqa: UP045
     receive_time: Timestamp
+    message_id: Optional[str] = None  # noqa: UP045
 
     @classmethod
     def from_publish(cls, packet: Publish, receive_time: Timestamp) -> "ReceivedMessage":
@@ -72,12 +77,54 @@ class ReceivedMessage(NamedTuple):
             **{name: props.get(identifier) for name, identifier in FORWARDED_PROPERTIES.items()},
         )
 
+    @classmethod
+    def from_stored(cls, details: Mapping[str, Any]) -> "ReceivedMessage":
+        """The message a ``DescribeMessageDetails`` answer describes.
+
+        Raises:
+            ValueError: a field does not read as the service's answers do, naming it.
+        """
+        fields: dict[str, Any] = {}
+        for field, prop in DETAIL_FIELDS.items():
+            value = details.get(field)
+            if value is None or value == "":
+                fields[prop.name] = None
+            elif prop.kind is bytes:
+                fields[prop.name] = decode_bytes(field, str(value))
+            elif prop.kind is int:
+                fields[prop.name] = _integer(field, value)
+            else:
+                fields[prop.name] = str(value)
+        try:
+            listed = details.get("UserProperties") or ()
+            user_properties = [UserProperty(str(prop["Key"]), str(prop["Value"])) for prop in listed]
+        except (KeyError, TypeError):
+            raise ValueError("the answer's UserProperties are not a list of {Key, Value}") from None
+        return cls(
+            topic=str(details.get("OriginTopic") or ""),
+            payload=decode_bytes("Body", str(details.get("Body") or "")),
+            qos=_integer("Qos", details.get("Qos") or 0),
+            retained=bool(details.get("Retain")),
+            dup=False,
+            user_properties=user_properties,
+            receive_time=Timestamp(micros=_integer("StoreTimestamp", details.get("StoreTimestamp") or 0) * 1000),
+            message_id=str(details.get("MessageId") or "") or None,
+            **fields,
+        )
+
     def user_property(self, key: str) -> Optional[str]:  # noqa: UP045
         """The first value of user property ``key``, or None."""
         for prop in self.user_properties:
             if prop.key == key:
                 return prop.value
         return None
+
+
+def _integer(field: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the answer's {field} is not an integer: {value!r}") from None
 
 
 beam.coders.registry.register_coder(ReceivedMessage, beam.coders.RowCoder)
