@@ -369,6 +369,14 @@ def test_every_consumer_of_the_property_table_follows_it():
         for spelling in prop.spellings:
             params = parse_query(f"{spelling}={texts[prop.parameter]}", PARAMETER_SPELLINGS)
             assert publish_settings(params)[0][prop.name] == values[prop.name]
+    # A stored message's details (the emulator's DescribeMessageDetails) read back into every forwarded property.
+    from tdmq_beam.emulator.message_query import _details
+    from tdmq_beam.emulator.message_store import StoredMessage
+
+    stored = emulator_message.Message.create("t/1", b"body", 2, True, props, "c", 0.0)
+    replayed = ReceivedMessage.from_stored(_details(StoredMessage("ID", 1_700_000_000_000, stored)))
+    assert {name: getattr(replayed, name) for name in forwarded} == {name: values[name] for name in forwarded}
+    assert (replayed.payload, replayed.message_id) == (b"body", "ID")
 
 
 def test_messages_differing_in_any_one_property_get_different_idempotency_keys():

@@ -20,6 +20,7 @@ def dask_cluster(emulator):
     import os
 
     os.environ["DASK_TEST_PASSWORD"] = emulator.password  # resolved on the workers: they inherit it
+    os.environ["DASK_TEST_SECRET_KEY"] = emulator.secret_key
     cluster = distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
     )
@@ -28,6 +29,7 @@ def dask_cluster(emulator):
     finally:
         cluster.close()
         os.environ.pop("DASK_TEST_PASSWORD", None)
+        os.environ.pop("DASK_TEST_SECRET_KEY", None)
 
 
 def test_the_backfill_runs_on_dask_with_every_record_accounted_for(dask_cluster, emulator, tmp_path, capsys):
@@ -49,6 +51,9 @@ def test_the_backfill_runs_on_dask_with_every_record_accounted_for(dask_cluster,
     status = backfill_device_commands.main([
         "--endpoint", emulator.http_url, "--username", emulator.username, "--password-env", "DASK_TEST_PASSWORD",
         "--input", str(source), "--output", output, "--quiet", "--allow-failed",
+        "--secret-id", emulator.secret_id, "--secret-key-env", "DASK_TEST_SECRET_KEY",
+        "--tencent-region", "ap-guangzhou", "--instance-id", emulator.instance_id,
+        "--cloud-endpoint", emulator.http_url, "--verify", "--verify-sample", "0.1",
         "--runner", "apache_beam.runners.dask.dask_runner.DaskRunner", "--dask_client_address", dask_cluster,
     ])  # fmt: skip
 
@@ -62,6 +67,11 @@ def test_the_backfill_runs_on_dask_with_every_record_accounted_for(dask_cluster,
     assert sorted(f["error_kind"] for f in failed) == ["invalid_record", "unparseable"]
     assert any("line 11" in f["reason"] for f in failed)
     assert "read:         302" in out and "published:    300" in out and "failed:       2" in out
+    # The audit of a sample (chosen by message id) runs there too: every one checked is stored.
+    verified = [json.loads(line) for name in glob.glob(output + "-verified-*.jsonl") for line in open(name)]
+    assert 5 <= len(verified) <= 60 and not glob.glob(output + "-missing-*.jsonl")
+    assert f"verified:     {len(verified)} " in out and "missing:      0 " in out
+    assert {v["message_id"] for v in verified} <= {p["message_id"] for p in published}
     received = {message.payload for message in subscriber.receive(300, timeout=30)}
     assert len(received) == 300
     subscriber.disconnect()

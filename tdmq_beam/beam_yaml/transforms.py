@@ -142,7 +142,9 @@ def _takes_message_settings(cls: type) -> type:
         f"        {key}: {name.replace('_', ' ')} ({rows[name].accepts}), where a row sets none.\n"
         for key, name in _SETTING_KEYS.items()
     )
-    cls.__doc__ = (cls.__doc__ or "").replace("        error_handling:", docs + "        error_handling:", 1)
+    doc = (cls.__doc__ or "").replace("        error_handling:", docs + "        error_handling:", 1)
+    names = [prop.name for prop in MESSAGE_PROPERTIES]
+    cls.__doc__ = doc.replace("{roles}", ", ".join(names[:-1]) + " and " + names[-1])  # the roles are the table's
     return cls
 
 
@@ -322,9 +324,7 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
             (overrides the schema's).
         payload_field: the field holding the payload (bytes or string).
         payload_fields: the fields the JSON payload holds. Default, without ``schema``: all fields.
-        roles: MQTT role -> field, for qos, retained, client_id, username,
-            message_expiry_interval, content_type, payload_format_indicator,
-            response_topic and correlation_data.
+        roles: MQTT role -> field, for {roles}.
         user_properties: user property key -> field.
         error_handling: ``{output: NAME}``: failed rows go to output NAME.
     """
