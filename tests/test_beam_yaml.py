@@ -314,3 +314,17 @@ def test_a_history_read_without_cloud_keys_or_with_a_bad_time_is_named(emulator,
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
         with pytest.raises(Exception, match=message):
             run_yaml(tmp_path / "bad.yaml", {}, monkeypatch)
+
+
+def test_yaml_error_handling_and_null_cloud_keys_are_checked_plainly(emulator, monkeypatch):
+    from tdmq_beam.beam_yaml.transforms import YamlEnrichWithClientStatus, YamlReadTdmqMessageHistory
+    from tdmq_beam.errors import ConfigurationError
+
+    monkeypatch.setenv("TDMQ_SECRET_KEY", emulator.secret_key)
+    window = {"topic_filter": "a/#", "start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
+    with pytest.raises(ConfigurationError, match=r"error_handling must be \{output: NAME\}"):
+        YamlReadTdmqMessageHistory(**_cloud_keys(emulator), **window, error_handling="unread")
+    # A key given as null is an absent key, for the cloud keys as for the others.
+    enrich = YamlEnrichWithClientStatus(endpoint=emulator.http_url, username="user0", password_env="TDMQ_PASSWORD",
+                                        secret_id=None, cloud_endpoint=None)  # fmt: skip
+    assert enrich.extra_fields() == [("online", enrich.EXTRA[0][1])]

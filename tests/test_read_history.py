@@ -299,3 +299,30 @@ def test_times_may_be_datetimes_timestamps_or_seconds(emulator):
     assert (data["start_ms"], data["end_ms"]) == (1_767_225_600_000, 1_767_225_601_000)
     assert data["topic_filter"] == "a/#" and data["with_details"] is True
     assert emulator.secret_key not in repr(data)
+
+
+def test_entries_sharing_a_millisecond_and_id_keep_the_service_order_and_compare_no_dicts():
+    pages = HistoryPages("t", TimeSlice(0, 10), 5)
+    new, _ = pages.take([_listed("a", 5), {**_listed("a", 5), "Qos": "0"}, _listed("b", 6)])
+    assert [entry["MessageId"] for entry in new] == ["a", "a", "b"] and pages.done
+
+
+def test_a_listed_entry_with_a_bad_qos_is_an_invalid_answer_for_its_range():
+    from tdmq_beam.transforms.history import _ListSlicesFn
+
+    with pytest.raises(ValueError, match="Qos that is not 0, 1 or 2"):
+        StoredMessageInfo.from_listed({**_listed("a", 5), "Qos": "7"})
+
+    class _Answers:  # the worker's client, answering one page with a bad entry (pure logic: no service)
+        aio = type("Aio", (), {"call_cloud": staticmethod(lambda action, params: (action, params))})()
+
+        @staticmethod
+        def run(call):
+            return {"Data": [_listed("ok", 3), {**_listed("bad", 4), "Qos": {"x": 1}}]}, 1
+
+    cloud = TdmqEmulator().cloud_config()
+    fn = _ListSlicesFn(cloud, "t/#", 5, "tag", "tdmq_beam.test", output_pairs=True)
+    fn.client = _Answers()
+    [(tag, failure)] = [value.value for value in fn.process(TimeSlice(0, 10))]
+    assert tag == "failed" and failure.error_kind == "invalid_answer"
+    assert failure.element == {"topic_filter": "t/#", "start": 0, "end": 10} and "Qos" in failure.reason

@@ -162,7 +162,8 @@ def _connection(keys: Mapping[str, Any]) -> TdmqConnection:
 
 def _cloud(keys: dict[str, Any]) -> Optional[CloudApiConfig]:  # noqa: UP045
     """Takes the cloud API keys out of ``keys``: their `CloudApiConfig`, or None without ``secret_id``."""
-    given = {name: keys.pop(name) for name in _CLOUD_KEY_NAMES - {"max_attempts"} if keys.get(name) is not None}
+    taken = {name: keys.pop(name) for name in _CLOUD_KEY_NAMES - {"max_attempts"} if name in keys}
+    given = {name: value for name, value in taken.items() if value is not None}  # a null key is an absent one
     return cloud_from_config(secret_id=given.pop("secret_id", None), max_attempts=keys.get("max_attempts", 5), **given)
 
 
@@ -215,6 +216,24 @@ _ERROR_FIELDS_JSON = [("element", str), ("msg", str), ("stack", str)]
 
 def _fail(row: Any) -> None:
     raise RuntimeError(f"{row.msg} (add error_handling: {{output: NAME}} to route failures instead)")
+
+
+def _checked_error_handling(error_handling: Any) -> Optional[Mapping[str, str]]:  # noqa: UP045
+    if error_handling is not None and (
+        not isinstance(error_handling, Mapping) or not isinstance(error_handling.get("output"), str)
+    ):
+        raise ConfigurationError("error_handling must be {output: NAME}")
+    return error_handling
+
+
+def _with_errors(outputs: dict[str, Any], errors: Any, error_handling: Optional[Mapping[str, str]]) -> Any:  # noqa: UP045
+    """A YAML transform's result by Beam YAML's convention: with ``error_handling``, the outputs and
+    the error rows on its output; without, the error rows fail the pipeline, and a lone output is
+    returned as itself."""
+    if error_handling:
+        return {**outputs, error_handling["output"]: errors}
+    _ = errors | "FailOnError" >> beam.Map(_fail)
+    return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
 
 def _published_row(published: Any) -> beam.Row:
@@ -273,12 +292,8 @@ class _YamlCallTransform(beam.PTransform):
 
     def __init__(self, inner: Any, error_handling: Optional[Mapping[str, str]]) -> None:  # noqa: UP045
         super().__init__()
-        if error_handling is not None and (
-            not isinstance(error_handling, Mapping) or not isinstance(error_handling.get("output"), str)
-        ):
-            raise ConfigurationError("error_handling must be {output: NAME}")
         self._inner = inner
-        self._error_handling = error_handling
+        self._error_handling = _checked_error_handling(error_handling)
 
     def to_row(self) -> Callable[[Any], beam.Row]:
         """A function from an element of the inner transform's main output to its output row."""
@@ -303,10 +318,7 @@ class _YamlCallTransform(beam.PTransform):
         errors = result.failed | "ErrorRows" >> beam.Map(_error_row).with_output_types(
             RowTypeConstraint.from_fields([("element", rows.element_type), ("msg", str), ("stack", str)])  # type: ignore[list-item]
         )
-        if self._error_handling:
-            return {main_name: main, **others, self._error_handling["output"]: errors}
-        _ = errors | "FailOnError" >> beam.Map(_fail)
-        return {main_name: main, **others} if others else main
+        return _with_errors({main_name: main, **others}, errors, self._error_handling)
 
 
 @_takes_connection_keys
@@ -562,23 +574,18 @@ class YamlReadTdmqMessageHistory(beam.PTransform):
     ) -> None:
         super().__init__()
         cloud = _cloud_only(keys)
-        if error_handling is not None and not isinstance((error_handling or {}).get("output"), str):
-            raise ConfigurationError("error_handling must be {output: NAME}")
+        self._error_handling = _checked_error_handling(error_handling)
         self._read = ReadTdmqMessageHistory(
             cloud, topic_filter, start=_instant("start", start), end=_instant("end", end),
             with_details=with_details, slice_duration=slice_duration, page_size=page_size,
         )  # fmt: skip
-        self._error_handling = error_handling
 
     def expand(self, pbegin: Any) -> Any:
         messages, failed = pbegin | "ReadHistory" >> self._read
         errors = failed | "ErrorRows" >> beam.Map(_json_error_row).with_output_types(
             RowTypeConstraint.from_fields(_ERROR_FIELDS_JSON)
         )
-        if self._error_handling:
-            return {"messages": messages, self._error_handling["output"]: errors}
-        _ = errors | "FailOnError" >> beam.Map(_fail)
-        return messages
+        return _with_errors({"messages": messages}, errors, self._error_handling)
 
 
 @_takes_cloud_keys

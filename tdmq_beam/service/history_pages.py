@@ -68,7 +68,7 @@ class HistoryPages:
             ValueError: an entry without a ``MessageId`` or an integer ``StoreTimestamp``.
         """
         self.pages += 1
-        entries = sorted((_store_time(entry), _message_id(entry), entry) for entry in data)
+        entries = sorted(((_store_time(entry), _message_id(entry), entry) for entry in data), key=_by_time)
         new: list[dict[str, Any]] = []
         for store_time, message_id, entry in entries:
             if store_time >= self.part.end:
@@ -91,6 +91,10 @@ class HistoryPages:
         self._seen.update(message_id for store_time, message_id, _ in entries if store_time == last)
         self.cursor = last
         return new, None
+
+
+def _by_time(listed: tuple[int, str, dict[str, Any]]) -> int:
+    return listed[0]  # stable: the service's order within a millisecond is kept, and entries are never compared
 
 
 def _store_time(entry: dict[str, Any]) -> int:

@@ -65,12 +65,19 @@ class StoredMessageInfo(NamedTuple):
 
     @classmethod
     def from_listed(cls, entry: Mapping[str, Any]) -> StoredMessageInfo:
-        """The message a ``DescribeMessageByTopic`` entry describes (`HistoryPages` checked its id and time)."""
+        """The message a ``DescribeMessageByTopic`` entry describes (`HistoryPages` checked its id and time).
+
+        Raises:
+            ValueError: its ``Qos`` is not 0, 1 or 2.
+        """
+        qos = str(entry.get("Qos") or 0)
+        if qos not in ("0", "1", "2"):
+            raise ValueError(f"a listed message has a Qos that is not 0, 1 or 2: {entry!r:.200}")
         return cls(
             message_id=str(entry["MessageId"]),
             topic=str(entry.get("OriginTopic") or ""),
             client_id=str(entry.get("ClientId") or ""),
-            qos=int(entry.get("Qos") or 0),
+            qos=int(qos),
             store_time=Timestamp(micros=int(entry["StoreTimestamp"]) * 1000),
         )
 
@@ -140,18 +147,19 @@ class _ListSlicesFn(beam.DoFn):
         pages = HistoryPages(self._topic_filter, part, self._page_size)
         params = {"InstanceId": self._cloud.instance_id}
         while not pages.done:
+            cursor = pages.cursor
             try:
                 response, _ = self.client.run(
                     self.client.aio.call_cloud("DescribeMessageByTopic", {**params, **pages.request()})
                 )
                 listed, unreadable = pages.take(response.get("Data") or [])
+                infos = [StoredMessageInfo.from_listed(entry) for entry in listed]
             except (TdmqError, ValueError) as error:
-                yield self._out(FAILED, self._range_failure(pages.cursor, part.end, error), part.start)
+                yield self._out(FAILED, self._range_failure(cursor, part.end, error), part.start)
                 return
             self._pages.inc()
-            self._listed.inc(len(listed))
-            for entry in listed:
-                info = StoredMessageInfo.from_listed(entry)
+            self._listed.inc(len(infos))
+            for info in infos:
                 yield self._out(None, info, info.store_time)
             if unreadable is not None:
                 yield self._out(FAILED, self._overflow(unreadable), unreadable.at)
