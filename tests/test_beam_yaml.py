@@ -28,6 +28,14 @@ def read_json_files(prefix: str) -> list[dict]:
     return [json.loads(line) for name in sorted(glob.glob(prefix + "*")) for line in open(name) if line.strip()]
 
 
+def write_pipeline(path: Path, transforms: list[dict]) -> Path:
+    """A YAML pipeline of ``transforms`` with the connector's providers, written to ``path``."""
+    path.write_text(
+        yaml.safe_dump({"pipeline": {"transforms": transforms}, "providers": [{"include": PROVIDERS_FILE}]})
+    )
+    return path
+
+
 def test_the_backfill_example_publishes_with_properties_and_routes_failures(emulator, paho, tmp_path, monkeypatch):
     subscriber = paho("yaml-watch")
     subscriber.subscribe("devices/#", qos=1)
@@ -250,8 +258,7 @@ def test_a_yaml_backfill_verified_and_replayed(emulator, paho, tmp_path, monkeyp
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": f"y{i}", "body": f"cmd {i}"}) + "\n" for i in range(3)))
     connection = {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD"}
-    document = {
-        "pipeline": {"transforms": [
+    audit = write_pipeline(tmp_path / "audit.yaml", [
             {"type": "ReadFromJson", "name": "Read", "config": {"path": str(source)}},
             {"type": "WriteToTdmqMqtt", "name": "Publish", "input": "Read",
              "config": {**connection, "topic": "yaml-audit/{id}", "payload_field": "body"}},
@@ -263,11 +270,8 @@ def test_a_yaml_backfill_verified_and_replayed(emulator, paho, tmp_path, monkeyp
             {"type": "VerifyStoredMessages", "name": "Verify", "input": "Forge", "config": _cloud_keys(emulator)},
             {"type": "WriteToJson", "input": "Verify.verified", "config": {"path": str(tmp_path / "verified")}},
             {"type": "WriteToJson", "input": "Verify.missing", "config": {"path": str(tmp_path / "missing")}},
-        ]},
-        "providers": [{"include": PROVIDERS_FILE}],
-    }  # fmt: skip
-    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(document))
-    run_yaml(tmp_path / "audit.yaml", {}, monkeypatch)
+    ])  # fmt: skip
+    run_yaml(audit, {}, monkeypatch)
     verified = sorted(read_json_files(str(tmp_path / "verified")), key=lambda row: row["id"])
     assert [row["id"] for row in verified] == ["y0", "y1"]
     assert all(row["store_time"] >= start.timestamp() * 1000 - 1 for row in verified)
@@ -276,8 +280,7 @@ def test_a_yaml_backfill_verified_and_replayed(emulator, paho, tmp_path, monkeyp
 
     time.sleep(0.005)
     end = datetime.datetime.now(datetime.timezone.utc)
-    replay = {
-        "pipeline": {"transforms": [
+    replay = write_pipeline(tmp_path / "replay.yaml", [
             {"type": "ReadTdmqMessageHistory", "name": "Replay",
              "config": {**_cloud_keys(emulator), "topic_filter": "yaml-audit/#", "start": start.isoformat(),
                         "end": end.isoformat(), "error_handling": {"output": "unread"}}},
@@ -286,11 +289,8 @@ def test_a_yaml_backfill_verified_and_replayed(emulator, paho, tmp_path, monkeyp
                  "topic": "topic", "text": "payload.decode()", "message_id": "message_id"}}},
             {"type": "WriteToJson", "input": "Rows", "config": {"path": str(tmp_path / "replayed")}},
             {"type": "WriteToJson", "input": "Replay.unread", "config": {"path": str(tmp_path / "unread")}},
-        ]},
-        "providers": [{"include": PROVIDERS_FILE}],
-    }  # fmt: skip
-    (tmp_path / "replay.yaml").write_text(yaml.safe_dump(replay))
-    run_yaml(tmp_path / "replay.yaml", {}, monkeypatch)
+    ])  # fmt: skip
+    run_yaml(replay, {}, monkeypatch)
     rows = sorted(read_json_files(str(tmp_path / "replayed")), key=lambda row: row["topic"])
     assert [(row["topic"], row["text"]) for row in rows] == [(f"yaml-audit/y{i}", f"cmd {i}") for i in range(3)]
     assert {row["message_id"] for row in rows[:2]} == {row["message_id"] for row in verified}
@@ -307,13 +307,12 @@ def test_a_history_read_without_cloud_keys_or_with_a_bad_time_is_named(emulator,
         ({**_cloud_keys(emulator), "topic_filter": "a/#", "start": "2026-01-01T00:00:00",
           "end": "2026-01-02T00:00:00Z"}, "start must be a timezone-aware datetime"),
     ]:  # fmt: skip
-        document = {"pipeline": {"transforms": [
+        bad = write_pipeline(tmp_path / "bad.yaml", [
             {"type": "ReadTdmqMessageHistory", "name": "Replay", "config": config},
             {"type": "WriteToJson", "input": "Replay", "config": {"path": str(tmp_path / "out")}},
-        ]}, "providers": [{"include": PROVIDERS_FILE}]}  # fmt: skip
-        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
+        ])  # fmt: skip
         with pytest.raises(Exception, match=message):
-            run_yaml(tmp_path / "bad.yaml", {}, monkeypatch)
+            run_yaml(bad, {}, monkeypatch)
 
 
 def test_yaml_error_handling_and_null_cloud_keys_are_checked_plainly(emulator, monkeypatch):

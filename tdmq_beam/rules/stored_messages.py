@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES, MessageProperty
+from tdmq_beam.rules.message_properties import FORWARDED_PROPERTIES, MESSAGE_PROPERTIES, MessageProperty
 
 __all__ = ["BY_TOPIC_LIMIT", "DETAIL_FIELDS", "LIST_LIMIT", "decode_bytes", "encode_bytes"]
 
@@ -22,7 +22,7 @@ LIST_LIMIT = 50
 """The most messages one DescribeMessageList page holds (its default: 20)."""
 
 DETAIL_FIELDS: dict[str, MessageProperty] = {
-    prop.parameter: prop for prop in MESSAGE_PROPERTIES if prop.forwarded and prop.mqtt_property is not None
+    prop.parameter: prop for prop in MESSAGE_PROPERTIES if prop.name in FORWARDED_PROPERTIES
 }
 """The forwarded properties, by the field ``DescribeMessageDetails`` names them with."""
 

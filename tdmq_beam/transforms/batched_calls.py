@@ -37,12 +37,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from tdmq_beam.errors import ConfigurationError, InvalidMessageError
 from tdmq_beam.option_checks import instance_of, one_of, optional, positive, positive_int
-from tdmq_beam.service.client import TdmqClient
 from tdmq_beam.service.cloud_api import CLOUD_IN_FLIGHT, CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.progress import Progress, progress_for
 from tdmq_beam.transforms.results import failure_from_error
-from tdmq_beam.transforms.worker_client import acquire_client
+from tdmq_beam.transforms.worker_client import WorkerClientFn
 
 __all__ = [
     "FAILED",
@@ -67,7 +66,7 @@ _Pending = tuple[Any, Any, WindowedValue]
 """(element, its call, the element in its windows)."""
 
 
-class BatchedCallsFn(beam.DoFn):
+class BatchedCallsFn(WorkerClientFn):
     """Base DoFn: elements -> calls in concurrent batches on the shared client -> outputs.
 
     Args:
@@ -99,9 +98,7 @@ class BatchedCallsFn(beam.DoFn):
         complete_in_process: bool = False,
         progress: tuple[str, float, int | None] | None = None,
     ) -> None:
-        self._connection = connection
-        self._cloud = cloud
-        self._tag = tag
+        super().__init__(connection, cloud, tag)
         self._batch_size = batch_size
         self._max_pending = max_pending_batches
         self._batched_input = batched_input
@@ -110,7 +107,6 @@ class BatchedCallsFn(beam.DoFn):
         self._progress_settings = progress
         self._progress: Progress | None = None
         self.counters = {name: Metrics.counter(namespace, name) for name in self.COUNTERS}
-        self.client: TdmqClient  # set up by setup(), on the worker
 
     # -- for subclasses ----------------------------------------------------------
 
@@ -143,9 +139,6 @@ class BatchedCallsFn(beam.DoFn):
     def batch_done(self, results: Any) -> None:
         """Called once per finished batch, on the DoFn's thread (for metrics)."""
 
-    def report_lineage(self) -> None:
-        """Reports Beam `Lineage` sources and sinks once per DoFn instance, in its first bundle."""
-
     @property
     def instance(self) -> str:
         """``host:port`` of the instance, as lineage names it (the instance id for cloud-only transforms)."""
@@ -156,7 +149,7 @@ class BatchedCallsFn(beam.DoFn):
     # -- beam.DoFn ----------------------------------------------------------------
 
     def setup(self) -> None:
-        self.client = acquire_client(self._connection, self._cloud, self._tag)
+        super().setup()
         self._setup_progress()
 
     def _setup_progress(self) -> None:
@@ -164,9 +157,7 @@ class BatchedCallsFn(beam.DoFn):
             self._progress = progress_for(self._tag, *self._progress_settings)
 
     def start_bundle(self) -> None:
-        if not getattr(self, "_lineage_reported", False):
-            self._lineage_reported = True
-            self.report_lineage()
+        super().start_bundle()
         self._buffer: list[_Pending] = []
         self._outstanding: dict[concurrent.futures.Future, list[_Pending]] = {}
         self._ready: collections.deque[Any] = collections.deque()
@@ -195,9 +186,6 @@ class BatchedCallsFn(beam.DoFn):
         ready = self._ready
         while ready:
             yield ready.popleft()
-
-    def teardown(self) -> None:
-        self.client = None  # type: ignore[assignment]  # the last DoFn to let go closes the shared client
 
     # -- machinery --------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from tdmq_beam.records.message_decoding import MessageDecoder
 from tdmq_beam.records.payload import RecordError
 from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.transforms.batched_calls import FAILED
-from tdmq_beam.transforms.outputs import par_do_with_outputs
+from tdmq_beam.transforms.outputs import output, par_do_with_outputs
 from tdmq_beam.transforms.results import FailedMessage
 
 __all__ = ["DecodeMqttMessages", "DecodeResult"]
@@ -49,10 +49,10 @@ class _DecodeFn(beam.DoFn):
         except RecordError as exc:
             self._failures.inc()
             failure = FailedMessage(message, message.topic, None, "invalid_record", str(exc), 0)
-            yield (FAILED, failure) if self._pairs else pvalue.TaggedOutput(FAILED, failure)
+            yield output(FAILED, failure, self._pairs)
             return
         self._decoded.inc()
-        yield (None, record) if self._pairs else record
+        yield output(None, record, self._pairs)
 
 
 class DecodeMqttMessages(beam.PTransform):

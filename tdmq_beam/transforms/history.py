@@ -30,14 +30,13 @@ from tdmq_beam.mqtt.topics import topic_filter_error
 from tdmq_beam.option_checks import flag, instance_of, int_in_range, non_empty_text, positive
 from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.rules.stored_messages import BY_TOPIC_LIMIT
-from tdmq_beam.service.client import TdmqClient
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.history_pages import HistoryPages, TimeSlice, Unreadable, time_slices
 from tdmq_beam.transforms.batched_calls import FAILED, Batching, Output
 from tdmq_beam.transforms.cloud_lookup import CloudLookup, CloudLookupTransform
-from tdmq_beam.transforms.outputs import par_do_with_outputs
+from tdmq_beam.transforms.outputs import output, par_do_with_outputs
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error
-from tdmq_beam.transforms.worker_client import acquire_client
+from tdmq_beam.transforms.worker_client import WorkerClientFn
 
 __all__ = ["HistoryResult", "ReadTdmqMessageHistory", "StoredMessageInfo"]
 
@@ -119,33 +118,27 @@ def _range_element(topic_filter: str, start: int, end: int) -> dict[str, Any]:
     return {"topic_filter": topic_filter, "start": start, "end": end}
 
 
-class _ListSlicesFn(beam.DoFn):
+class _ListSlicesFn(WorkerClientFn):
     """Pages through each time slice, emitting a `StoredMessageInfo` per stored message."""
 
     def __init__(
         self, cloud: CloudApiConfig, topic_filter: str, page_size: int, tag: str, namespace: str, output_pairs: bool
     ) -> None:
-        self._cloud = cloud
+        super().__init__(None, cloud, tag)
+        self._instance_id = cloud.instance_id
         self._topic_filter = topic_filter
         self._page_size = page_size
-        self._tag = tag
         self._output_pairs = output_pairs
         self._pages = Metrics.counter(namespace, "pages")
         self._listed = Metrics.counter(namespace, "listed")
         self._failed = Metrics.counter(namespace, "failed")
-        self.client: TdmqClient
 
-    def setup(self) -> None:
-        self.client = acquire_client(None, self._cloud, self._tag)
-
-    def start_bundle(self) -> None:
-        if not getattr(self, "_lineage_reported", False):
-            self._lineage_reported = True
-            Lineage.sources().add("tencentcloud_mqtt", self._cloud.instance_id, subtype="DescribeMessageByTopic")
+    def report_lineage(self) -> None:
+        Lineage.sources().add("tencentcloud_mqtt", self._instance_id, subtype="DescribeMessageByTopic")
 
     def process(self, part: TimeSlice) -> Iterator[Any]:
         pages = HistoryPages(self._topic_filter, part, self._page_size)
-        params = {"InstanceId": self._cloud.instance_id}
+        params = {"InstanceId": self._instance_id}
         while not pages.done:
             cursor = pages.cursor
             try:
@@ -164,15 +157,9 @@ class _ListSlicesFn(beam.DoFn):
             if unreadable is not None:
                 yield self._out(FAILED, self._overflow(unreadable), unreadable.at)
 
-    def teardown(self) -> None:
-        self.client = None  # type: ignore[assignment]  # the last DoFn to let go closes the shared client
-
     def _out(self, tag: str | None, value: Any, at: Timestamp | int) -> Any:
         timestamp = at if isinstance(at, Timestamp) else Timestamp(micros=at * 1000)
-        if self._output_pairs:
-            return TimestampedValue((tag, value), timestamp)
-        value = TimestampedValue(value, timestamp)
-        return value if tag is None else pvalue.TaggedOutput(tag, value)
+        return output(tag, value, self._output_pairs, lambda emitted: TimestampedValue(emitted, timestamp))
 
     def _range_failure(self, start: int, end: int, error: TdmqError | ValueError) -> FailedMessage:
         self._failed.inc()

@@ -14,15 +14,27 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
+from apache_beam import pvalue
 
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
-__all__ = ["par_do_with_outputs"]
+__all__ = ["output", "par_do_with_outputs"]
 
 
 def _pick(pair: tuple[str | None, Any], tag: str | None) -> Iterator[Any]:
     if pair[0] == tag:
         yield pair[1]
+
+
+def output(tag: str | None, value: Any, pairs: bool, wrap: Callable[[Any], Any] | None = None) -> Any:
+    """What a DoFn applied with `par_do_with_outputs` emits for ``value`` on output ``tag`` (None:
+    the main one): the ``(tag, value)`` pair when ``pairs``, else ``value`` (as a ``TaggedOutput``
+    for another output). ``wrap`` puts what is emitted in a timestamp or windows
+    (``TimestampedValue``, ``WindowedValue.with_value``)."""
+    if pairs:
+        return (tag, value) if wrap is None else wrap((tag, value))
+    wrapped = value if wrap is None else wrap(value)
+    return wrapped if tag is None else pvalue.TaggedOutput(tag, wrapped)
 
 
 def par_do_with_outputs(
