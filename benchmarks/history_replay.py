@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from read_throughput import _session_expiry  # the persistent session's CONNECT properties
+from read_throughput import _cpu, _session_expiry  # this process's CPU; a persistent session's CONNECT
 from servers import CLIENT_CPU, emulator_server, pin
 
 from tdmq_beam import (
@@ -59,11 +58,6 @@ from tdmq_beam.emulator.config import DEFAULT_INSTANCE_ID, DEFAULT_SECRET_ID, DE
 
 USER, PASSWORD = "user0", "secret0"
 READER = "replay-bench"
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _cloud_calls(http_url: str) -> dict[str, int]:

@@ -79,6 +79,10 @@ _LOGGER = logging.getLogger(__name__)
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 DEFAULT_SCHEMA = SCHEMAS / "device_command.avsc"
 METRICS_NAMESPACE = "backfill_device_commands"
+VERIFY_NEEDS_CLOUD = (
+    "--verify needs the cloud API flags: --secret-id, --secret-key-env or --secret-key-file, --tencent-region "
+    "and --instance-id"
+)
 COMMANDS = ("reboot", "update-firmware", "set-interval", "lock", "unlock", "ping")
 
 
@@ -288,10 +292,9 @@ def build_pipeline(
     all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
     counted = all_failed | "CountFailures" >> beam.ParDo(_CountFailures())
     results = {"published": published, "failed": counted}
-    if getattr(args, "verify", False):
+    if args.verify:
         if cloud is None:
-            raise ConfigurationError("--verify needs the cloud API: --secret-id, --secret-key-env or "
-                                     "--secret-key-file, --tencent-region and --instance-id")  # fmt: skip
+            raise ConfigurationError(VERIFY_NEEDS_CLOUD)
         results.update(_verify(published, args, cloud))
     if not RunnerCapabilities.of(pipeline).file_io:
         _write_results_on_dask(results, args)
@@ -357,8 +360,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for kind, example in summary.get("failure_examples", {}).items():
         print(f"  e.g. {kind}: {example}")
     print(f"retried:      {summary['retried']}")
-    timed = "verification included" if "verified" in summary else ""
-    print(f"messages/s:   {summary['messages_per_s']} ({summary['seconds']} s{', ' + timed if timed else ''})")
+    timed = ", verification included" if "verified" in summary else ""
+    print(f"messages/s:   {summary['messages_per_s']} ({summary['seconds']} s{timed})")
     if "verified" in summary:
         print(f"verified:     {summary['verified']} (stored by the service)")
         print(f"missing:      {summary['missing']} (not stored as published, or not checked: see the missing output)")
@@ -491,8 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         usage_error(PROGRAM, f"invalid settings: {exc}")
     if args.verify and cloud is None:
-        usage_error(PROGRAM, "--verify needs the cloud API flags: --secret-id, --secret-key-env or --secret-key-file, "
-                             "--tencent-region and --instance-id")  # fmt: skip
+        usage_error(PROGRAM, VERIFY_NEEDS_CLOUD)  # before the pre-flight, as one line
     preflight(PROGRAM, connection, cloud)
     summary = run(args, beam_args, connection, cloud)
     _print_summary(summary)

@@ -6,6 +6,7 @@ import base64
 import datetime
 import glob
 import pickle
+import re
 import time
 
 import apache_beam as beam
@@ -326,3 +327,18 @@ def test_a_listed_entry_with_a_bad_qos_is_an_invalid_answer_for_its_range():
     [(tag, failure)] = [value.value for value in fn.process(TimeSlice(0, 10))]
     assert tag == "failed" and failure.error_kind == "invalid_answer"
     assert failure.element == {"topic_filter": "t/#", "start": 0, "end": 10} and "Qos" in failure.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("PayloadFormatIndicator", 7, "PayloadFormatIndicator: invalid PayloadFormatIndicator '7': must be 0 or 1"),
+        ("Qos", "3", "the answer's Qos: invalid qos '3'"),
+        ("MessageExpiryInterval", -1, "MessageExpiryInterval"),
+        ("ResponseTopic", "a/+", "ResponseTopic"),
+    ],
+)
+def test_a_stored_property_out_of_its_range_is_named(field, value, message):
+    details = {"Body": "", "Qos": "1", "OriginTopic": "a", "StoreTimestamp": 1, "MessageId": "ID", field: value}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ReceivedMessage.from_stored(details)

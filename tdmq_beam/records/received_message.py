@@ -14,7 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from tdmq_beam.mqtt.codec import Prop, Publish
 from tdmq_beam.rules.message_properties import FORWARDED_PROPERTIES
-from tdmq_beam.rules.stored_messages import DETAIL_FIELDS, decode_bytes
+from tdmq_beam.rules.stored_messages import DETAIL_FIELDS, QOS, decode_bytes, detail_value
 
 __all__ = ["ReceivedMessage", "UserProperty"]
 
@@ -84,17 +84,10 @@ class ReceivedMessage(NamedTuple):
         Raises:
             ValueError: a field does not read as the service's answers do, naming it.
         """
-        fields: dict[str, Any] = {}
-        for field, prop in DETAIL_FIELDS.items():
-            value = details.get(field)
-            if value is None or value == "":
-                fields[prop.name] = None
-            elif prop.kind is bytes:
-                fields[prop.name] = decode_bytes(field, str(value))
-            elif prop.kind is int:
-                fields[prop.name] = _integer(field, value)
-            else:
-                fields[prop.name] = str(value)
+        fields = {
+            prop.name: None if details.get(field) in (None, "") else detail_value(prop, field, details[field])
+            for field, prop in DETAIL_FIELDS.items()
+        }
         try:
             listed = details.get("UserProperties") or ()
             user_properties = [UserProperty(str(prop["Key"]), str(prop["Value"])) for prop in listed]
@@ -103,7 +96,7 @@ class ReceivedMessage(NamedTuple):
         return cls(
             topic=str(details.get("OriginTopic") or ""),
             payload=decode_bytes("Body", str(details.get("Body") or "")),
-            qos=_integer("Qos", details.get("Qos") or 0),
+            qos=detail_value(QOS, "Qos", details.get("Qos") or 0),
             retained=bool(details.get("Retain")),
             dup=False,
             user_properties=user_properties,

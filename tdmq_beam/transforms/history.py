@@ -29,7 +29,7 @@ from tdmq_beam.errors import ConfigurationError, TdmqError
 from tdmq_beam.mqtt.topics import topic_filter_error
 from tdmq_beam.option_checks import flag, instance_of, int_in_range, non_empty_text, positive
 from tdmq_beam.records.received_message import ReceivedMessage
-from tdmq_beam.rules.stored_messages import BY_TOPIC_LIMIT
+from tdmq_beam.rules.stored_messages import BY_TOPIC_LIMIT, QOS, detail_value
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.history_pages import HistoryPages, TimeSlice, Unreadable, time_slices
 from tdmq_beam.transforms.batched_calls import FAILED, Batching, Output
@@ -69,14 +69,15 @@ class StoredMessageInfo(NamedTuple):
         Raises:
             ValueError: its ``Qos`` is not 0, 1 or 2.
         """
-        qos = str(entry.get("Qos") or 0)
-        if qos not in ("0", "1", "2"):
-            raise ValueError(f"a listed message has a Qos that is not 0, 1 or 2: {entry!r:.200}")
+        try:
+            qos = detail_value(QOS, "Qos", entry.get("Qos") or 0)
+        except ValueError:
+            raise ValueError(f"a listed message has a Qos that is not 0, 1 or 2: {entry!r:.200}") from None
         return cls(
             message_id=str(entry["MessageId"]),
             topic=str(entry.get("OriginTopic") or ""),
             client_id=str(entry.get("ClientId") or ""),
-            qos=int(qos),
+            qos=qos,
             store_time=Timestamp(micros=int(entry["StoreTimestamp"]) * 1000),
         )
 
