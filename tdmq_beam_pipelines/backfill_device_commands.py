@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import apache_beam as beam
 import fastavro
@@ -62,13 +62,10 @@ from tdmq_beam_pipelines.command_input import ReadCommands
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
-    add_cloud_flags,
-    add_connection_flags,
-    add_progress_flags,
-    cloud_from_flags,
-    connection_from_flags,
-    preflight,
-    show_progress,
+    add_service_flags,
+    job_parser,
+    parse_job_flags,
+    service_from_flags,
     usage_error,
 )
 
@@ -83,15 +80,13 @@ VERIFY_NEEDS_CLOUD = (
     "--verify needs the cloud API flags: --secret-id, --secret-key-env or --secret-key-file, --tencent-region "
     "and --instance-id"
 )
+PROGRAM = "backfill_device_commands"
 COMMANDS = ("reboot", "update-firmware", "set-interval", "lock", "unlock", "ping")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        prog="python -m tdmq_beam_pipelines.backfill_device_commands",
-        description="Publish device commands to TDMQ for MQTT; with no arguments, a demo on the embedded emulator.",
-        epilog="Any other argument is a Beam pipeline option (--runner, --project, --direct_num_workers, ...).",
+    parser = job_parser(
+        PROGRAM, "Publish device commands to TDMQ for MQTT", beam_options="--runner, --project, --direct_num_workers"
     )
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", help="file pattern of commands: *.avro, or JSON Lines (*.jsonl, *.json)")
@@ -101,9 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--output", help="prefix of the result files (published and failed)")
     io.add_argument("--output-format", choices=("jsonl", "avro"), default="jsonl")
 
-    add_connection_flags(parser)
-    add_cloud_flags(parser, "for --verify")
-    add_progress_flags(parser)
+    add_service_flags(parser, cloud_purpose="for --verify")
 
     behaviour = parser.add_argument_group("publishing")
     behaviour.add_argument("--qos", type=int, choices=(0, 1, 2), help="default QoS where a record sets none")
@@ -198,7 +191,7 @@ class _AppendLines(beam.DoFn):
         self._prefix = prefix
 
     def start_bundle(self) -> None:
-        self._handle = None
+        self._handle: TextIO | None = None
 
     def process(self, line: str) -> None:
         if self._handle is None:
@@ -398,7 +391,7 @@ def _temp_folders(output_prefix: str) -> set[str]:
 class _DeliveryCounter:
     """A paho-mqtt MQTT 5 subscriber counting the commands it receives."""
 
-    def __init__(self, port: int, username: str, password: str) -> None:
+    def __init__(self, port: int, username: str | None, password: str | None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -456,9 +449,6 @@ def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, An
     return summary
 
 
-PROGRAM = "backfill_device_commands"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the backfill (or the demo); returns the exit status.
 
@@ -466,9 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     the demo); 2 usage or configuration errors, one line on stderr; 3 some records
     failed (they are in the failed output).
     """
-    logging.basicConfig(level=logging.WARNING)
-    args, beam_args = _parser().parse_known_args(argv)
-    show_progress(args)
+    args, beam_args = parse_job_flags(_parser(), argv)
     if not 0 < args.verify_sample <= 1:
         usage_error(PROGRAM, f"--verify-sample must be within (0, 1], got {args.verify_sample:g}")
     if args.endpoint is None:
@@ -487,15 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.input or not args.output:
         usage_error(PROGRAM, "--input and --output are required with --endpoint")
-    try:
-        connection = connection_from_flags(args)
-        cloud = cloud_from_flags(args)
-        load_schema(args.schema)
-    except ValueError as exc:
-        usage_error(PROGRAM, f"invalid settings: {exc}")
-    if args.verify and cloud is None:
-        usage_error(PROGRAM, VERIFY_NEEDS_CLOUD)  # before the pre-flight, as one line
-    preflight(PROGRAM, connection, cloud)
+    connection, cloud = service_from_flags(
+        PROGRAM,
+        args,
+        check=lambda: load_schema(args.schema),
+        cloud_needed_for=VERIFY_NEEDS_CLOUD if args.verify else None,
+    )
     summary = run(args, beam_args, connection, cloud)
     _print_summary(summary)
     if (summary["failed"] or summary.get("missing")) and not args.allow_failed:

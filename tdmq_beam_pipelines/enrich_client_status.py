@@ -41,29 +41,23 @@ from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
 from tdmq_beam.records.fields import json_default
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
-    add_cloud_flags,
-    add_connection_flags,
-    add_progress_flags,
-    cloud_from_flags,
-    connection_from_flags,
-    preflight,
-    show_progress,
+    add_service_flags,
+    job_parser,
+    parse_job_flags,
+    service_from_flags,
     usage_error,
 )
 
 __all__ = ["build_pipeline", "generate_events", "main"]
 
-METRICS_NAMESPACE = "enrich_client_status"
+PROGRAM = METRICS_NAMESPACE = "enrich_client_status"
 _DEMO_CLOUD_RATE = 200
 EVENT_TYPES = ("telemetry", "alarm", "heartbeat", "door_opened")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        prog="python -m tdmq_beam_pipelines.enrich_client_status",
-        description="Enrich device events with client status; with no arguments, a demo on the embedded emulator.",
-        epilog="Any other argument is a Beam pipeline option (--runner, --streaming, --project, ...).",
+    parser = job_parser(
+        PROGRAM, "Enrich device events with client status", beam_options="--runner, --streaming, --project"
     )
     io = parser.add_argument_group("input and output")
     io.add_argument("--input_subscription", help="Pub/Sub subscription of JSON events (streaming)")
@@ -71,9 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--input", help="file pattern of JSON Lines events (batch)")
     io.add_argument("--output", help="prefix of the enriched JSON Lines files (batch)")
     io.add_argument("--failed-output", help="prefix of the failed-lookup files (batch; default OUTPUT-failed)")
-    add_progress_flags(parser)
-    add_connection_flags(parser)
-    add_cloud_flags(parser)
+    add_service_flags(parser)
     enrich = parser.add_argument_group("enrichment")
     enrich.add_argument("--client-id-field", default="client_id", help="field of the event holding the client id")
     enrich.add_argument("--status-ttl", type=float, default=5.0, help="seconds an online status stays cached")
@@ -231,15 +223,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"elements/s:      {summary['elements_per_s']} ({summary['seconds']} s)")
 
 
-PROGRAM = "enrich_client_status"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the enrichment (or the demo); returns the exit status: 0, or 2 for a usage or
     configuration error (one line on stderr)."""
-    logging.basicConfig(level=logging.WARNING)
-    args, beam_args = _parser().parse_known_args(argv)
-    show_progress(args)
+    args, beam_args = parse_job_flags(_parser(), argv)
     if args.endpoint is None:
         if args.input or args.input_subscription:
             usage_error(PROGRAM, "an input needs --endpoint (without both, the demo runs on the embedded emulator)")
@@ -249,12 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             usage_error(PROGRAM, "--input_subscription and --output_topic go together")
         if not args.input_subscription and not (args.input and args.output):
             usage_error(PROGRAM, "give --input and --output (batch) or --input_subscription and --output_topic")
-        try:
-            connection = connection_from_flags(args)
-            cloud = cloud_from_flags(args)
-        except ValueError as exc:
-            usage_error(PROGRAM, f"invalid settings: {exc}")
-        preflight(PROGRAM, connection, cloud)
+        connection, cloud = service_from_flags(PROGRAM, args)
         summary = run(args, beam_args, connection, cloud)
     _print_summary(summary)
     return 0

@@ -39,17 +39,13 @@ from typing import Any
 import apache_beam as beam
 
 from tdmq_beam import CloudApiConfig, DecodeMqttMessages, EnrichWithClientStatus, ReadFromTdmqMqtt, TdmqConnection
-from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.fields import json_default
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
-    add_cloud_flags,
-    add_connection_flags,
-    add_progress_flags,
-    cloud_from_flags,
-    connection_from_flags,
-    preflight,
-    show_progress,
+    add_service_flags,
+    job_parser,
+    parse_job_flags,
+    service_from_flags,
     usage_error,
 )
 
@@ -60,12 +56,7 @@ SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "device_telemetry.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        prog="python -m tdmq_beam_pipelines.ingest_device_telemetry",
-        description="Ingest device telemetry from MQTT; with no arguments, a demo on the embedded emulator.",
-        epilog="Any other argument is a Beam pipeline option (--runner, --streaming, --project, ...).",
-    )
+    parser = job_parser(PROGRAM, "Ingest device telemetry from MQTT", beam_options="--runner, --streaming, --project")
     read = parser.add_argument_group("reading")
     read.add_argument("--mqtt-endpoint", help="MQTT access point, mqtt://host:1883 or mqtts://host:8883")
     read.add_argument("--topics", nargs="+", default=["devices/+/telemetry"], help="topic filters to read")
@@ -83,9 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--output", help="prefix of the JSON Lines files")
     io.add_argument("--failed-output", help="prefix of the failed-message files (default OUTPUT-failed)")
     io.add_argument("--output_topic", help="Pub/Sub topic for the enriched records (instead of --output)")
-    add_progress_flags(parser)
-    add_connection_flags(parser)
-    add_cloud_flags(parser)
+    add_service_flags(parser)
     enrich = parser.add_argument_group("enrichment")
     enrich.add_argument("--status-ttl", type=float, default=5.0, help="seconds an online status stays cached")
     enrich.add_argument("--details-ttl", type=float, default=60.0, help="seconds client details stay cached")
@@ -108,7 +97,7 @@ class _PublishToPubSub(beam.DoFn):
         self._topic = topic
 
     def setup(self) -> None:
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         self._publisher = pubsub_v1.PublisherClient()
         self._futures: list[Any] = []
@@ -283,9 +272,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ingest (or the demo); returns the exit status: 0, or 2 for a usage or
     configuration error (one line on stderr)."""
-    logging.basicConfig(level=logging.WARNING)
-    args, beam_args = _parser().parse_known_args(argv)
-    show_progress(args)
+    args, beam_args = parse_job_flags(_parser(), argv)
     if args.num_readers > 1 and not args.share_group:
         usage_error(PROGRAM, "--num-readers above 1 needs --share-group: unshared readers each get every message")
     if not os.path.isfile(args.schema):
@@ -300,13 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_error(PROGRAM, "give --mqtt-endpoint (mqtt://host:1883 or mqtts://host:8883) beside --endpoint")
     if bool(args.output) == bool(args.output_topic):
         usage_error(PROGRAM, "give one of --output (JSON Lines files) and --output_topic (Pub/Sub)")
-    try:
-        connection = connection_from_flags(args)
-        cloud = cloud_from_flags(args)
-        DecodeMqttMessages(args.schema, mapping_file=args.mapping_file)
-    except (ValueError, ConfigurationError) as exc:
-        usage_error(PROGRAM, f"invalid settings: {exc}")
-    preflight(PROGRAM, connection, cloud)
+    connection, cloud = service_from_flags(
+        PROGRAM, args, check=lambda: DecodeMqttMessages(args.schema, mapping_file=args.mapping_file)
+    )
     _print_summary(run(args, beam_args, connection, cloud))
     return 0
 

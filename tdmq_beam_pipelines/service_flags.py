@@ -1,4 +1,5 @@
-"""Command-line flags for the service, shared by the pipelines: access point, credentials, cloud API."""
+"""The command line every job shares: its parser, the service flags (access point, credentials,
+cloud API, progress), the settings they describe checked once, and one-line usage errors."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import copy
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from tdmq_beam import (
@@ -20,7 +22,7 @@ from tdmq_beam import (
     TdmqError,
     TransportError,
 )
-from tdmq_beam.errors import TlsError
+from tdmq_beam.errors import ConfigurationError, TlsError
 from tdmq_beam.secret import secret_reference
 from tdmq_beam.transforms.progress import LOGGER_NAME
 
@@ -30,9 +32,13 @@ __all__ = [
     "add_cloud_flags",
     "add_connection_flags",
     "add_progress_flags",
+    "add_service_flags",
     "cloud_from_flags",
     "connection_from_flags",
+    "job_parser",
+    "parse_job_flags",
     "preflight",
+    "service_from_flags",
     "show_progress",
     "usage_error",
 ]
@@ -51,6 +57,61 @@ def usage_error(program: str, message: str) -> NoReturn:
     error = SystemExit(message)
     error.code = EXIT_USAGE
     raise error
+
+
+def job_parser(program: str, description: str, *, beam_options: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m tdmq_beam_pipelines.{program}``; the job adds its own groups, then
+    `add_service_flags`. ``beam_options`` names a few of the Beam options the job is run with."""
+    return argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=f"python -m tdmq_beam_pipelines.{program}",
+        description=f"{description}; with no arguments, a demo on the embedded emulator.",
+        epilog=f"Any other argument is a Beam pipeline option ({beam_options}, ...).",
+    )
+
+
+def add_service_flags(parser: argparse.ArgumentParser, *, cloud_purpose: str = "client details") -> None:
+    """The flags of the service every job takes: access point and credentials, cloud API, progress."""
+    add_connection_flags(parser)
+    add_cloud_flags(parser, cloud_purpose)
+    add_progress_flags(parser)
+
+
+def parse_job_flags(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """(the job's flags, the Beam arguments it leaves to Beam); warnings logged, progress lines shown
+    unless ``--quiet``."""
+    logging.basicConfig(level=logging.WARNING)
+    args, beam_args = parser.parse_known_args(argv)
+    show_progress(args)
+    return args, beam_args
+
+
+def service_from_flags(
+    program: str,
+    args: argparse.Namespace,
+    *,
+    check: Callable[[], object] | None = None,
+    cloud_needed_for: str | None = None,
+) -> tuple[TdmqConnection, CloudApiConfig | None]:
+    """The connection and cloud API config the flags describe, checked before any input is read.
+
+    A setting that does not fit, or one the job's own ``check`` refuses (a `ValueError`, such as
+    a `ConfigurationError`), exits with one line; so does a missing cloud credential when
+    ``cloud_needed_for`` says what needs it. Then the `preflight` call checks that both answer.
+    """
+    try:
+        connection = connection_from_flags(args)
+        cloud = cloud_from_flags(args)
+        if check is not None:
+            check()
+    except ValueError as exc:  # a ConfigurationError is one
+        usage_error(program, f"invalid settings: {exc}")
+    if cloud_needed_for is not None and cloud is None:
+        usage_error(program, cloud_needed_for)
+    preflight(program, connection, cloud)
+    return connection, cloud
 
 
 def preflight(program: str, connection: TdmqConnection, cloud: CloudApiConfig | None = None) -> None:
@@ -184,9 +245,12 @@ def cloud_from_flags(args: argparse.Namespace) -> CloudApiConfig | None:
     """The cloud API config the flags describe, or None when no --secret-id is given."""
     if not args.secret_id:
         return None
+    secret_key = secret_reference("SecretKey", args.secret_key_env, args.secret_key_file)
+    if secret_key is None:
+        raise ConfigurationError("--secret-id needs its SecretKey: give --secret-key-env or --secret-key-file")
     return CloudApiConfig(
         secret_id=args.secret_id,
-        secret_key=secret_reference("SecretKey", args.secret_key_env, args.secret_key_file),
+        secret_key=secret_key,
         region=args.tencent_region,
         instance_id=args.instance_id,
         endpoint=args.cloud_endpoint,

@@ -71,3 +71,32 @@ def test_help_shows_every_default(parser):
     for action in built._actions:
         if action.default not in (None, False, [], "==SUPPRESS==") and action.help:
             assert f"(default: {action.default})" in " ".join(shown.split()), action.option_strings
+
+
+@pytest.mark.parametrize("module", [backfill, enrich_job, ingest_job], ids=lambda module: module.__name__)
+def test_a_secret_id_without_its_key_is_one_line_before_anything_runs(module, capsys, monkeypatch):
+    monkeypatch.setenv("FLAGS_TEST_PASSWORD", "p")
+    argv = ["--endpoint", "http://127.0.0.1:1", "--username", "u", "--password-env", "FLAGS_TEST_PASSWORD"]
+    argv += ["--secret-id", "AKIDtest", "--instance-id", "mqtt-1"]
+    argv += {
+        backfill: ["--input", "in.avro", "--output", "out"],
+        enrich_job: ["--input", "in.jsonl", "--output", "out"],
+        ingest_job: ["--mqtt-endpoint", "mqtt://127.0.0.1:1", "--output", "out"],
+    }[module]
+    with pytest.raises(SystemExit) as exit_:
+        module.main(argv)
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"{module.PROGRAM}: error: invalid settings: "
+        "--secret-id needs its SecretKey: give --secret-key-env or --secret-key-file"
+    )
+
+
+@pytest.mark.parametrize("module", [backfill, enrich_job, ingest_job], ids=lambda module: module.__name__)
+def test_every_job_names_itself_and_takes_the_service_flags(module):
+    parser = module._parser()
+    assert parser.prog == f"python -m tdmq_beam_pipelines.{module.PROGRAM}"
+    assert module.__name__ == f"tdmq_beam_pipelines.{module.PROGRAM}"
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    assert {"--endpoint", "--password-env", "--secret-id", "--cloud-rate", "--quiet", "--max-attempts"} <= flags
