@@ -16,6 +16,11 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "ClientEvent": "tdmq_beam.records.client_event",
+    "ClientEventsResult": "tdmq_beam.transforms.client_events",
+    "ReadClientEvents": "tdmq_beam.transforms.client_events",
+    "TrackClientStatus": "tdmq_beam.transforms.track_status",
+    "TrackedStatus": "tdmq_beam.records.tracked_status",
     "AsyncTdmqClient": "tdmq_beam.service.client",
     "AuthenticationError": "tdmq_beam.errors",
     "Batching": "tdmq_beam.transforms.batched_calls",
@@ -79,6 +84,8 @@ __all__ = [
     "AvroPayload",
     "Batching",
     "ClientDetails",
+    "ClientEvent",
+    "ClientEventsResult",
     "ClientStatus",
     "ClientSubscription",
     "CloudApiConfig",
@@ -109,6 +116,7 @@ __all__ = [
     "PublishResult",
     "PublishedMessage",
     "RateLimitedError",
+    "ReadClientEvents",
     "ReadFromTdmqMqtt",
     "ReadTdmqMessageHistory",
     "ReceivedMessage",
@@ -121,6 +129,8 @@ __all__ = [
     "TdmqClientStatusHandler",
     "TdmqConnection",
     "TdmqError",
+    "TrackClientStatus",
+    "TrackedStatus",
     "TransportError",
     "UserProperty",
     "VerifiedMessage",
@@ -159,10 +169,12 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
         TransportError,
     )
     from tdmq_beam.records.avro_mapping import avro_mapping
+    from tdmq_beam.records.client_event import ClientEvent
     from tdmq_beam.records.mapping import IdempotencyKey, MessageDefaults, MessageMapping
     from tdmq_beam.records.message_decoding import MessageDecoder
     from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload
     from tdmq_beam.records.received_message import ReceivedMessage, UserProperty
+    from tdmq_beam.records.tracked_status import TrackedStatus
     from tdmq_beam.secret import Secret
     from tdmq_beam.service.client import AsyncTdmqClient, PublishResult, TdmqClient
     from tdmq_beam.service.cloud_api import ClientDetails, ClientSubscription, CloudApiConfig
@@ -171,6 +183,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.service.retry import RetryPolicy
     from tdmq_beam.service.status_lookup import ClientStatus
     from tdmq_beam.transforms.batched_calls import Batching
+    from tdmq_beam.transforms.client_events import ClientEventsResult, ReadClientEvents
     from tdmq_beam.transforms.cloud_lookup import CloudLookup, CloudLookupTransform
     from tdmq_beam.transforms.decode import DecodeMqttMessages, DecodeResult
     from tdmq_beam.transforms.deduplicate import DeduplicateMessages
@@ -180,5 +193,6 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from tdmq_beam.transforms.keepalive import KeepAliveResult, KeepAliveSet, SetClientKeepAlive
     from tdmq_beam.transforms.read import ReadFromTdmqMqtt
     from tdmq_beam.transforms.results import FailedMessage, PublishedMessage
+    from tdmq_beam.transforms.track_status import TrackClientStatus
     from tdmq_beam.transforms.verify import MissingMessage, VerifiedMessage, VerifyResult, VerifyStoredMessages
     from tdmq_beam.transforms.write import WriteToTdmqMqtt, WriteToTdmqMqttResult

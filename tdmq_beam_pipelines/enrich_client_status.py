@@ -36,6 +36,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
 from tdmq_beam.records.fields import json_default
@@ -47,6 +48,7 @@ from tdmq_beam_pipelines.service_flags import (
     service_from_flags,
     usage_error,
 )
+from tdmq_beam_pipelines.status_source import add_status_source_flags, check_status_source, status_options
 
 __all__ = ["build_pipeline", "generate_events", "main"]
 
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     enrich.add_argument("--negative-ttl", type=float, default=30.0, help="seconds an unknown client stays cached")
     enrich.add_argument("--on-failure", choices=("failed", "unknown"), default="failed",
                         help="failed lookups: to the failed output, or through with online null")  # fmt: skip
+    add_status_source_flags(enrich, client_id_prefix="enrich-client-events")
     demo = parser.add_argument_group("demo (no --endpoint: the embedded emulator)")
     demo.add_argument("--sample-events", type=int, default=20_000, help="events to generate")
     demo.add_argument("--sample-online", type=int, default=200, help="simulated clients online")
@@ -119,11 +122,13 @@ def build_pipeline(
     cloud: CloudApiConfig | None,
     source: beam.PTransform | None = None,
     sink: beam.PTransform | None = None,
+    client_events: beam.PTransform | None = None,
 ) -> None:
     """Read events, enrich them, write them (and failed lookups, in batch).
 
-    ``source`` and ``sink`` replace the inputs and outputs the flags name
-    (tests use this to run the streaming shape on a TestStream).
+    ``source`` and ``sink`` replace the inputs and outputs the flags name, and
+    ``client_events`` the client events read for ``--status-source events``
+    (tests use these to run the streaming shape on a TestStream).
     """
     streaming = bool(args.input_subscription)
     if source is None:
@@ -141,6 +146,7 @@ def build_pipeline(
         status_ttl=args.status_ttl,
         details_ttl=args.details_ttl,
         negative_ttl=args.negative_ttl,
+        **status_options(pipeline, args, connection, client_events=client_events),
     ).with_progress(None if args.quiet else args.progress_interval)
     enriched = (
         result.enriched
@@ -236,6 +242,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             usage_error(PROGRAM, "--input_subscription and --output_topic go together")
         if not args.input_subscription and not (args.input and args.output):
             usage_error(PROGRAM, "give --input and --output (batch) or --input_subscription and --output_topic")
+        if args.status_source != "query" and not args.input_subscription:
+            usage_error(
+                PROGRAM,
+                f"--status-source {args.status_source} needs the streaming input (--input_subscription): "
+                "the client events are a stream, and a file's events would be answered before they came",
+            )
+        runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner or "DirectRunner"
+        if args.status_source != "query" and "Direct" in runner:
+            usage_error(
+                PROGRAM,
+                f"--status-source {args.status_source} cannot run on the DirectRunner: Beam 2.77's runner for "
+                "Pub/Sub reads cannot run the MQTT events read (docs/runners.md); use Dataflow or Flink, or "
+                "tdmq_beam_pipelines.ingest_device_telemetry, which reads MQTT, locally",
+            )
+        check_status_source(PROGRAM, args)
         connection, cloud = service_from_flags(PROGRAM, args)
         summary = run(args, beam_args, connection, cloud)
     _print_summary(summary)

@@ -48,6 +48,7 @@ from tdmq_beam_pipelines.service_flags import (
     service_from_flags,
     usage_error,
 )
+from tdmq_beam_pipelines.status_source import add_status_source_flags, check_status_source, status_options
 
 __all__ = ["build_pipeline", "main"]
 
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     enrich = parser.add_argument_group("enrichment")
     enrich.add_argument("--status-ttl", type=float, default=5.0, help="seconds an online status stays cached")
     enrich.add_argument("--details-ttl", type=float, default=60.0, help="seconds client details stay cached")
+    add_status_source_flags(enrich, client_id_prefix="ingest-client-events")
     demo = parser.add_argument_group("demo (no --endpoint: the embedded emulator)")
     demo.add_argument("--demo-devices", type=int, default=20, help="simulated devices")
     demo.add_argument("--demo-seconds", type=float, default=4.0, help="seconds the devices publish")
@@ -117,9 +119,13 @@ def _stamp(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, args: argparse.Namespace, connection: TdmqConnection, cloud: CloudApiConfig | None
+    pipeline: beam.Pipeline,
+    args: argparse.Namespace,
+    connection: TdmqConnection,
+    cloud: CloudApiConfig | None,
+    client_events: beam.PTransform | None = None,
 ) -> None:
-    """Read, decode, enrich, write."""
+    """Read, decode, enrich, write (``client_events`` replaces the events read for ``--status-source``)."""
     messages = pipeline | "Read" >> ReadFromTdmqMqtt(
         connection,
         args.topics,
@@ -142,6 +148,13 @@ def build_pipeline(
         status_ttl=args.status_ttl,
         details_ttl=args.details_ttl,
         batching="bundle",
+        **status_options(
+            pipeline,
+            args,
+            connection,
+            client_events=client_events,
+            max_read_time=getattr(args, "events_read_time", None) or args.max_read_time,
+        ),
     ).with_progress(None if args.quiet else args.progress_interval)
     lines = (
         result.enriched
@@ -164,7 +177,10 @@ def run(args, beam_args: Sequence[str], connection: TdmqConnection, cloud: Cloud
     pipeline = new_pipeline(beam_args, streaming=bool(args.output_topic))
     build_pipeline(pipeline, args, connection, cloud)
     result, seconds = run_to_end(pipeline)
-    counters = committed_counters(result, lambda namespace: namespace.startswith("tdmq_beam."))
+    # Not the client events' reader: "received" is the telemetry read.
+    counters = committed_counters(
+        result, lambda namespace: namespace.startswith("tdmq_beam."), except_steps="ClientEvents"
+    )
     return {
         "received": counters.get("received", 0),
         "decoded": counters.get("decoded", 0),
@@ -231,6 +247,7 @@ def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, An
         args.output = args.output or os.path.join(workdir, "telemetry")
         args.max_records = args.max_records or total
         args.max_read_time = args.max_read_time or args.demo_seconds + 60
+        args.events_read_time = args.demo_seconds + 5  # the events have no record count to end at
         print(
             f"emulator: {emulator.http_url}; {len(device_ids)} devices publish {total} readings at QoS 1 over "
             f"{args.demo_seconds:g} s ({args.demo_invalid} malformed); {args.num_readers} shared readers"
@@ -249,6 +266,7 @@ def run_demo(args: argparse.Namespace, beam_args: Sequence[str]) -> dict[str, An
         published=len(published),
         lost=len(set(published) - seen),
         online=sum(1 for record in outputs if record.get("online")),
+        unknown=sum(1 for record in outputs if record.get("online") is None),
         latency_p50_ms=latencies[len(latencies) // 2] if latencies else None,
         latency_p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
     )
@@ -265,6 +283,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if "lost" in summary:
         print(f"lost:            {summary['lost']}")
         print(f"online:          {summary['online']} of the decoded readings came from online devices")
+        if summary["unknown"]:
+            print(f"unknown:         {summary['unknown']} (no client event told of their device: it connected "
+                  "before the events reader)")  # fmt: skip
         print(f"latency p50/p99: {summary['latency_p50_ms']} / {summary['latency_p99_ms']} ms (device to output)")
     print(f"seconds:         {summary['seconds']}")
 
@@ -277,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_error(PROGRAM, "--num-readers above 1 needs --share-group: unshared readers each get every message")
     if not os.path.isfile(args.schema):
         usage_error(PROGRAM, f"--schema {args.schema} does not exist")
+    check_status_source(PROGRAM, args)
     if args.endpoint is None:
         if args.mqtt_endpoint or args.output_topic:
             usage_error(PROGRAM, "--mqtt-endpoint and --output_topic need --endpoint (without, the demo runs)")

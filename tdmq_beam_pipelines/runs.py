@@ -33,11 +33,16 @@ def run_to_end(pipeline: beam.Pipeline) -> tuple[Any, float]:
     return result, time.monotonic() - started
 
 
-def committed_counters(result: Any, namespaces: Iterable[str] | Callable[[str], bool]) -> dict[str, int]:
-    """The committed counters of ``namespaces`` (names, or a test of a name), summed by counter name."""
+def committed_counters(
+    result: Any, namespaces: Iterable[str] | Callable[[str], bool], *, except_steps: str | None = None
+) -> dict[str, int]:
+    """The committed counters of ``namespaces`` (names, or a test of a name), summed by counter name;
+    with ``except_steps``, not those of steps whose label starts with it."""
     wanted = namespaces if callable(namespaces) else frozenset(namespaces).__contains__
     counters: dict[str, int] = {}
     for metric in result.metrics().query(MetricsFilter())["counters"]:
+        if except_steps is not None and metric.key.step.startswith(except_steps):
+            continue
         if wanted(metric.key.metric.namespace):
             name = metric.key.metric.name
             counters[name] = counters.get(name, 0) + metric.committed

@@ -26,6 +26,21 @@ def test_the_demo_reads_everything_the_devices_published(capsys):
     assert "latency p50/p99" in lines
 
 
+@pytest.mark.parametrize("source", ["events", "events+query"])
+def test_the_demo_with_the_client_events_as_the_status_source(source, capsys):
+    # The demo's devices connect before the pipeline starts, so no event ever tells of them:
+    # the events alone answer "unknown", the events with the query behind ask the service.
+    argv = ["--quiet", "--demo-devices", "4", "--demo-rate", "100", "--demo-seconds", "1", "--demo-invalid", "0"]
+    assert ingest_device_telemetry.main([*argv, "--status-source", source]) == 0
+    out = capsys.readouterr().out
+    lines = dict(line.split(":", 1) for line in out.splitlines() if ":" in line and not line.startswith("emulator"))
+    assert int(lines["lost"]) == 0 and int(lines["received"]) == 100  # the events' reader is not counted
+    if source == "events":
+        assert int(lines["online"].split()[0]) == 0 and int(lines["unknown"].split()[0]) == int(lines["decoded"])
+    else:
+        assert int(lines["online"].split()[0]) == int(lines["decoded"]) and "unknown" not in lines
+
+
 def test_a_bounded_ingest_of_what_is_queued_with_real_flags(tmp_path, capsys):
     with TdmqEmulator() as emulator, emulator.simulated_clients() as devices:
         devices.online("sensor-a")
@@ -63,6 +78,7 @@ def test_a_bounded_ingest_of_what_is_queued_with_real_flags(tmp_path, capsys):
          "give --mqtt-endpoint"),
         (["--endpoint", "http://127.0.0.1:9", "--mqtt-endpoint", "ftp://h", "--username", "u",
           "--password-env", "X", "--output", "o"], "mqtt_endpoint must start with mqtt://"),
+        (["--status-source", "events", "--secret-id", "AKID"], "adds no client details"),
     ],
 )  # fmt: skip
 def test_usage_errors_are_one_line(argv, message, capsys):

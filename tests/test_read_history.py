@@ -133,8 +133,15 @@ def _read(tmp_path, transform: ReadTdmqMessageHistory) -> tuple[list, list]:
     return _collected(messages_path), _collected(failed_path)
 
 
-def _publish(client: TdmqClient, messages: list[MqttMessage]) -> list[str]:
-    return [client.publish(message) for message in messages]
+def _publish(client: TdmqClient, messages: list[MqttMessage], spacing: float = 0.0) -> list[str]:
+    """Publishes one by one, ``spacing`` seconds apart (store times are whole ms, and a page
+    cannot go past ``page_size`` messages of one millisecond)."""
+    ids = []
+    for message in messages:
+        ids.append(client.publish(message))
+        if spacing:
+            time.sleep(spacing)
+    return ids
 
 
 def _pause() -> float:
@@ -158,9 +165,9 @@ def test_a_range_reads_exactly_what_was_stored_in_it_across_pages_and_slices(tmp
         _publish(client, [_message(topic, -1) for topic in topics])  # before the range
         start = _pause()
         in_range = [_message(topics[i % 3], i) for i in range(45)]
-        ids = _publish(client, in_range[:20])
+        ids = _publish(client, in_range[:20], spacing=0.0005)  # at most 2 a millisecond: pages of 4 can go on
         time.sleep(0.02)  # the range spans several slices of 10 ms
-        ids += _publish(client, in_range[20:])
+        ids += _publish(client, in_range[20:], spacing=0.0005)
         _publish(client, [MqttMessage("other/x", b"not matching")])
         end = _pause()
         _publish(client, [_message(topic, 99) for topic in topics])  # after the range

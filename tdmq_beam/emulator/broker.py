@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 import uuid
 from collections import deque
 
@@ -30,6 +31,7 @@ from tdmq_beam.emulator.session import (
 from tdmq_beam.emulator.subscription_tree import Match, SharedGroup, Subscription, SubscriptionTree
 from tdmq_beam.mqtt.codec import PacketType, Prop, ReasonCode, Will, encode_ack, encode_publish
 from tdmq_beam.mqtt.topics import topic_matches
+from tdmq_beam.rules.client_events import CLIENT_EVENTS, event_topic
 
 __all__ = ["NEVER_EXPIRES", "Broker", "Message", "Session"]
 
@@ -49,9 +51,11 @@ class Broker:
         self.store = MessageStore(config.stored_messages, config.stored_message_age)
         self.tree = SubscriptionTree()
         self.node = ""  # "ip:port" of the MQTT listener, set when it is bound
+        self._event_random = random.Random(config.event_seed)
         self.counters: dict[str, int] = {
             "messages_received": 0,
             "events_published": 0,
+            "events_lost": 0,
             "messages_delivered": 0,
             "messages_dropped_expired": 0,
             "messages_dropped_queue_full": 0,
@@ -121,7 +125,7 @@ class Broker:
                 "username": session.username,
                 "clean_start": session.clean_start,
                 "connected_at": session.connected_ms,
-                "event": "client.connected",
+                "event": CLIENT_EVENTS["client_connected"].event,
                 "keepalive": session.keepalive,
                 "node": self.node,
                 "peername": session.address,
@@ -155,7 +159,7 @@ class Broker:
             {
                 "clientid": session.client_id,
                 "username": session.username,
-                "event": "client.disconnected",
+                "event": CLIENT_EVENTS["client_disconnected"].event,
                 "reason": reason,
                 "node": self.node,
                 "peername": session.address,
@@ -487,7 +491,7 @@ class Broker:
             "clientid": session.client_id,
             "username": session.username,
             "topic": subscription.topic_filter,
-            "event": name.replace("_", ".", 1),
+            "event": CLIENT_EVENTS[name].event,
             "timestamp": now_ms(),
         }
         if name == "session_subscribed":
@@ -498,7 +502,18 @@ class Broker:
         self.emit_event(name, fields)
 
     def emit_event(self, name: str, fields: dict) -> None:
-        """Publishes a client event as QoS 0 JSON on ``$events/{name}``."""
-        topic = f"$events/{name}"
+        """Publishes a client event as QoS 0 JSON on ``$events/{name}``: lost or delayed
+        as ``event_loss`` and ``event_delay`` say (the service's events are asynchronous)."""
+        config = self.config
+        if config.event_loss and self._event_random.random() < config.event_loss:
+            self.counters["events_lost"] += 1
+            return
+        topic = event_topic(name)
         payload = json.dumps(fields, separators=(",", ":")).encode()
+        if config.event_delay:
+            self.loop.call_later(self._event_random.uniform(0, config.event_delay), self._publish_event, topic, payload)
+        else:
+            self._publish_event(topic, payload)
+
+    def _publish_event(self, topic: str, payload: bytes) -> None:
         self.publish(Message.create(topic, payload, 0, False, {}, None, self.loop.time()), event=True)

@@ -93,6 +93,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fault-seed", type=int, default=None, help="seed for repeatable faults")
     parser.add_argument("--fault-delay", type=float, default=30.0, help="seconds a 'delay' fault holds a request")
+    parser.add_argument(
+        "--event-loss", type=float, default=0.0, help="share of client events ($events/...) not delivered (0..1)"
+    )
+    parser.add_argument(
+        "--event-delay", type=float, default=0.0, help="client events delivered after a random 0..N s (out of order)"
+    )
+    parser.add_argument("--event-seed", type=int, default=None, help="seed for repeatable event loss and delay")
     parser.add_argument("--tls-cert", help="serve HTTPS (and MQTTS, WSS) with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--client-ca", help="with TLS: verify client certificates against this CA (mTLS)")
@@ -138,6 +145,9 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
                 seed=args.fault_seed,
                 delay_seconds=args.fault_delay,
             ),
+            event_loss=args.event_loss,
+            event_delay=args.event_delay,
+            event_seed=args.event_seed,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             client_ca=args.client_ca,

@@ -199,6 +199,12 @@ class EmulatorConfig:
             72 hours (the service keeps messages for a retention time set per
             instance).
         faults: faults injected into HTTP publish requests.
+        event_loss: share of client events (``$events/...``) not delivered,
+            0..1, as QoS 0 messages can be lost. Defaults to 0.
+        event_delay: each client event is delivered after a random delay of
+            up to this many seconds, so that events arrive late and out of
+            order. Defaults to 0 (at once, in order).
+        event_seed: seed of the loss and delay draws, so a run can be repeated.
         tls_cert, tls_key: serve HTTPS with this certificate instead of HTTP,
             and MQTT over TLS and secure WebSocket where those ports are given.
         client_ca: with TLS, ask for client certificates signed by this CA
@@ -237,6 +243,9 @@ class EmulatorConfig:
     ws_port: int | None = None
     wss_port: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
+    event_loss: float = 0.0
+    event_delay: float = 0.0
+    event_seed: int | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     client_ca: str | None = None
@@ -262,6 +271,9 @@ class EmulatorConfig:
         positive_int("max_queued", self.max_queued)
         non_negative_int("stored_messages", self.stored_messages)
         positive("stored_message_age", self.stored_message_age, unit=" seconds")
+        if non_negative("event_loss", self.event_loss) > 1:
+            raise ConfigurationError(f"event_loss must be within 0..1, got {self.event_loss!r}")
+        non_negative("event_delay", self.event_delay, unit=" seconds")
 
     def check_password(self, username: str | None, password: str | bytes | None) -> bool:
         if username is None or username not in self.users:

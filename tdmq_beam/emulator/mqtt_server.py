@@ -18,6 +18,7 @@ from tdmq_beam.emulator.subscription_tree import Subscription
 from tdmq_beam.mqtt import codec
 from tdmq_beam.mqtt.codec import MalformedPacket, PacketTooLarge, PacketType, Prop, ProtocolError, ReasonCode
 from tdmq_beam.mqtt.topics import split_shared, topic_filter_error
+from tdmq_beam.rules.client_events import EVENTS_ROOT
 
 __all__ = ["CONNECT_TIMEOUT", "MqttConnection", "certificate_common_name"]
 
@@ -42,7 +43,7 @@ _AVAILABLE = {
 
 # Topic roots only the service publishes to: the client events, and the broker's own status tree.
 # Other '$' topics are ordinary topics that wildcards at the first level do not match (MQTT 5, 4.7.2).
-_RESERVED_ROOTS = ("$events", "$SYS")
+_RESERVED_ROOTS = (EVENTS_ROOT, "$SYS")
 
 
 def _is_reserved(topic: str) -> bool:

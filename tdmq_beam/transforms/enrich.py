@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Lineage
+from apache_beam.transforms.window import GlobalWindows
 
-from tdmq_beam.errors import TdmqError
-from tdmq_beam.option_checks import field_or_callable, one_of
+from tdmq_beam.errors import ConfigurationError, TdmqError
+from tdmq_beam.option_checks import field_or_callable, instance_of, one_of, positive
+from tdmq_beam.records.client_event import ClientEvent
 from tdmq_beam.records.fields import client_id_getter
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
@@ -18,10 +21,16 @@ from tdmq_beam.service.status_lookup import ClientStatus, LookupResults, LookupS
 from tdmq_beam.transforms.base import CallTransform
 from tdmq_beam.transforms.batched_calls import FAILED, BatchedCallsFn, Batching, Output
 from tdmq_beam.transforms.client_rows import details_row
+from tdmq_beam.transforms.events_join import QUERY, ElementsByClientFn, EventsJoinFn, keyed_event
+from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.results import FailedMessage, failure_from_error
+from tdmq_beam.transforms.track_status import DEFAULT_OFFLINE_EXPIRY
 from tdmq_beam.transforms.worker_client import acquire_status_lookup
 
-__all__ = ["EnrichResult", "EnrichWithClientStatus", "default_join"]
+__all__ = ["SOURCES", "EnrichResult", "EnrichWithClientStatus", "default_join"]
+
+SOURCES = ("query", "events", "events+query")
+"""Where `EnrichWithClientStatus` takes a status from."""
 
 
 class EnrichResult(NamedTuple):
@@ -132,6 +141,25 @@ class EnrichWithClientStatus(CallTransform):
     become ``(element, ClientStatus)``.
     A ``join`` function ``(element, ClientStatus) -> output`` replaces both.
 
+    Where the status comes from (``source``), per element:
+
+    - ``query`` (default): the active query (``/client-id/{id}/status``), as
+      accurate as the service; one API call per client per ``status_ttl``.
+    - ``events``: the client events (``events``, from `ReadClientEvents`), kept
+      per client in Beam state and ordered by the events' own time, as
+      `TrackClientStatus` does; no API call. As wrong as the events are late or
+      lost (QoS 0): an element is answered with what the events have told when
+      it arrives, and a client no event has been seen for is ``online`` None.
+    - ``events+query``: the events where they have settled the client (an event
+      seen, at most ``staleness`` seconds old by the worker's clock), the
+      active query with its cache for the others; as accurate as the query for
+      those, as cheap as the events where they suffice.
+
+    The events modes keep state per client in the global window and restore
+    the elements' windowing after the join; they need a runner with user state
+    and timers (the DirectRunner, Dataflow, Flink), and do not add details.
+    With ``events+query``, ``batching`` ``auto`` batches the queries per bundle.
+
     Args:
         connection: the instance access point and credentials (status API).
         cloud: cloud API credentials, to add the client's details. Default: none.
@@ -148,6 +176,13 @@ class EnrichWithClientStatus(CallTransform):
         batching: how calls are batched: a `Batching`, just its mode (``auto``,
             ``bundle``, ``sharded``) or its settings as a dict. Defaults to
             ``Batching()``; see also ``with_batching``.
+        source: ``query`` (default), ``events`` or ``events+query``; see above.
+        events: with an events source, the `ClientEvent` PCollection
+            (``ReadClientEvents(...).events``).
+        staleness: with ``events+query``, seconds after which a client's newest
+            event is too old to answer from. Defaults to 600.
+        offline_expiry: with an events source, seconds of event time after which
+            an offline client's state is dropped. Defaults to 86400.
 
     Returns an `EnrichResult` (``enriched``, ``failed``).
 
@@ -173,6 +208,10 @@ class EnrichWithClientStatus(CallTransform):
         max_cached: int = 100_000,
         status_qps: float | None = None,
         batching: Batching | str | Mapping[str, Any] | None = None,
+        source: Literal["query", "events", "events+query"] = "query",
+        events: beam.PCollection[ClientEvent] | None = None,
+        staleness: float = 600.0,
+        offline_expiry: float = DEFAULT_OFFLINE_EXPIRY,
     ) -> None:
         super().__init__(
             connection,
@@ -181,11 +220,79 @@ class EnrichWithClientStatus(CallTransform):
         )
         field_or_callable("client_id", client_id)
         one_of("on_failure", on_failure, ("failed", "unknown"))
+        one_of("source", source, SOURCES)
+        if source == "query":
+            if events is not None:
+                raise ConfigurationError("events is for source='events' or 'events+query'; source is 'query'")
+        else:
+            if events is None:
+                raise ConfigurationError(
+                    f"source={source!r} needs events: the ClientEvent PCollection (ReadClientEvents(...).events)"
+                )
+            instance_of("events", events, beam.PCollection)
+            if cloud is not None:
+                raise ConfigurationError(
+                    f"source={source!r} adds no client details; give cloud with source='query' only"
+                )
+        self._source = source
+        self._events = events
+        self._staleness = positive("staleness", staleness, unit=" seconds")
+        self._offline_expiry = positive("offline_expiry", offline_expiry, unit=" seconds")
         self._settings = LookupSettings(status_ttl, details_ttl, negative_ttl, max_cached, status_qps)
         self._client_id = client_id_getter(client_id)
         self._client_id_label = client_id if isinstance(client_id, str) else getattr(client_id, "__name__", "callable")
         self._join = join
         self._on_failure = on_failure
+
+    def expand(self, pcoll: beam.PCollection) -> EnrichResult:
+        if self._source == "query":
+            return super().expand(pcoll)
+        assert self._events is not None
+        windowing = pcoll.windowing
+        keyed = par_do_with_outputs(
+            pcoll,
+            "ByClient",
+            lambda pairs: ElementsByClientFn(self._client_id, pairs),
+            "keyed",
+            {"keyed": tuple[str, tuple[Any, Any]], FAILED: FailedMessage},
+        )
+        events = self._events | "EventsByClient" >> beam.Map(keyed_event).with_output_types(tuple[str, tuple[Any, Any]])
+        both = (
+            keyed["keyed"] | "Global" >> beam.WindowInto(GlobalWindows()),
+            events | "GlobalEvents" >> beam.WindowInto(GlobalWindows()),
+        ) | "ElementsAndEvents" >> beam.Flatten()
+        join = self._join or (lambda element, status: default_join(element, status, False))
+        joined = par_do_with_outputs(
+            both,
+            "JoinEvents",
+            lambda pairs: EventsJoinFn(
+                self.metrics_namespace,
+                join,
+                with_query=self._source == "events+query",
+                staleness=self._staleness,
+                offline_expiry=self._offline_expiry,
+                pairs=pairs,
+            ),
+            "enriched",
+            {"enriched": self.main_type, QUERY: Any},
+        )
+        enriched = [joined["enriched"]]
+        failed = [keyed[FAILED]]
+        if self._error_handler is not None:
+            self._error_handler.add_error_pcollection(keyed[FAILED])
+        if self._source == "events+query":
+            if self._batching.mode == "auto":
+                # The few elements asked after the join are batched per bundle: on Beam
+                # 2.77's streaming DirectRunner, what GroupIntoBatches flushes at the
+                # window's end is dropped by a GroupByKey downstream (docs/runners.md).
+                self._batching = dataclasses.replace(self._batching, mode="bundle")
+            asked = super().expand(joined[QUERY])
+            enriched.append(asked.enriched)
+            failed.append(asked.failed | "RestoreFailed" >> _windowed_as(windowing))
+        return EnrichResult(
+            tuple(enriched) | "Enriched" >> beam.Flatten() | "Restore" >> _windowed_as(windowing),
+            tuple(failed) | "Failed" >> beam.Flatten(),
+        )
 
     def new_fn(self, **options: Any) -> _EnrichFn:
         return _EnrichFn(self._settings, self._client_id, self._join, self._on_failure, **options)
@@ -195,4 +302,20 @@ class EnrichWithClientStatus(CallTransform):
         for name in ("status_ttl", "details_ttl", "negative_ttl", "max_cached"):
             described[name] = getattr(self._settings, name)
         described["on_failure"] = self._on_failure
+        described["source"] = self._source
+        if self._source != "query":
+            described.update(offline_expiry=self._offline_expiry)
+        if self._source == "events+query":
+            described.update(staleness=self._staleness)
         return described
+
+
+def _windowed_as(windowing: Any) -> beam.WindowInto:
+    """Puts elements back into ``windowing`` (a PCollection's), by their timestamps."""
+    return beam.WindowInto(
+        windowing.windowfn,
+        trigger=windowing.triggerfn,
+        accumulation_mode=windowing.accumulation_mode,
+        timestamp_combiner=windowing.timestamp_combiner,
+        allowed_lateness=windowing.allowed_lateness,
+    )
