@@ -225,6 +225,7 @@ def test_an_unknown_key_is_named_when_the_pipeline_is_built(emulator, tmp_path, 
 
 
 CLOUD_ONLY = {"ReadTdmqMessageHistory", "VerifyStoredMessages"}
+NO_SERVICE = {"TrackClientStatus"}  # Beam state over events: no call to the service
 
 
 def test_every_transform_declares_the_connection_or_cloud_keys_to_beam_yaml():
@@ -233,6 +234,8 @@ def test_every_transform_declares_the_connection_or_cloud_keys_to_beam_yaml():
     listing = yaml.safe_load(Path(PROVIDERS_FILE).read_text())[0]["transforms"]
     assert CLOUD_ONLY < set(listing)
     for name, target in listing.items():
+        if name in NO_SERVICE:
+            continue
         module, _, attribute = target.rpartition(".")
         factory = getattr(__import__(module, fromlist=[attribute]), attribute)
         fields = {field.name: field for field in InlineProvider.config_schema_from_callable(factory).fields}
@@ -327,3 +330,66 @@ def test_yaml_error_handling_and_null_cloud_keys_are_checked_plainly(emulator, m
     enrich = YamlEnrichWithClientStatus(endpoint=emulator.http_url, username="user0", password_env="TDMQ_PASSWORD",
                                         secret_id=None, cloud_endpoint=None)  # fmt: skip
     assert enrich.extra_fields() == [("online", enrich.EXTRA[0][1])]
+
+
+def test_client_events_tracked_and_behind_the_query_in_yaml(emulator, unique, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from mqtt_peers import PahoClient
+
+    online, offline, flipping = unique("yaml-on"), unique("yaml-off"), unique("yaml-flip")
+    keys = {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD"}
+    prefix = unique("yaml-events")
+    document = {
+        "pipeline": {"transforms": [
+            {"type": "ReadClientEvents", "name": "Events",
+             "config": {**keys, "mqtt_endpoint": f"mqtt://127.0.0.1:{emulator.mqtt_port}",
+                        "client_id_prefix": prefix, "max_read_time": 6}},
+            {"type": "TrackClientStatus", "name": "Track", "input": "Events"},
+            {"type": "MapToFields", "name": "Changes", "input": "Track",
+             "config": {"language": "python", "fields": {"client_id": "client_id", "online": "online",
+                                                        "reason": "reason"}}},
+            {"type": "WriteToJson", "input": "Changes", "config": {"path": str(tmp_path / "changes")}},
+            {"type": "Create", "name": "Rows",
+             "config": {"elements": [{"client_id": online, "n": 1}, {"client_id": offline, "n": 2}]}},
+            {"type": "EnrichWithClientStatus", "name": "Enrich", "input": {"rows": "Rows", "events": "Events"},
+             "config": {**keys, "source": "events+query"}},
+            {"type": "WriteToJson", "input": "Enrich", "config": {"path": str(tmp_path / "enriched")}},
+        ]},
+        "providers": [{"include": PROVIDERS_FILE}],
+    }  # fmt: skip
+    path = tmp_path / "events.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with emulator.simulated_clients() as devices:
+        devices.online(online)  # before the reader: the events never tell of it, the query does
+        runner = threading.Thread(target=run_yaml, args=(path, {}, monkeypatch))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not (emulator.session_state(f"{prefix}-0") or {}).get("connected"):
+            assert time.monotonic() < deadline, "the events reader did not connect"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        flip = PahoClient(emulator.mqtt_port, flipping)
+        flip.connect()
+        flip.disconnect()
+        runner.join(timeout=120)
+    enriched = {row["client_id"]: row["online"] for row in read_json_files(str(tmp_path / "enriched"))}
+    assert enriched == {online: True, offline: False}
+    changes = [row for row in read_json_files(str(tmp_path / "changes")) if row["client_id"] == flipping]
+    assert sorted((row["online"], row["reason"]) for row in changes) == [(False, "normal"), (True, None)]
+
+
+def test_a_yaml_events_source_needs_both_inputs_and_no_cloud_keys(emulator, tmp_path, monkeypatch):
+    from tdmq_beam.beam_yaml.transforms import YamlEnrichWithClientStatus
+    from tdmq_beam.errors import ConfigurationError
+
+    keys = {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD"}
+    monkeypatch.setenv("TDMQ_PASSWORD", "secret0")
+    with pytest.raises(ConfigurationError, match="source must be one of"):
+        YamlEnrichWithClientStatus(**keys, source="guess")
+    with pytest.raises(ConfigurationError, match="adds no client details"):
+        YamlEnrichWithClientStatus(**keys, **_cloud_keys(emulator), source="events")
+    transform = {"type": "EnrichWithClientStatus", "name": "Enrich", "config": {**keys, "source": "events"}}
+    with pytest.raises(Exception, match="takes two inputs"):
+        run_yaml(_pipeline(tmp_path, transform, [{"client_id": "c"}]), {}, monkeypatch)

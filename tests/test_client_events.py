@@ -199,6 +199,59 @@ def test_client_events_from_paho_clients_connecting_leaving_taken_over_and_timin
     assert final[d] == (True, None)
 
 
+def test_delayed_and_reordered_events_still_give_each_client_its_newest_status(unique, tmp_path):
+    from tdmq_beam.testing import TdmqEmulator
+
+    prefix = unique("late")
+    clients = [unique(f"flip{i}") for i in range(6)]
+    # Each event comes up to 1.5 s late, so a client's connect and disconnect (a few ms apart)
+    # often arrive the wrong way round.
+    with TdmqEmulator(event_delay=1.5, event_seed=11) as emulator:
+        thread, result = _in_background(lambda: _read_events(emulator.connection(), prefix, tmp_path, 8))
+        _wait_subscribed(emulator, f"{prefix}-0")
+        for client_id in clients:
+            client = PahoClient(emulator.mqtt_port, client_id)
+            client.connect()
+            client.disconnect()
+        stayed = PahoClient(emulator.mqtt_port, clients[0])
+        stayed.connect()  # the first comes back and stays
+        thread.join()
+        stayed.disconnect()
+    events, statuses, failed = result["value"]
+    assert failed == []
+    arrival = [e for e in sorted(events, key=lambda e: e["receive_time"]) if e["client_id"] in clients]
+    assert len(arrival) == 2 * len(clients) + 1  # delayed, none lost
+    assert arrival != sorted(arrival, key=lambda e: e["timestamp"]), "no event arrived out of order"
+    final = {}
+    for status in sorted(statuses, key=lambda s: s["since"]):
+        final[status["client_id"]] = status["online"]
+    assert final[clients[0]] is True
+    assert all(final[client_id] is False for client_id in clients[1:])
+
+
+def test_the_emulator_loses_events_when_asked_and_counts_them(unique):
+    from tdmq_beam.testing import TdmqEmulator
+
+    with TdmqEmulator(event_loss=0.5, event_seed=5) as emulator:
+        watcher = PahoClient(emulator.mqtt_port, unique("watcher"))
+        watcher.connect()
+        watcher.subscribe("$events/#")
+        for i in range(20):
+            client = PahoClient(emulator.mqtt_port, unique(f"lossy{i}"))
+            client.connect()
+            client.disconnect()
+        time.sleep(0.5)
+        counters = emulator.stats()["messages"]
+        received = watcher.messages.qsize()
+        watcher.disconnect()
+    assert 0 < counters["events_lost"] < 60
+    assert received == counters["events_published"] - 1  # the watcher's own connect came before it subscribed
+    with pytest.raises(ConfigurationError, match="event_loss"):
+        TdmqEmulator(event_loss=1.5)
+    with pytest.raises(ConfigurationError, match="event_delay"):
+        TdmqEmulator(event_delay=-1)
+
+
 def test_client_events_on_mosquitto_with_malformed_ones_failed(mosquitto_broker, unique, tmp_path):
     """mosquitto publishes no client events; a paho client publishes the service's, and some that are not."""
     prefix = unique("events")

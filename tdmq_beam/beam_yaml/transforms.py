@@ -26,27 +26,34 @@ from apache_beam.typehints.schemas import named_fields_from_element_type
 from tdmq_beam.beam_yaml.config import cloud_from_config, connection_from_config
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.records.avro_mapping import avro_mapping, load_mapping_file
+from tdmq_beam.records.client_event import ClientEvent
 from tdmq_beam.records.fields import element_to_json
 from tdmq_beam.records.mapping import MessageMapping
 from tdmq_beam.records.payload import FieldPayload, JsonPayload
 from tdmq_beam.records.received_message import ReceivedMessage
+from tdmq_beam.records.tracked_status import TrackedStatus
+from tdmq_beam.rules.client_events import STATUS_EVENTS
 from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.transforms.client_events import ReadClientEvents
 from tdmq_beam.transforms.client_rows import ClientRow
-from tdmq_beam.transforms.enrich import EnrichWithClientStatus
+from tdmq_beam.transforms.enrich import SOURCES, EnrichWithClientStatus
 from tdmq_beam.transforms.history import ReadTdmqMessageHistory
 from tdmq_beam.transforms.keepalive import SetClientKeepAlive
 from tdmq_beam.transforms.read import ReadFromTdmqMqtt
 from tdmq_beam.transforms.results import FailedMessage
+from tdmq_beam.transforms.track_status import DEFAULT_OFFLINE_EXPIRY, TrackClientStatus
 from tdmq_beam.transforms.verify import VerifyStoredMessages
 from tdmq_beam.transforms.write import WriteToTdmqMqtt
 
 __all__ = [
     "YamlEnrichWithClientStatus",
+    "YamlReadClientEvents",
     "YamlReadFromTdmqMqtt",
     "YamlReadTdmqMessageHistory",
     "YamlSetClientKeepAlive",
+    "YamlTrackClientStatus",
     "YamlVerifyStoredMessages",
     "YamlWriteToTdmqMqtt",
 ]
@@ -417,16 +424,23 @@ class YamlEnrichWithClientStatus(_YamlCallTransform):
     ``client`` (the client's details, null for a client the service does not
     know); with ``error_handling``, the rows whose lookup failed.
 
+    With ``source: events`` or ``events+query``, the status comes from client
+    events (``ReadClientEvents``): give two inputs, ``input: {rows: ..., events:
+    ...}``, the rows to enrich and the events.
+
     Args:
         client_id_field: the field holding the client id. Default: client_id.
         status_ttl: seconds an online status stays cached. Default: 5.
         details_ttl: seconds client details stay cached. Default: 60.
         negative_ttl: seconds an unknown client stays cached. Default: 30.
+        source: query, events or events+query (docs/client-events.md). Default: query.
+        staleness: events+query: seconds after which a client's events are asked. Default: 600.
+        offline_expiry: events: seconds an offline client is remembered. Default: 86400.
         error_handling: ``{output: NAME}``: rows whose lookup failed go to output NAME.
     """
 
     NAME = "EnrichWithClientStatus"
-    EXTRA = [("online", Optional[bool])]  # noqa: UP045 (None: the lookup failed)
+    EXTRA = [("online", Optional[bool])]  # noqa: UP045 (None: the lookup failed, or unknown to the events)
 
     def __init__(
         self,
@@ -435,16 +449,44 @@ class YamlEnrichWithClientStatus(_YamlCallTransform):
         status_ttl: float = 5.0,
         details_ttl: float = 60.0,
         negative_ttl: float = 30.0,
+        source: str = "query",
+        staleness: float = 600.0,
+        offline_expiry: float = DEFAULT_OFFLINE_EXPIRY,
         error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
         **keys: Any,
     ) -> None:
         cloud = _cloud(keys)
         self._with_details = cloud is not None
-        enrich = EnrichWithClientStatus(
-            _connection(keys), cloud, client_id=client_id_field, status_ttl=status_ttl,
-            details_ttl=details_ttl, negative_ttl=negative_ttl,
-        )  # fmt: skip
+        self._source = source
+        self._options: dict[str, Any] = dict(
+            client_id=client_id_field, status_ttl=status_ttl, details_ttl=details_ttl, negative_ttl=negative_ttl
+        )
+        self._events_options: dict[str, Any] = dict(source=source, staleness=staleness, offline_expiry=offline_expiry)
+        connection = _connection(keys)
+        # Built now for the query source (and to check every option); again in expand with the events.
+        enrich = EnrichWithClientStatus(connection, cloud, **self._options)
+        if source not in SOURCES:
+            raise ConfigurationError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        if source != "query" and cloud is not None:
+            raise ConfigurationError(f"source {source!r} adds no client details: drop the cloud keys (secret_id ...)")
+        self._connection_value = connection
         super().__init__(enrich, error_handling)
+
+    def expand(self, inputs: Any) -> Any:
+        if self._source == "query":
+            if isinstance(inputs, Mapping):
+                raise ConfigurationError("EnrichWithClientStatus takes one input with source query")
+            return super().expand(inputs)
+        if not isinstance(inputs, Mapping) or set(inputs) != {"rows", "events"}:
+            raise ConfigurationError(
+                f"EnrichWithClientStatus with source {self._source!r} takes two inputs: "
+                "input: {rows: <the rows to enrich>, events: <ReadClientEvents>}"
+            )
+        events = inputs["events"] | "AsClientEvents" >> beam.Map(_as_client_event).with_output_types(ClientEvent)
+        self._inner = EnrichWithClientStatus(
+            self._connection_value, **self._options, **self._events_options, events=events
+        )
+        return super().expand(inputs["rows"])
 
     def extra_fields(self) -> list[tuple[str, Any]]:
         return self.EXTRA + ([("client", Optional[ClientRow])] if self._with_details else [])  # noqa: UP045
@@ -538,6 +580,89 @@ class YamlReadFromTdmqMqtt(beam.PTransform):
 
     def expand(self, pbegin: Any) -> beam.PCollection[ReceivedMessage]:
         return pbegin | "Read" >> self._read
+
+
+def _as_client_event(row: Any) -> ClientEvent:
+    """A `ClientEvent` from a row with its fields (YAML may hand the events over as plain Rows)."""
+    if isinstance(row, ClientEvent):
+        return row
+    return ClientEvent(**{name: getattr(row, name) for name in ClientEvent._fields})
+
+
+@_takes_connection_keys
+class YamlReadClientEvents(beam.PTransform):
+    """Reads the client events the service publishes ($events/...), as ``ClientEvent`` rows.
+
+    Outputs rows: client_id, event, timestamp (the event's own time, also the
+    element's event time), username, reason, fields (the whole event as JSON
+    text), receive_time; with ``error_handling``, the messages that are not
+    valid events (not JSON, no client id, no time), as error rows whose
+    ``element`` is JSON text.
+
+    Args:
+        mqtt_endpoint: the MQTT access point, ``mqtt://host:1883`` or ``mqtts://host:8883``.
+        events: the events to read. Default: [client_connected, client_disconnected].
+        client_id_prefix: the readers are PREFIX-0, ...; one per pipeline. Default: tdmq-beam-events.
+        share_group: shared subscription group splitting the events among readers. Default: none.
+        num_readers: parallel readers (needs share_group). Default: 1.
+        event_time_delay: seconds an event may come late and still be on time. Default: 5.
+        max_records: stop after this many events. Default: unbounded.
+        max_read_time: stop after this many seconds. Default: unbounded.
+        error_handling: ``{output: NAME}``: messages that are not events go to output NAME.
+    """
+
+    def __init__(
+        self,
+        *,
+        mqtt_endpoint: str,
+        events: Optional[list[str]] = None,  # noqa: UP045
+        client_id_prefix: str = "tdmq-beam-events",
+        share_group: Optional[str] = None,  # noqa: UP045
+        num_readers: int = 1,
+        event_time_delay: float = 5.0,
+        max_records: Optional[int] = None,  # noqa: UP045
+        max_read_time: Optional[float] = None,  # noqa: UP045
+        error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
+        **connection: Any,
+    ) -> None:
+        super().__init__()
+        self._error_handling = _checked_error_handling(error_handling)
+        self._read = ReadClientEvents(
+            _connection({**connection, "mqtt_endpoint": mqtt_endpoint}),
+            events=tuple(events) if events is not None else STATUS_EVENTS,
+            client_id_prefix=client_id_prefix, share_group=share_group, num_readers=num_readers,
+            event_time_delay=event_time_delay, max_records=max_records, max_read_time=max_read_time,
+        )  # fmt: skip
+
+    def expand(self, pbegin: Any) -> Any:
+        read = pbegin | "ReadClientEvents" >> self._read
+        errors = read.failed | "ErrorRows" >> beam.Map(_json_error_row).with_output_types(
+            RowTypeConstraint.from_fields(_ERROR_FIELDS_JSON)
+        )
+        return _with_errors({"events": read.events}, errors, self._error_handling)
+
+
+class YamlTrackClientStatus(beam.PTransform):
+    """Each client's status from its events (the output of ``ReadClientEvents``), kept in Beam state.
+
+    Outputs a ``TrackedStatus`` row (client_id, online, since, reason, username)
+    when a client is first seen and each time it flips; events are ordered by
+    their own time, so a late, older event changes nothing.
+
+    Args:
+        offline_expiry: seconds of event time after which an offline client is forgotten. Default: 86400.
+    """
+
+    def __init__(self, *, offline_expiry: float = DEFAULT_OFFLINE_EXPIRY) -> None:
+        super().__init__()
+        self._track = TrackClientStatus(offline_expiry=offline_expiry)
+
+    def expand(self, events: beam.PCollection) -> beam.PCollection[TrackedStatus]:
+        return (
+            events
+            | "AsClientEvents" >> beam.Map(_as_client_event).with_output_types(ClientEvent)
+            | "Track" >> self._track
+        )
 
 
 @_takes_cloud_keys
