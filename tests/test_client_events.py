@@ -209,10 +209,13 @@ def test_delayed_and_reordered_events_still_give_each_client_its_newest_status(u
     with TdmqEmulator(event_delay=1.5, event_seed=11) as emulator:
         thread, result = _in_background(lambda: _read_events(emulator.connection(), prefix, tmp_path, 8))
         _wait_subscribed(emulator, f"{prefix}-0")
+        # A few ms apart: events of one millisecond have no order but their arrival (next_status).
         for client_id in clients:
             client = PahoClient(emulator.mqtt_port, client_id)
             client.connect()
+            time.sleep(0.005)
             client.disconnect()
+            time.sleep(0.005)
         stayed = PahoClient(emulator.mqtt_port, clients[0])
         stayed.connect()  # the first comes back and stays
         thread.join()
@@ -240,9 +243,13 @@ def test_the_emulator_loses_events_when_asked_and_counts_them(unique):
             client = PahoClient(emulator.mqtt_port, unique(f"lossy{i}"))
             client.connect()
             client.disconnect()
-        time.sleep(0.5)
-        counters = emulator.stats()["messages"]
-        received = watcher.messages.qsize()
+        deadline = time.monotonic() + 10
+        while True:  # until what was published has all arrived (QoS 0, so no other sign of it)
+            counters = emulator.stats()["messages"]
+            received = watcher.messages.qsize()
+            if received >= counters["events_published"] - 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         watcher.disconnect()
     assert 0 < counters["events_lost"] < 60
     assert received == counters["events_published"] - 1  # the watcher's own connect came before it subscribed

@@ -151,6 +151,37 @@ def test_describe_client_list(cloud_emulator, paho, unique):
     assert len(limited) == 1
 
 
+DESCRIBE_SHARED_LAG = ("mqtt", "2024-05-16", "DescribeSharedSubscriptionLag")
+
+
+def test_shared_subscription_lag_counts_what_the_group_holds_unacknowledged(cloud_emulator, paho, unique):
+    from tdmq_beam import MqttMessage, TdmqClient
+    from tdmq_beam.errors import InvalidRequestError
+
+    group, topic = unique("lag"), unique("lagged")
+    expression = f"$share/{group}/{topic}/#"
+    reader = paho(unique("lag-reader"), port=cloud_emulator.mqtt_port, protocol=5, session_expiry=600)
+    reader.subscribe(expression, 1)
+    reader.disconnect()  # its session (and its place in the group) stays; it takes nothing now
+    time.sleep(0.2)
+    with TdmqClient(cloud_emulator.connection(), cloud_emulator.cloud_config()) as client:
+        assert client.shared_subscription_lag(expression) == 0
+        for i in range(7):
+            client.publish(MqttMessage(f"{topic}/{i}", b"x", qos=1))
+        client.publish(MqttMessage(f"{topic}/q0", b"x", qos=0))  # QoS 0 is not kept for an absent reader
+        lag = client.shared_subscription_lag(expression)
+        assert lag == 7
+        # The official SDK reads the same figure, from the same action.
+        params = {"InstanceId": "mqtt-local", "SharedSubscription": expression}
+        assert sdk_call(cloud_emulator, DESCRIBE_SHARED_LAG, params)["Lag"] == lag
+        assert client.shared_subscription_lag(f"$share/{unique('nobody')}/{topic}/#") == 0
+        with pytest.raises(InvalidRequestError, match=r"\$share/\{group\}/\{filter\}"):
+            client.shared_subscription_lag(f"{topic}/#")
+    bad = {"InstanceId": "mqtt-local", "SharedSubscription": "a/b"}
+    assert sdk_error(cloud_emulator, DESCRIBE_SHARED_LAG, bad) == "InvalidParameterValue"
+    assert sdk_error(cloud_emulator, DESCRIBE_SHARED_LAG, {"InstanceId": "mqtt-local"}) == "MissingParameter"
+
+
 def test_business_errors(cloud_emulator):
     assert (
         sdk_error(cloud_emulator, DESCRIBE_MQTT_CLIENT, {"InstanceId": "mqtt-local", "ClientId": "no-such-client"})

@@ -484,6 +484,20 @@ class Broker:
             self.counters["messages_dropped_no_subscriber"] += len(emptied.backlog)
             emptied.backlog.clear()
 
+    def shared_lag(self, name: str, topic_filter: str) -> int:
+        """The messages of shared group ``name`` on ``topic_filter`` not yet acknowledged: waiting
+        for a member, queued for one, or sent and unacknowledged (0 for a group with no member)."""
+        group = self.tree.group(name, topic_filter)
+        if group is None:
+            return 0
+        lag = len(group.backlog)
+        for client_id in group.members:
+            session = self.sessions.get(client_id)
+            if session is not None:
+                lag += sum(1 for delivery in session.queue if delivery.group is group)
+                lag += sum(1 for inflight in session.inflight.values() if inflight.delivery.group is group)
+        return lag
+
     # -- events ---------------------------------------------------------------------------
 
     def _emit_subscription_event(self, name: str, session: Session, subscription: Subscription) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from tdmq_beam.emulator.broker import Broker
-from tdmq_beam.emulator.cloud_errors import CloudError, integer_parameter
+from tdmq_beam.emulator.cloud_errors import CloudError, integer_parameter, string_parameter
 from tdmq_beam.emulator.http_api import RequestError, parse_query
 from tdmq_beam.emulator.message_query import MessageQuery
 from tdmq_beam.emulator.session import Session
@@ -61,6 +61,7 @@ class CloudApi:
             "DescribeMessageByTopic": messages.by_topic,
             "DescribeMessageList": messages.time_range,
             "DescribeMessageDetails": messages.details,
+            "DescribeSharedSubscriptionLag": self._describe_shared_subscription_lag,
         }
         self._limits = (
             {action: TokenBucket(self.config.cloud_rate) for action in CLOUD_ACTIONS} if self.config.cloud_rate else {}
@@ -229,6 +230,16 @@ class CloudApi:
             info["ExpireIntervalInSeconds"] = session.expiry_interval
             clients.append(info)
         return {"Clients": clients}
+
+    def _describe_shared_subscription_lag(self, params: dict) -> dict:
+        expression = string_parameter(params, "SharedSubscription")
+        prefix, _, rest = expression.partition("/")
+        name, _, topic_filter = rest.partition("/")
+        if prefix != "$share" or not name or not topic_filter:
+            raise CloudError(
+                "InvalidParameterValue", f"SharedSubscription must be $share/{{group}}/{{filter}}, got {expression!r}"
+            )
+        return {"Lag": self.broker.shared_lag(name, topic_filter)}
 
     def snapshot(self) -> dict:
         return {api: dict(counts) for api, counts in self.requests.items()}

@@ -112,6 +112,13 @@ class SubscriptionTree:
         group.members[client_id] = subscription
         return group
 
+    def group(self, name: str, topic_filter: str) -> SharedGroup | None:
+        """The shared group ``name`` on exactly ``topic_filter``, or None when it has no member."""
+        node: _Node | None = self._root
+        for level in topic_filter.split("/"):
+            node = node.children.get(level) if node is not None else None
+        return node.groups.get(name) if node is not None else None
+
     def remove(self, client_id: str, subscription: Subscription) -> SharedGroup | None:
         """Removes a subscription; returns its group if the group is now empty (and gone)."""
         path = [self._root]

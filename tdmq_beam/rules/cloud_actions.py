@@ -48,6 +48,8 @@ CLOUD_ACTIONS: dict[str, CloudAction] = {
             frozenset(("InstanceId", "Topic", "StartTime", "EndTime", "TaskRequestId", "Offset", "Limit")),
         ),
         CloudAction("DescribeMessageDetails", *_MQTT, frozenset(("InstanceId", "MessageId", "Subscription"))),
+        # Shared subscriptions: the backlog of a $share/{group}/{filter} expression.
+        CloudAction("DescribeSharedSubscriptionLag", *_MQTT, frozenset(("InstanceId", "SharedSubscription"))),
     )
 }  # fmt: skip
 

@@ -373,6 +373,25 @@ class AsyncTdmqClient:
         details, _ = await self._cloud_caller("describe_client").describe_client(client_id)
         return details
 
+    async def shared_subscription_lag(self, expression: str) -> int:
+        """The backlog of a shared subscription, ``$share/{group}/{filter}``: its messages the
+        service holds not yet acknowledged (``DescribeSharedSubscriptionLag``).
+
+        Raises:
+            ConfigurationError: the client was made without a `CloudApiConfig`.
+            InvalidRequestError: not a ``$share/{group}/{filter}`` expression.
+            CloudApiError: the service's refusal.
+        """
+        parts = expression.split("/", 2) if isinstance(expression, str) else []
+        if len(parts) != 3 or parts[0] != "$share" or not parts[1] or not parts[2]:
+            raise InvalidRequestError(f"a shared subscription is $share/{{group}}/{{filter}}, got {expression!r}")
+        caller = self._cloud_caller("shared_subscription_lag")
+        response, _ = await caller.call_with_retries(
+            "DescribeSharedSubscriptionLag",
+            {"InstanceId": caller.config.instance_id, "SharedSubscription": expression},
+        )
+        return int(response.get("Lag", 0))
+
     async def call_cloud(self, action: str, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """One cloud API action (a row of `CLOUD_ACTIONS`), signed, rate-limited per action and
         retried: the ``Response`` object and the attempts made.
@@ -455,6 +474,9 @@ class TdmqClient:
 
     def describe_client(self, client_id: str) -> ClientDetails | None:
         return self.run(self.aio.describe_client(client_id))
+
+    def shared_subscription_lag(self, expression: str) -> int:
+        return self.run(self.aio.shared_subscription_lag(expression))
 
     def call_cloud(self, action: str, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         return self.run(self.aio.call_cloud(action, params))
