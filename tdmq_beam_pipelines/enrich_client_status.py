@@ -40,6 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
 from tdmq_beam.records.fields import json_default
+from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     add_service_flags,
@@ -248,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--status-source {args.status_source} needs the streaming input (--input_subscription): "
                 "the client events are a stream, and a file's events would be answered before they came",
             )
-        runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner or "DirectRunner"
-        if args.status_source != "query" and "Direct" in runner:
+        runner = RunnerCapabilities.named(PipelineOptions(list(beam_args)).view_as(StandardOptions).runner)
+        if args.status_source != "query" and not runner.mqtt_read_beside_pubsub:
             usage_error(
                 PROGRAM,
                 f"--status-source {args.status_source} cannot run on the DirectRunner: Beam 2.77's runner for "

@@ -15,8 +15,8 @@ from typing import Any
 
 import apache_beam as beam
 
-from tdmq_beam import ReadClientEvents, TdmqConnection
-from tdmq_beam.transforms.enrich import SOURCES
+from tdmq_beam import ConfigurationError, ReadClientEvents, TdmqConnection
+from tdmq_beam.transforms.enrich import SOURCES, check_source
 from tdmq_beam_pipelines.service_flags import usage_error
 
 __all__ = ["add_status_source_flags", "check_status_source", "status_options"]
@@ -46,7 +46,9 @@ def add_status_source_flags(group: argparse._ArgumentGroup, *, client_id_prefix:
 
 def check_status_source(program: str, args: argparse.Namespace) -> None:
     """One line and exit 2 for a ``--status-source`` that cannot work with the other flags."""
-    if args.status_source != "query" and args.secret_id:
+    try:
+        check_source(args.status_source, with_cloud=bool(args.secret_id))
+    except ConfigurationError:
         usage_error(
             program,
             f"--status-source {args.status_source} adds no client details: drop the cloud API flags "

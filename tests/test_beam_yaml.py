@@ -341,8 +341,7 @@ def test_client_events_tracked_and_behind_the_query_in_yaml(emulator, unique, tm
     online, offline, flipping = unique("yaml-on"), unique("yaml-off"), unique("yaml-flip")
     keys = {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD"}
     prefix = unique("yaml-events")
-    document = {
-        "pipeline": {"transforms": [
+    path = write_pipeline(tmp_path / "events.yaml", [
             {"type": "ReadClientEvents", "name": "Events",
              "config": {**keys, "mqtt_endpoint": f"mqtt://127.0.0.1:{emulator.mqtt_port}",
                         "client_id_prefix": prefix, "max_read_time": 6}},
@@ -356,11 +355,7 @@ def test_client_events_tracked_and_behind_the_query_in_yaml(emulator, unique, tm
             {"type": "EnrichWithClientStatus", "name": "Enrich", "input": {"rows": "Rows", "events": "Events"},
              "config": {**keys, "source": "events+query"}},
             {"type": "WriteToJson", "input": "Enrich", "config": {"path": str(tmp_path / "enriched")}},
-        ]},
-        "providers": [{"include": PROVIDERS_FILE}],
-    }  # fmt: skip
-    path = tmp_path / "events.yaml"
-    path.write_text(yaml.safe_dump(document))
+    ])  # fmt: skip
     with emulator.simulated_clients() as devices:
         devices.online(online)  # before the reader: the events never tell of it, the query does
         runner = threading.Thread(target=run_yaml, args=(path, {}, monkeypatch))
@@ -386,7 +381,7 @@ def test_a_yaml_events_source_needs_both_inputs_and_no_cloud_keys(emulator, tmp_
 
     keys = {"endpoint": emulator.http_url, "username": "user0", "password_env": "TDMQ_PASSWORD"}
     monkeypatch.setenv("TDMQ_PASSWORD", "secret0")
-    with pytest.raises(ConfigurationError, match="source must be one of"):
+    with pytest.raises(ConfigurationError, match="source must be 'query', 'events' or 'events\\+query'"):
         YamlEnrichWithClientStatus(**keys, source="guess")
     with pytest.raises(ConfigurationError, match="adds no client details"):
         YamlEnrichWithClientStatus(**keys, **_cloud_keys(emulator), source="events")

@@ -65,9 +65,9 @@ def test_batch_files_with_real_use_flags(devices_emulator, tmp_path, monkeypatch
     assert len(failed) == 1 and "field 'device'" in failed[0]["reason"]
 
 
-def test_streaming_shape_on_a_test_stream(devices_emulator, tmp_path):
-    emu = devices_emulator
-    args, _ = enrich_job._parser().parse_known_args(["--input_subscription", "projects/p/subscriptions/s"])
+def _run_streaming_shape(emu, tmp_path, flags: list[str], client_ids: list[str], cloud, **build) -> dict:
+    """The job's streaming shape on a TestStream of events for ``client_ids``: the output rows by client id."""
+    args, _ = enrich_job._parser().parse_known_args(["--input_subscription", "projects/p/subscriptions/s", *flags])
     out_path = str(tmp_path / "out.jsonl")
 
     class Record(beam.DoFn):
@@ -77,7 +77,7 @@ def test_streaming_shape_on_a_test_stream(devices_emulator, tmp_path):
 
     stream = (
         BeamTestStream()
-        .add_elements([json.dumps({"client_id": "dev-a"}).encode(), json.dumps({"client_id": "ghost"}).encode()])
+        .add_elements([json.dumps({"client_id": client_id}).encode() for client_id in client_ids])
         .advance_processing_time(2)
         .advance_watermark_to_infinity()
     )
@@ -85,9 +85,14 @@ def test_streaming_shape_on_a_test_stream(devices_emulator, tmp_path):
     options.view_as(StandardOptions).streaming = True
     with beam.Pipeline(options=options) as pipeline:
         enrich_job.build_pipeline(
-            pipeline, args, emu.connection(), emu.cloud_config(), source=stream, sink=beam.ParDo(Record())
+            pipeline, args, emu.connection(), cloud, source=stream, sink=beam.ParDo(Record()), **build
         )
-    out = {e["client_id"]: e for e in read_json_lines(out_path)}
+    return {e["client_id"]: e for e in read_json_lines(out_path)}
+
+
+def test_streaming_shape_on_a_test_stream(devices_emulator, tmp_path):
+    emu = devices_emulator
+    out = _run_streaming_shape(emu, tmp_path, [], ["dev-a", "ghost"], emu.cloud_config())
     assert out["dev-a"]["online"] is True and out["ghost"]["client"] is None
 
 
@@ -96,36 +101,17 @@ def test_streaming_shape_with_the_client_events_behind_the_query(devices_emulato
 
     from tdmq_beam import ClientEvent
 
-    emu = devices_emulator
-    args, _ = enrich_job._parser().parse_known_args(
-        ["--input_subscription", "projects/p/subscriptions/s", "--status-source", "events+query"]
-    )
-    out_path = str(tmp_path / "out.jsonl")
-
-    class Record(beam.DoFn):
-        def process(self, line):
-            with open(out_path, "a") as handle:
-                handle.write(line + "\n")
-
-    stream = (
-        BeamTestStream()
-        .add_elements([json.dumps({"client_id": client_id}).encode() for client_id in ("dev-a", "dev-b", "ghost")])
-        .advance_processing_time(2)
-        .advance_watermark_to_infinity()
-    )
-    options = PipelineOptions([])
-    options.view_as(StandardOptions).streaming = True
     # (Beam 2.77's runner for a TestStream cannot run the MQTT events read: docs/runners.md.) The
     # events tell what the service knows, so every answer is right whichever comes first.
     now = Timestamp.now()
     told = [ClientEvent("dev-a", "client_connected", now, "user0", None, "{}", now),
             ClientEvent("dev-b", "client_disconnected", now, "user0", "normal", "{}", now)]  # fmt: skip
     events = beam.Create(told).with_output_types(ClientEvent)
-    with beam.Pipeline(options=options) as pipeline:
-        enrich_job.build_pipeline(
-            pipeline, args, emu.connection(), None, source=stream, sink=beam.ParDo(Record()), client_events=events
-        )
-    out = {e["client_id"]: e["online"] for e in read_json_lines(out_path)}
+    rows = _run_streaming_shape(
+        devices_emulator, tmp_path, ["--status-source", "events+query"], ["dev-a", "dev-b", "ghost"], None,
+        client_events=events,
+    )  # fmt: skip
+    out = {client_id: row["online"] for client_id, row in rows.items()}
     assert out == {"dev-a": True, "dev-b": False, "ghost": False}
 
 

@@ -38,7 +38,7 @@ from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.client_events import ReadClientEvents
 from tdmq_beam.transforms.client_rows import ClientRow
-from tdmq_beam.transforms.enrich import SOURCES, EnrichWithClientStatus
+from tdmq_beam.transforms.enrich import EnrichWithClientStatus, check_source
 from tdmq_beam.transforms.history import ReadTdmqMessageHistory
 from tdmq_beam.transforms.keepalive import SetClientKeepAlive
 from tdmq_beam.transforms.read import ReadFromTdmqMqtt
@@ -465,10 +465,7 @@ class YamlEnrichWithClientStatus(_YamlCallTransform):
         connection = _connection(keys)
         # Built now for the query source (and to check every option); again in expand with the events.
         enrich = EnrichWithClientStatus(connection, cloud, **self._options)
-        if source not in SOURCES:
-            raise ConfigurationError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-        if source != "query" and cloud is not None:
-            raise ConfigurationError(f"source {source!r} adds no client details: drop the cloud keys (secret_id ...)")
+        check_source(source, with_cloud=cloud is not None)
         self._connection_value = connection
         super().__init__(enrich, error_handling)
 

@@ -139,11 +139,15 @@ class CallTransform(beam.PTransform):
         return self
 
     def expand(self, pcoll: pvalue.PCollection) -> Any:
+        return self.expand_calls(pcoll, self._batching)
+
+    def expand_calls(self, pcoll: pvalue.PCollection, batching: Batching) -> Any:
+        """The calls on ``pcoll`` batched as ``batching`` says (`expand` with the transform's own)."""
         # Beam's Dask runner drops what a DoFn emits in finish_bundle: there, batches come from
         # a GroupByKey and every call completes inside process (see `grouped_batches`).
         runner = RunnerCapabilities.of(pcoll.pipeline)
         grouped = not runner.finish_bundle_outputs
-        sharded = not grouped and self._batching.sharded_for(pcoll)
+        sharded = not grouped and batching.sharded_for(pcoll)
 
         def make_fn(pairs: bool) -> BatchedCallsFn:
             return self.new_fn(
@@ -151,8 +155,8 @@ class CallTransform(beam.PTransform):
                 cloud=self._cloud,
                 tag=self._tag,
                 namespace=self.metrics_namespace,
-                batch_size=self._batching.size_for(self._connection),
-                max_pending_batches=self._batching.max_pending_batches,
+                batch_size=batching.size_for(self._connection),
+                max_pending_batches=batching.max_pending_batches,
                 batched_input=sharded or grouped,
                 complete_in_process=grouped,
                 output_pairs=pairs,
@@ -162,8 +166,8 @@ class CallTransform(beam.PTransform):
         if grouped:
             pcoll = grouped_batches(pcoll)
         elif sharded:
-            size = self._batching.size_for(self._connection)
-            pcoll = sharded_batches(pcoll, size, self._batching.max_buffering_duration_secs)
+            size = batching.size_for(self._connection)
+            pcoll = sharded_batches(pcoll, size, batching.max_buffering_duration_secs)
         types = {self.MAIN: self.main_type, **self.OUTPUTS, FAILED: FailedMessage}
         outputs = par_do_with_outputs(pcoll, self.LABEL, make_fn, self.MAIN, types)
         if self._error_handler is not None:

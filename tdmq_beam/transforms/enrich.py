@@ -27,7 +27,7 @@ from tdmq_beam.transforms.results import FailedMessage, failure_from_error
 from tdmq_beam.transforms.track_status import DEFAULT_OFFLINE_EXPIRY
 from tdmq_beam.transforms.worker_client import acquire_status_lookup
 
-__all__ = ["SOURCES", "EnrichResult", "EnrichWithClientStatus", "default_join"]
+__all__ = ["SOURCES", "EnrichResult", "EnrichWithClientStatus", "check_source", "default_join"]
 
 SOURCES = ("query", "events", "events+query")
 """Where `EnrichWithClientStatus` takes a status from."""
@@ -220,7 +220,7 @@ class EnrichWithClientStatus(CallTransform):
         )
         field_or_callable("client_id", client_id)
         one_of("on_failure", on_failure, ("failed", "unknown"))
-        one_of("source", source, SOURCES)
+        check_source(source, with_cloud=cloud is not None)
         if source == "query":
             if events is not None:
                 raise ConfigurationError("events is for source='events' or 'events+query'; source is 'query'")
@@ -230,10 +230,6 @@ class EnrichWithClientStatus(CallTransform):
                     f"source={source!r} needs events: the ClientEvent PCollection (ReadClientEvents(...).events)"
                 )
             instance_of("events", events, beam.PCollection)
-            if cloud is not None:
-                raise ConfigurationError(
-                    f"source={source!r} adds no client details; give cloud with source='query' only"
-                )
         self._source = source
         self._events = events
         self._staleness = positive("staleness", staleness, unit=" seconds")
@@ -281,12 +277,13 @@ class EnrichWithClientStatus(CallTransform):
         if self._error_handler is not None:
             self._error_handler.add_error_pcollection(keyed[FAILED])
         if self._source == "events+query":
-            if self._batching.mode == "auto":
-                # The few elements asked after the join are batched per bundle: on Beam
-                # 2.77's streaming DirectRunner, what GroupIntoBatches flushes at the
-                # window's end is dropped by a GroupByKey downstream (docs/runners.md).
-                self._batching = dataclasses.replace(self._batching, mode="bundle")
-            asked = super().expand(joined[QUERY])
+            # The few elements asked after the join are batched per bundle under ``auto``: on
+            # Beam 2.77's streaming DirectRunner, what GroupIntoBatches flushes at the window's
+            # end is dropped by a GroupByKey downstream (docs/runners.md).
+            batching = self._batching
+            if batching.mode == "auto":
+                batching = dataclasses.replace(batching, mode="bundle")
+            asked = self.expand_calls(joined[QUERY], batching)
             enriched.append(asked.enriched)
             failed.append(asked.failed | "RestoreFailed" >> _windowed_as(windowing))
         return EnrichResult(
@@ -308,6 +305,15 @@ class EnrichWithClientStatus(CallTransform):
         if self._source == "events+query":
             described.update(staleness=self._staleness)
         return described
+
+
+def check_source(source: Any, *, with_cloud: bool) -> str:
+    """``source``, one of `SOURCES`; an events source with cloud credentials is refused, since
+    the events add no client details (also used by the YAML transform and the jobs' flags)."""
+    one_of("source", source, SOURCES)
+    if source != "query" and with_cloud:
+        raise ConfigurationError(f"source={source!r} adds no client details; give cloud with source='query' only")
+    return source
 
 
 def _windowed_as(windowing: Any) -> beam.WindowInto:

@@ -33,6 +33,10 @@ class RunnerCapabilities:
         file_io: Beam's file reads and writes (``fileio``, ``WriteToText``) run.
         metrics: the pipeline result reports metrics.
         leaves_client_open: the result holds a client (``result.client``) to close after the run.
+        mqtt_read_beside_pubsub: an MQTT read (``ReadFromTdmqMqtt``) runs in a pipeline that
+            also reads Pub/Sub. Not on the DirectRunner: Beam 2.77 runs such a pipeline on its
+            ``BundleBasedDirectRunner``, which cannot run Beam's UnboundedSource wrapper
+            (docs/runners.md).
     """
 
     tagged_outputs: bool = True
@@ -40,14 +44,24 @@ class RunnerCapabilities:
     file_io: bool = True
     metrics: bool = True
     leaves_client_open: bool = False
+    mqtt_read_beside_pubsub: bool = True
 
     @classmethod
     def of(cls, pipeline: beam.Pipeline) -> RunnerCapabilities:
         """The capabilities of ``pipeline``'s runner."""
-        return _DASK if type(pipeline.runner).__name__ == "DaskRunner" else _FULL
+        return cls.named(type(pipeline.runner).__name__)
+
+    @classmethod
+    def named(cls, runner: str | None) -> RunnerCapabilities:
+        """The capabilities of the runner named ``runner`` (a ``--runner`` value; None: the DirectRunner)."""
+        name = (runner or "DirectRunner").rsplit(".", 1)[-1]
+        if name == "DaskRunner":
+            return _DASK
+        return _DIRECT if name in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner") else _FULL
 
 
 _FULL = RunnerCapabilities()
+_DIRECT = RunnerCapabilities(mqtt_read_beside_pubsub=False)
 _DASK = RunnerCapabilities(
     tagged_outputs=False, finish_bundle_outputs=False, file_io=False, metrics=False, leaves_client_open=True
 )
