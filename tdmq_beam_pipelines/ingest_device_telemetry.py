@@ -40,7 +40,8 @@ import apache_beam as beam
 
 from tdmq_beam import CloudApiConfig, DecodeMqttMessages, EnrichWithClientStatus, ReadFromTdmqMqtt, TdmqConnection
 from tdmq_beam.records.fields import json_default
-from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
+from tdmq_beam.transforms.mqtt_source import METRICS_NAMESPACE
+from tdmq_beam_pipelines.runs import committed_counters, committed_gauges, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     add_service_flags,
     job_parser,
@@ -69,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--mqtt-version", type=int, choices=(4, 5), default=5, help="5, or 4 for MQTT 3.1.1")
     read.add_argument("--max-records", type=int, help="stop after this many messages")
     read.add_argument("--max-read-time", type=float, help="stop after this many seconds")
+    read.add_argument("--backlog-interval", type=float, default=30.0,
+                      help="seconds between polls of the shared subscription's backlog, reported for autoscaling "
+                           "(with the cloud API flags; 0: none)")  # fmt: skip
     read.add_argument("--schema", default=str(SCHEMA), help="Avro schema with mqtt.* annotations")
     read.add_argument("--mapping-file", help="mapping file beside the schema (as for writing)")
     io = parser.add_argument_group("output")
@@ -136,6 +140,8 @@ def build_pipeline(
         mqtt_version=args.mqtt_version,
         max_records=args.max_records,
         max_read_time=args.max_read_time,
+        cloud=cloud if cloud is not None and args.share_group and args.backlog_interval > 0 else None,
+        backlog_interval=args.backlog_interval if args.backlog_interval > 0 else 30.0,
     )
     decoded = messages | "Decode" >> DecodeMqttMessages(args.schema, mapping_file=args.mapping_file)
     # Bundle batching: the reader's bundles already hold up to a second of messages, and sharded
@@ -181,13 +187,17 @@ def run(args, beam_args: Sequence[str], connection: TdmqConnection, cloud: Cloud
     counters = committed_counters(
         result, lambda namespace: namespace.startswith("tdmq_beam."), except_steps="ClientEvents"
     )
-    return {
+    summary = {
         "received": counters.get("received", 0),
         "decoded": counters.get("decoded", 0),
         "failed": counters.get("decode_failures", 0),
         "duplicates": counters.get("redelivered", 0),
         "seconds": round(seconds, 2),
     }
+    backlog = committed_gauges(result, METRICS_NAMESPACE).get("backlog_messages")
+    if backlog is not None:
+        summary["backlog"] = backlog
+    return summary
 
 
 def _feed(emulator, devices, device_ids: list[str], args: argparse.Namespace, published: list[int]) -> None:
@@ -287,6 +297,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"unknown:         {summary['unknown']} (no client event told of their device: it connected "
                   "before the events reader)")  # fmt: skip
         print(f"latency p50/p99: {summary['latency_p50_ms']} / {summary['latency_p99_ms']} ms (device to output)")
+    if "backlog" in summary:
+        print(f"backlog:         {summary['backlog']} messages in the shared subscription, as last polled")
     print(f"seconds:         {summary['seconds']}")
 
 
@@ -296,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = parse_job_flags(_parser(), argv)
     if args.num_readers > 1 and not args.share_group:
         usage_error(PROGRAM, "--num-readers above 1 needs --share-group: unshared readers each get every message")
+    if args.backlog_interval < 0:
+        usage_error(PROGRAM, f"--backlog-interval must be 0 (none) or positive, got {args.backlog_interval}")
     if not os.path.isfile(args.schema):
         usage_error(PROGRAM, f"--schema {args.schema} does not exist")
     check_status_source(PROGRAM, args)

@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-__all__ = ["committed_counters", "new_pipeline", "run_to_end"]
+__all__ = ["committed_counters", "committed_gauges", "new_pipeline", "run_to_end"]
 
 
 def new_pipeline(beam_args: Sequence[str], *, streaming: bool = False) -> beam.Pipeline:
@@ -47,3 +47,14 @@ def committed_counters(
             name = metric.key.metric.name
             counters[name] = counters.get(name, 0) + metric.committed
     return counters
+
+
+def committed_gauges(result: Any, namespace: str) -> dict[str, int]:
+    """The committed gauges of ``namespace`` by name (the latest value of each, over all steps)."""
+    latest: dict[str, tuple[Any, int]] = {}
+    for metric in result.metrics().query(MetricsFilter().with_namespace(namespace))["gauges"]:
+        gauge = metric.committed
+        name = metric.key.metric.name
+        if gauge is not None and (name not in latest or gauge.timestamp > latest[name][0]):
+            latest[name] = (gauge.timestamp, gauge.value)
+    return {name: value for name, (_, value) in latest.items()}

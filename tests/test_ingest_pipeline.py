@@ -57,15 +57,23 @@ def test_a_bounded_ingest_of_what_is_queued_with_real_flags(tmp_path, capsys):
                          json.dumps({"seq": i, "sent_at": 1_700_000_000_000 + i, "temperature": 21.0}).encode())
                         for i in range(30)]  # fmt: skip
             assert devices.publish("sensor-a", readings) == 30
-            assert ingest_device_telemetry.main([*flags, "--max-records", "30"]) == 0
+            # With the cloud API flags the read polls its backlog: all 30 wait when it starts.
+            os.environ["INGEST_TEST_SECRET_KEY"] = emulator.secret_key
+            cloud = ["--secret-id", emulator.secret_id, "--secret-key-env", "INGEST_TEST_SECRET_KEY",
+                     "--tencent-region", "ap-guangzhou", "--instance-id", emulator.instance_id,
+                     "--cloud-endpoint", emulator.http_url]  # fmt: skip
+            assert ingest_device_telemetry.main([*flags, *cloud, "--max-records", "30"]) == 0
         finally:
             os.environ.pop("INGEST_TEST_PASSWORD", None)
+            os.environ.pop("INGEST_TEST_SECRET_KEY", None)
     records = [json.loads(line) for name in glob.glob(str(tmp_path / "out-0*.jsonl")) for line in open(name)]
     assert sorted(record["seq"] for record in records) == list(range(30))
     by_device = {record["device_id"]: record["online"] for record in records}
     assert by_device == {"sensor-a": True, "sensor-b": False}  # sensor-b never connected
     assert all(record["ingested_at"] >= record["sent_at"] for record in records)
-    assert "received:        30" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "received:        30" in out
+    assert "backlog:         30 messages" in out
 
 
 @pytest.mark.parametrize(
@@ -79,6 +87,7 @@ def test_a_bounded_ingest_of_what_is_queued_with_real_flags(tmp_path, capsys):
         (["--endpoint", "http://127.0.0.1:9", "--mqtt-endpoint", "ftp://h", "--username", "u",
           "--password-env", "X", "--output", "o"], "mqtt_endpoint must start with mqtt://"),
         (["--status-source", "events", "--secret-id", "AKID"], "adds no client details"),
+        (["--backlog-interval", "-1"], "--backlog-interval must be 0 (none) or positive"),
     ],
 )  # fmt: skip
 def test_usage_errors_are_one_line(argv, message, capsys):

@@ -529,6 +529,7 @@ class YamlSetClientKeepAlive(_YamlCallTransform):
         return _updated_row
 
 
+@_takes_cloud_keys
 @_takes_connection_keys
 class YamlReadFromTdmqMqtt(beam.PTransform):
     """Reads MQTT messages at least once (acknowledged after Beam commits them), as rows.
@@ -549,6 +550,8 @@ class YamlReadFromTdmqMqtt(beam.PTransform):
         max_records: stop after this many messages. Default: unbounded.
         max_read_time: stop after this many seconds. Default: unbounded.
         deduplicate_window: drop repeated idempotency-key user properties within this many seconds.
+        backlog_interval: seconds between polls of the shared subscription's backlog, with the cloud
+            API keys (which report it as the gauge backlog_messages and size the read by it). Default: 30.
     """
 
     def __init__(
@@ -565,11 +568,14 @@ class YamlReadFromTdmqMqtt(beam.PTransform):
         max_records: Optional[int] = None,  # noqa: UP045
         max_read_time: Optional[float] = None,  # noqa: UP045
         deduplicate_window: Optional[float] = None,  # noqa: UP045
+        backlog_interval: float = 30.0,
         **connection: Any,
     ) -> None:
         super().__init__()
+        cloud = _cloud(connection)
         self._read = ReadFromTdmqMqtt(
-            _connection({**connection, "mqtt_endpoint": mqtt_endpoint}), list(topics),
+            _connection({**connection, "mqtt_endpoint": mqtt_endpoint}), list(topics), cloud=cloud,
+            backlog_interval=backlog_interval,
             client_id_prefix=client_id_prefix, share_group=share_group, num_readers=num_readers, qos=qos,
             mqtt_version=mqtt_version, session_expiry_interval=session_expiry_interval, max_records=max_records,
             max_read_time=max_read_time, deduplicate_window=deduplicate_window,

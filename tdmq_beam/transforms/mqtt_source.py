@@ -35,6 +35,7 @@ from apache_beam.metrics.metric import Lineage, Metrics
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from tdmq_beam.records.received_message import ReceivedMessage
+from tdmq_beam.service.backlog_watch import BACKLOG_WATCHES, BacklogSettings, SubscriptionBacklog
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.subscriber import MqttSubscriber, SubscriptionSettings
 from tdmq_beam.transforms.session_pool import SESSIONS
@@ -66,6 +67,7 @@ class ReadSpec:
     timestamp_fn: Callable[[ReceivedMessage], Any] | None
     event_time_delay: float
     end_sessions: bool = False
+    backlog: BacklogSettings | None = None
 
     def client_id(self, index: int) -> str:
         return f"{self.client_id_prefix}-{index}"
@@ -188,9 +190,15 @@ class _MqttReader(UnboundedReader):
         self._reconnect_attempts = Metrics.counter(METRICS_NAMESPACE, "reconnect_attempts")
         self._sessions_lost = Metrics.counter(METRICS_NAMESPACE, "sessions_lost")
         self._ack_delay = Metrics.distribution(METRICS_NAMESPACE, "ack_delay_ms")
+        self._backlog: SubscriptionBacklog | None = None
+        self._backlog_messages = Metrics.gauge(METRICS_NAMESPACE, "backlog_messages")
+        self._split_backlog_bytes = Metrics.gauge(METRICS_NAMESPACE, "split_backlog_bytes")
+        self._bytes_read = 0  # payload bytes since the last checkpoint, for the backlog's mean size
+        self._bytes_counted_at = self._records_read
 
-    def attach(self, session: MqttSubscriber) -> None:
+    def attach(self, session: MqttSubscriber, backlog: SubscriptionBacklog | None) -> None:
         self._session = session
+        self._backlog = backlog
 
     def start(self) -> bool:
         self._report_session()
@@ -208,6 +216,7 @@ class _MqttReader(UnboundedReader):
         message = ReceivedMessage.from_publish(delivery.packet, Timestamp(micros=int(delivery.receive_time * 1e6)))
         self._current = message
         self._records_read += 1
+        self._bytes_read += len(message.payload)
         self._received.inc()
         if message.dup:
             self._redelivered.inc()
@@ -239,6 +248,13 @@ class _MqttReader(UnboundedReader):
                 counter.inc(value)
         for delay in stats.ack_delays_ms:
             self._ack_delay.update(delay)
+        if (backlog := self._backlog) is not None:
+            backlog.want()
+            backlog.observe(self._records_read - self._bytes_counted_at, self._bytes_read)
+            self._bytes_read, self._bytes_counted_at = 0, self._records_read
+            if backlog.messages is not None:
+                self._backlog_messages.set(backlog.messages)
+                self._split_backlog_bytes.set(backlog.split_bytes(self._spec.num_readers) or 0)
 
     def get_current(self) -> ReceivedMessage:
         assert self._current is not None
@@ -324,8 +340,16 @@ class MqttSource(UnboundedSource):
         )
         if opened:
             _report_lineage(self.spec)
-        reader.attach(session)
+        backlog = BACKLOG_WATCHES.watch(self.spec.backlog) if self.spec.backlog is not None else None
+        reader.attach(session, backlog)
         return reader
+
+    def split_backlog_bytes(self) -> int | None:
+        """This reader's share of the subscription's backlog in bytes (`BacklogSizedSource`), as
+        last polled in this process; None without cloud credentials or before the first poll."""
+        if self.spec.backlog is None or (backlog := BACKLOG_WATCHES.get(self.spec.backlog)) is None:
+            return None
+        return backlog.split_bytes(self.spec.num_readers)
 
     def get_checkpoint_mark_coder(self) -> coders.Coder:
         return _AckMarkCoder()

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.unbounded_source import ReadFromUnboundedSource
 from apache_beam.transforms.display import DisplayDataItem
 
 from tdmq_beam.errors import ConfigurationError
@@ -31,9 +30,12 @@ from tdmq_beam.option_checks import (
 )
 from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.rules.limits import MAX_UINT32
+from tdmq_beam.service.backlog_watch import BacklogSettings
+from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.transforms.deduplicate import DeduplicateMessages
 from tdmq_beam.transforms.mqtt_source import IDLE_WAIT, MqttSource, ReadSpec
+from tdmq_beam.transforms.sized_read import ReadSizedUnboundedSource
 
 __all__ = ["ReadFromTdmqMqtt"]
 
@@ -98,6 +100,16 @@ class ReadFromTdmqMqtt(beam.PTransform):
             as those a smaller ``num_readers`` leaves behind: a broker may otherwise
             keep them in a shared group's rotation (mosquitto does) until they
             expire. MQTT 5 only. Defaults to False.
+        cloud: cloud API credentials, with ``share_group``: each worker process polls the
+            shared subscription's backlog (``DescribeSharedSubscriptionLag``) every
+            ``backlog_interval`` seconds, reports it as the gauges ``backlog_messages`` (the
+            subscription's) and ``split_backlog_bytes`` (a reader's share, at the mean
+            payload size read), and sizes the read's restrictions with the latter, which is
+            what runners that scale streaming jobs on backlog (Dataflow) read. Defaults to
+            None (no backlog: Beam sizes each restriction 1).
+        backlog_interval: seconds between backlog polls per worker process, with ``cloud``
+            (each poll is one call per topic filter, within the cloud API's rate).
+            Defaults to 30.
 
     Raises:
         ConfigurationError: a setting that cannot work, naming it.
@@ -125,6 +137,8 @@ class ReadFromTdmqMqtt(beam.PTransform):
         max_records_per_bundle: int = 10000,
         max_bundle_time: float = 1.0,
         end_sessions: bool = False,
+        cloud: CloudApiConfig | None = None,
+        backlog_interval: float = 30.0,
     ) -> None:
         super().__init__()
         instance_of("connection", connection, TdmqConnection)
@@ -167,6 +181,11 @@ class ReadFromTdmqMqtt(beam.PTransform):
             raise ConfigurationError("end_sessions applies when a read ends: give max_records or max_read_time")
         if end_sessions and mqtt_version != 5:
             raise ConfigurationError("end_sessions needs mqtt_version 5 (MQTT 3.1.1 cannot end sessions so)")
+        optional(instance_of, "cloud", cloud, CloudApiConfig)
+        positive("backlog_interval", backlog_interval, unit=" seconds")
+        if cloud is not None and share_group is None:
+            raise ConfigurationError("cloud (for the backlog) needs share_group: the service reports the backlog "
+                                     "of shared subscriptions only")  # fmt: skip
         if share_group is not None:
             filters = tuple(f"$share/{share_group}/{topic_filter}" for topic_filter in filters)
         self._spec = ReadSpec(
@@ -184,6 +203,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
             timestamp_fn=timestamp_fn,
             event_time_delay=float(event_time_delay),
             end_sessions=end_sessions,
+            backlog=BacklogSettings(cloud, filters, float(backlog_interval)) if cloud is not None else None,
         )
         self._deduplicate_window = deduplicate_window
         self._idempotency_property = idempotency_property
@@ -191,7 +211,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
         self._max_bundle_time = float(max_bundle_time)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[ReceivedMessage]:
-        messages = pbegin | "Read" >> ReadFromUnboundedSource(
+        messages = pbegin | "Read" >> ReadSizedUnboundedSource(
             MqttSource(self._spec),
             poll_interval=IDLE_WAIT,
             max_records_per_bundle=self._max_records_per_bundle,
@@ -218,6 +238,8 @@ class ReadFromTdmqMqtt(beam.PTransform):
         )
         if spec.end_sessions:
             items["end_sessions"] = True
+        if spec.backlog is not None:
+            items.update(backlog_from=spec.backlog.cloud.instance_id, backlog_interval=spec.backlog.interval)
         for key in ("max_records", "max_read_time"):
             if getattr(spec, key) is not None:
                 items[key] = getattr(spec, key)
