@@ -56,9 +56,10 @@ from tdmq_beam import (
     avro_mapping,
 )
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH
 from tdmq_beam.records.avro_mapping import load_schema
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
-from tdmq_beam_pipelines.command_input import ReadCommands
+from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
@@ -93,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--input-format", choices=("auto", "avro", "jsonl"), default="auto")
     io.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="Avro schema of a command, with mqtt.* annotations")
     io.add_argument("--mapping", help="JSON mapping file (topic, payload, roles, user_properties)")
+    io.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
+                    help="a longer JSON line is a dead letter, never read whole")  # fmt: skip
+    io.add_argument("--max-nesting", type=int, default=DEFAULT_MAX_DEPTH,
+                    help="a JSON line nested deeper (arrays and objects) is a dead letter")  # fmt: skip
     io.add_argument("--output", help="prefix of the result files (published and failed)")
     io.add_argument("--output-format", choices=("jsonl", "avro"), default="jsonl")
 
@@ -273,7 +278,12 @@ def build_pipeline(
     schema = load_schema(args.schema)
     mapping = avro_mapping(schema, args.mapping)
     commands = pipeline | "Read" >> ReadCommands(
-        args.input, schema, file_format=args.input_format, counter_namespace=METRICS_NAMESPACE
+        args.input,
+        schema,
+        file_format=args.input_format,
+        counter_namespace=METRICS_NAMESPACE,
+        max_line_bytes=args.max_line_bytes,
+        max_depth=args.max_nesting,
     )
     write = WriteToTdmqMqtt(
         connection,
@@ -459,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = parse_job_flags(_parser(), argv)
     if not 0 < args.verify_sample <= 1:
         usage_error(PROGRAM, f"--verify-sample must be within (0, 1], got {args.verify_sample:g}")
+    for flag, value in (("--max-line-bytes", args.max_line_bytes), ("--max-nesting", args.max_nesting)):
+        if value < 1:
+            usage_error(PROGRAM, f"{flag} must be positive, got {value}")
     if args.endpoint is None:
         if args.input is not None:
             usage_error(PROGRAM, "--input needs --endpoint (without both, the demo runs on the embedded emulator)")

@@ -6,11 +6,15 @@ a `FailedMessage` whose reason says where it was: the file's name and the
 1-based line number (JSON Lines) or the record's 1-based position (Avro).
 Files are read whole by one worker each (``fileio.MatchFiles`` +
 ``ReadMatches``): line numbers need that, and backfill inputs come as many files.
+
+Input is bounded where a hostile or broken file could exhaust a worker: a line
+longer than ``max_line_bytes`` is not held in memory (the dead letter keeps
+its first bytes), and a JSON document nested deeper than ``max_depth`` is a
+dead letter (`tdmq_beam.json_documents`), never a `RecursionError`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -23,12 +27,17 @@ from apache_beam.metrics import Metrics
 from fastavro.validation import ValidationError, validate
 
 from tdmq_beam import FailedMessage
+from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH, load_json
+from tdmq_beam.option_checks import positive_int
 from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
-__all__ = ["CommandInput", "ReadCommands"]
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "CommandInput", "ReadCommands"]
 
 FAILED = "failed"
+DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
+"""The longest JSON line read (a command with a 1 MiB payload, the service's largest, fits)."""
+_EXCERPT = 256  # characters of an overlong line kept in its dead letter
 
 
 class CommandInput(NamedTuple):
@@ -52,9 +61,13 @@ def _schema_problem(record: Any, parsed_schema: Any) -> str | None:
 class _ReadFile(beam.DoFn):
     """One file's commands, each checked against the schema; what does not fit goes to ``failed``."""
 
-    def __init__(self, schema: dict, file_format: str, counter_namespace: str, pairs: bool) -> None:
+    def __init__(
+        self, schema: dict, file_format: str, counter_namespace: str, pairs: bool, max_line_bytes: int, max_depth: int
+    ) -> None:
         self._schema = schema
         self._format = file_format
+        self._max_line_bytes = max_line_bytes
+        self._max_depth = max_depth
         self._pairs = pairs  # (tag, value) on one output: see tdmq_beam.transforms.outputs
         self._read = Metrics.counter(counter_namespace, "read")
 
@@ -71,7 +84,11 @@ class _ReadFile(beam.DoFn):
         file_format = self._format
         if file_format == "auto":
             file_format = "avro" if path.endswith(".avro") else "jsonl"
-        items = _avro_records(readable, name) if file_format == "avro" else _json_lines(readable, name)
+        items = (
+            _avro_records(readable, name)
+            if file_format == "avro"
+            else _json_lines(readable, name, self._max_line_bytes, self._max_depth)
+        )
         for item in items:
             self._read.inc()
             problem = item.problem or _schema_problem(item.record, self._parsed)
@@ -94,11 +111,15 @@ class _Item(NamedTuple):
     problem: str | None = None
 
 
-def _json_lines(readable: fileio.ReadableFile, name: str) -> Iterator[_Item]:
+def _json_lines(readable: fileio.ReadableFile, name: str, max_line_bytes: int, max_depth: int) -> Iterator[_Item]:
     with readable.open() as handle:
-        for number, data in enumerate(handle, 1):
+        for number, (data, length) in enumerate(_bounded_lines(handle, max_line_bytes), 1):
             location = f"{name} line {number}"
-            text = data.decode("utf-8", "replace").rstrip("\n")
+            if length > max_line_bytes:
+                excerpt = data.decode("utf-8", "replace") + "..."
+                yield _Item(location, excerpt, None, f"a line of {length} bytes, over the limit of {max_line_bytes}")
+                continue
+            text = data.decode("utf-8", "replace")
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -107,9 +128,37 @@ def _json_lines(readable: fileio.ReadableFile, name: str) -> Iterator[_Item]:
             if not text.strip():
                 continue
             try:
-                yield _Item(location, text, json.loads(text))
+                yield _Item(location, text, load_json(text, max_depth=max_depth))
             except ValueError as exc:
                 yield _Item(location, text, None, f"not valid JSON ({exc})")
+
+
+def _bounded_lines(handle: Any, limit: int, chunk: int = 1024 * 1024) -> Iterator[tuple[bytes, int]]:
+    """Each line of ``handle`` without its newline, with its length; of a line longer than
+    ``limit``, only its first bytes (the rest is read past, never held). Reads with ``read(n)``
+    alone, which every Beam file handle has (compressed ones have no ``readline(limit)``)."""
+    keep = max(limit, _EXCERPT)
+    pending: list[bytes] = []  # the line so far (its first bytes, once it is longer than keep)
+    held = 0  # the line's length so far
+    while block := handle.read(chunk):
+        start = 0
+        while True:
+            end = block.find(b"\n", start)
+            piece = block[start:] if end < 0 else block[start:end]
+            if held <= keep:
+                pending.append(piece)
+            held += len(piece)
+            if end < 0:
+                break
+            yield _line(pending, held, limit), held
+            pending, held, start = [], 0, end + 1
+    if held:
+        yield _line(pending, held, limit), held
+
+
+def _line(pieces: list[bytes], length: int, limit: int) -> bytes:
+    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return data[:_EXCERPT] if length > limit else data
 
 
 def _avro_records(readable: fileio.ReadableFile, name: str) -> Iterator[_Item]:
@@ -129,10 +178,24 @@ class ReadCommands(beam.PTransform):
         schema: the Avro schema (a dict) each command must fit.
         file_format: ``jsonl``, ``avro``, or ``auto`` (by each file's extension). Defaults to auto.
         counter_namespace: where the ``read`` counter goes.
+        max_line_bytes: a longer JSON line is a dead letter (with its first bytes), never read
+            into memory whole. Defaults to 4 MiB.
+        max_depth: a JSON line nested deeper (arrays and objects) is a dead letter. Defaults to 64.
     """
 
-    def __init__(self, pattern: str, schema: dict, *, file_format: str = "auto", counter_namespace: str) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        schema: dict,
+        *,
+        file_format: str = "auto",
+        counter_namespace: str,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
         super().__init__()
+        self._max_line_bytes = positive_int("max_line_bytes", max_line_bytes)
+        self._max_depth = positive_int("max_depth", max_depth)
         self._pattern = pattern
         self._schema = schema
         self._format = file_format
@@ -149,7 +212,9 @@ class ReadCommands(beam.PTransform):
         outputs = par_do_with_outputs(
             files,
             "ReadAndCheck",
-            lambda pairs: _ReadFile(self._schema, self._format, self._namespace, pairs),
+            lambda pairs: _ReadFile(
+                self._schema, self._format, self._namespace, pairs, self._max_line_bytes, self._max_depth
+            ),
             "records",
             {"records": dict, FAILED: FailedMessage},
         )

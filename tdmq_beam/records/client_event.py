@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.utils.timestamp import Timestamp
 
+from tdmq_beam.json_documents import load_json
 from tdmq_beam.records.payload import RecordError
 from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.rules.client_events import CLIENT_EVENTS, EVENTS_ROOT, ClientEventKind
@@ -98,8 +99,8 @@ def _kind_of(topic: str) -> ClientEventKind:
 
 def _json_object(payload: bytes) -> dict[str, Any]:
     try:
-        values = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        values = load_json(payload)
+    except ValueError as exc:  # not UTF-8, not JSON, or nested too deep
         raise RecordError(None, f"the event is not JSON: {exc}") from None
     if not isinstance(values, dict):
         raise RecordError(None, f"the event must be a JSON object, got {type(values).__name__}")

@@ -28,6 +28,8 @@ import fastavro
 from fastavro.validation import ValidationError, validate
 
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH, load_json
+from tdmq_beam.option_checks import positive_int
 from tdmq_beam.records.avro_mapping import avro_mapping, load_schema
 from tdmq_beam.records.mapping import PROPERTY_ROLES
 from tdmq_beam.records.payload import AvroPayload, FieldPayload, JsonPayload, RecordError
@@ -98,14 +100,21 @@ class MessageDecoder:
             ``mqtt.*`` annotations, as used to write.
         mapping_file: a mapping (dict or JSON file path) adding to or overriding
             the annotations, as used to write.
+        max_depth: a JSON payload nested deeper (arrays and objects) does not decode
+            (`RecordError`), where Python's parser would raise `RecursionError`. Defaults to 64.
 
     Raises:
         ConfigurationError: the schema or mapping cannot work (naming the field).
     """
 
     def __init__(
-        self, schema: str | os.PathLike | Mapping[str, Any], mapping_file: str | os.PathLike | Mapping | None = None
+        self,
+        schema: str | os.PathLike | Mapping[str, Any],
+        mapping_file: str | os.PathLike | Mapping | None = None,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
+        self.max_depth = positive_int("max_depth", max_depth)
         self.schema = load_schema(schema)
         self.mapping = avro_mapping(self.schema, mapping_file)
         self._parsed = fastavro.parse_schema(self.schema)
@@ -160,7 +169,7 @@ class MessageDecoder:
                 record[encoder.field] = payload
         elif isinstance(encoder, JsonPayload):
             try:
-                document = json.loads(payload)
+                document = load_json(payload, max_depth=self.max_depth)
             except ValueError as exc:
                 raise RecordError(None, f"payload is not JSON ({exc})") from None
             if not isinstance(document, dict):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import random
 import threading
@@ -41,6 +40,7 @@ from tdmq_beam.errors import (
     TransportError,
     error_for_status,
 )
+from tdmq_beam.json_documents import load_json
 from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS
 from tdmq_beam.rules.limits import KEEPALIVE_RANGE
 from tdmq_beam.rules.token_bucket import TokenBucket
@@ -99,7 +99,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _server_message(text: str) -> str:
     try:
-        document = json.loads(text)
+        document = load_json(text)
     except ValueError:
         return text[:300] or "no message"
     if isinstance(document, dict):
@@ -259,7 +259,7 @@ class AsyncTdmqClient:
             raise type(exc)(f"{what} {client_id!r}: {exc.message}") from None
         text = answer.body.decode("utf-8", "replace")
         try:
-            document = json.loads(text)
+            document = load_json(text)
         except ValueError:
             raise ServerError(f"{what} answer is not JSON: {text[:200]}", status=answer.status) from None
         if not isinstance(document, dict):

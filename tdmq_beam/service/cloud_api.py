@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tdmq_beam.errors import CloudApiError, ConfigurationError, RequestTimeoutError, ServerError, TransportError
+from tdmq_beam.json_documents import load_json
 from tdmq_beam.option_checks import one_of, optional, positive
 from tdmq_beam.rules import tc3
 from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS, RETIRED_CODES
@@ -324,7 +325,7 @@ class CloudApiCaller:
                 if response.status != 200:
                     text = (await response.text(errors="replace"))[:300]
                     raise ServerError(f"cloud API answered HTTP {response.status}: {text}", status=response.status)
-                document = await response.json(content_type=None)
+                document = await response.json(content_type=None, loads=load_json)
         except asyncio.TimeoutError:
             raise RequestTimeoutError(
                 f"cloud API {action} at {host}: no answer within {self.config.timeout:g}s"

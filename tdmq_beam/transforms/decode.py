@@ -10,6 +10,7 @@ from apache_beam import pvalue
 from apache_beam.metrics.metric import Metrics
 
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH
 from tdmq_beam.records.message_decoding import MessageDecoder
 from tdmq_beam.records.payload import RecordError
 from tdmq_beam.records.received_message import ReceivedMessage
@@ -66,19 +67,22 @@ class DecodeMqttMessages(beam.PTransform):
         schema: the Avro record schema (dict, JSON text or ``.avsc`` path) with
             its ``mqtt.*`` annotations; or a ready `MessageDecoder`.
         mapping_file: a mapping file (or dict) beside the schema, as for writing.
+        max_depth: a JSON payload nested deeper (arrays and objects) goes to ``failed``
+            (Python's parser would raise `RecursionError` on the worst, every time the
+            message came again). Defaults to 64.
 
     Raises:
         ConfigurationError: the schema or mapping cannot work, naming the field.
     """
 
-    def __init__(self, schema: Any, *, mapping_file: Any = None) -> None:
+    def __init__(self, schema: Any, *, mapping_file: Any = None, max_depth: int | None = None) -> None:
         super().__init__()
         if isinstance(schema, MessageDecoder):
-            if mapping_file is not None:
-                raise ConfigurationError("give mapping_file to the MessageDecoder, not beside it")
+            if mapping_file is not None or max_depth is not None:
+                raise ConfigurationError("give mapping_file and max_depth to the MessageDecoder, not beside it")
             self._decoder = schema
         else:
-            self._decoder = MessageDecoder(schema, mapping_file)
+            self._decoder = MessageDecoder(schema, mapping_file, max_depth=max_depth or DEFAULT_MAX_DEPTH)
 
     def expand(self, messages: pvalue.PCollection) -> DecodeResult:
         outputs = par_do_with_outputs(
