@@ -16,6 +16,7 @@ __all__ = [
     "InvalidMessageError",
     "InvalidRequestError",
     "PermissionDeniedError",
+    "ProtocolViolationError",
     "RateLimitedError",
     "RequestTimeoutError",
     "ServerError",
@@ -120,6 +121,13 @@ class TransportError(TdmqError):
 class RequestTimeoutError(TransportError):
     """No answer in time: connecting or the whole request took longer than the connection's timeout.
     Its ``kind`` stays ``transport``, as dead-letter records have always said."""
+
+
+class ProtocolViolationError(TransportError):
+    """The peer broke the MQTT protocol (a malformed or forbidden packet) on connection after
+    connection: reconnecting does not cure it. Its ``kind`` stays ``transport``."""
+
+    retryable = False
 
 
 class TlsError(TransportError):

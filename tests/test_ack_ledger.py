@@ -164,3 +164,21 @@ def test_mqtt_3_1_1_acknowledgements_have_no_reason_code():
     receive(ledger, 9)
     hand_out(ledger, 1)
     assert ledger.acknowledge("A", ledger.handed_out, now=0.0).data == b"\x40\x02\x00\x09"
+
+
+def test_a_message_not_expected_is_acknowledged_in_its_place_never_handed_out():
+    ledger = AckLedger(5, topic_alias_maximum=4)
+    ledger.connection_opened("A")
+    wanted = lambda topic: topic.startswith("t/")  # noqa: E731
+    assert ledger.receive(publish(1, topic="t/a"), now=0.0, wall_time=1.0, expected=wanted) is not None
+    assert ledger.receive(publish(2, topic="other/x"), now=0.0, wall_time=1.0, expected=wanted) is None
+    # An alias is resolved before the test: an aliased stray is a stray too.
+    aliased = codec.Publish("other/y", b"y", 1, False, False, 3, {Prop.TOPIC_ALIAS: 1})
+    ledger.receive(aliased, now=0.0, wall_time=1.0, expected=wanted)
+    again = codec.Publish("", b"z", 1, False, False, 4, {Prop.TOPIC_ALIAS: 1})
+    assert ledger.receive(again, now=0.0, wall_time=1.0, expected=wanted) is None
+    ledger.receive(publish(5, topic="t/b"), now=0.0, wall_time=1.0, expected=wanted)
+    assert hand_out(ledger, 2) == [1, 5] and ledger.hand_out() is None
+    # Acknowledging through the last one handed out acknowledges the strays between, in order.
+    through = ledger.handed_out
+    assert acks(ledger.acknowledge("A", through, now=0.0).data) == [(PacketType.PUBACK, i) for i in (1, 2, 3, 4, 5)]

@@ -31,6 +31,7 @@ meanwhile is skipped, not handed out.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -112,7 +113,9 @@ class AckLedger:
 
     # -- packets in --------------------------------------------------------------------
 
-    def receive(self, packet: codec.Publish, now: float, wall_time: float) -> Delivery:
+    def receive(
+        self, packet: codec.Publish, now: float, wall_time: float, *, expected: Callable[[str], bool] | None = None
+    ) -> Delivery | None:
         """Takes a PUBLISH of the live connection and queues it to be handed out.
 
         Args:
@@ -120,6 +123,12 @@ class AckLedger:
                 (and the alias property removed).
             now: monotonic seconds, for acknowledgement delays.
             wall_time: Unix seconds, the message's receive time.
+            expected: whether the session subscribed to the (resolved) topic; a message
+                it did not is never handed out, and is acknowledged with the next one
+                that is (it keeps its place in the order). Defaults to every topic.
+
+        Returns:
+            The delivery queued, or None for a message not expected.
 
         Raises:
             ProtocolError: an alias out of range or never defined, or a PUBLISH with no topic.
@@ -144,6 +153,8 @@ class AckLedger:
             # broker, so it is a new delivery to commit, not one to complete.
             self._completing.discard(packet.packet_id)
             self._unacked.append(_Unacked(self._sequence, packet.packet_id, packet.qos, now))
+        if expected is not None and not expected(packet.topic):
+            return None
         delivery = Delivery(self.generation, self._sequence, packet, wall_time)
         self._ready.append(delivery)
         return delivery

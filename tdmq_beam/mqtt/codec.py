@@ -466,7 +466,10 @@ class PacketFramer:
                 first, length, body_start = header
                 end = body_start + length
                 if self._max and end - start > self._max:
-                    raise PacketTooLarge("packet exceeds Maximum Packet Size")
+                    raise PacketTooLarge(
+                        f"a {PacketType.NAMES[first >> 4]} of {end - start} bytes, over the Maximum Packet Size "
+                        f"of {self._max}"
+                    )
                 if end > len(buffer):
                     return
                 body = bytes(buffer[body_start:end])

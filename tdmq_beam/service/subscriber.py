@@ -50,19 +50,40 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tdmq_beam.errors import AuthenticationError, ConfigurationError, PermissionDeniedError, TdmqError, TransportError
+from tdmq_beam.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    PermissionDeniedError,
+    ProtocolViolationError,
+    TdmqError,
+    TransportError,
+)
 from tdmq_beam.mqtt import codec
 from tdmq_beam.mqtt.ack_ledger import AckLedger, Delivery
-from tdmq_beam.mqtt.codec import MalformedPacket, PacketType, Prop, ReasonCode
+from tdmq_beam.mqtt.codec import MalformedPacket, PacketTooLarge, PacketType, Prop, ReasonCode
+from tdmq_beam.mqtt.topics import split_shared, topic_matches
 from tdmq_beam.service.connection import TdmqConnection
 
-__all__ = ["Delivery", "MqttSubscriber", "SubscriberStats", "SubscriptionSettings"]
+__all__ = ["DEFAULT_MAX_PACKET_SIZE", "Delivery", "MqttSubscriber", "SubscriberStats", "SubscriptionSettings"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _PAUSE_AT = 50_000
 """Queued messages at which the socket stops being read (QoS 0 has no other flow control)."""
 _RESUME_AT = 10_000
+_PAUSE_AT_BYTES = 64 * 1024 * 1024
+"""Queued payload bytes at which the socket stops being read: memory is bounded in bytes too."""
+_RESUME_AT_BYTES = 16 * 1024 * 1024
+
+DEFAULT_MAX_PACKET_SIZE = 16 * 1024 * 1024
+"""The largest packet a reader takes (sent as Maximum Packet Size in an MQTT 5 CONNECT)."""
+
+_NEVER_ZERO = ((Prop.RECEIVE_MAXIMUM, "Receive Maximum"), (Prop.MAXIMUM_PACKET_SIZE, "Maximum Packet Size"))
+"""CONNACK properties whose value 0 is a protocol error (MQTT 5 sections 3.2.2.3.3 and 3.2.2.3.6)."""
+
+_MAX_VIOLATIONS = 3
+"""Connections in a row on which the broker broke the protocol before the reader gives up:
+a broker that sends a malformed packet sends it again on every connection (a poison message)."""
 
 _RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Back-off before reconnect attempt n (the last repeats), each with up to 50% jitter added."""
@@ -106,6 +127,9 @@ class SubscriptionSettings:
             once (the service's window is 16 under MQTT 3.1.1).
         connect_timeout: seconds to connect and get the CONNACK; also the
             silence after which a SUBACK is given up on.
+        max_packet_size: the largest packet taken, in bytes; sent as Maximum Packet
+            Size (MQTT 5), so a broker discards larger messages for this session rather
+            than send them. A larger packet breaks the connection as a protocol violation.
     """
 
     client_id: str
@@ -116,6 +140,7 @@ class SubscriptionSettings:
     keepalive: int = 60
     receive_maximum: int = 65535
     connect_timeout: float = 10.0
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
 
 
 @dataclass
@@ -128,6 +153,8 @@ class SubscriberStats:
     reconnects: int = 0
     reconnect_attempts: int = 0  # failed attempts included
     sessions_lost: int = 0  # reconnects where the broker no longer had the session
+    unexpected_topics: int = 0  # messages on topics no filter of the session matches: acknowledged, not handed out
+    protocol_violations: int = 0  # connections the broker broke the protocol on
 
 
 _CLOSED_BY_BROKER = "closed by the broker"
@@ -139,7 +166,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, subscriber: MqttSubscriber, generation: str) -> None:
         self.subscriber = subscriber
         self.generation = generation
-        self.framer = codec.PacketFramer()
+        self.framer = codec.PacketFramer(subscriber.settings.max_packet_size)
+        self.violation: str | None = None  # how the broker broke the protocol, when it did
         self.transport: asyncio.Transport | None = None
         loop = subscriber._loop
         self.connack: asyncio.Future[codec.ConnAck] = loop.create_future()
@@ -152,11 +180,19 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        packet = "a packet header"
         try:
-            for first, body, _ in self.framer.feed(data):
+            for first, body, size in self.framer.feed(data):
+                packet = f"a {PacketType.NAMES[first >> 4]} of {size} bytes"
                 self.subscriber._on_packet(self, first, body)
+        except PacketTooLarge as exc:
+            self.broke_protocol(f"{exc} (max_packet_size)")
         except MalformedPacket as exc:
-            self.abort(f"malformed packet from the broker ({exc})")
+            self.broke_protocol(f"{packet}: {exc}")
+
+    def broke_protocol(self, violation: str) -> None:
+        self.violation = violation
+        self.abort(f"protocol violation by the broker: {violation}")
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -205,6 +241,7 @@ class MqttSubscriber:
         self._thread.start()
         self._live: _Connection | None = None  # the established connection, if any
         self._owner_task: asyncio.Task | None = None
+        self._last_connection: _Connection | None = None  # of the last attempt, for its violation
         self._first_connection: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()  # cuts a back-off short (restart, close)
         self._arrived = threading.Event()
@@ -215,6 +252,10 @@ class MqttSubscriber:
         self._had_session = False  # a connection of ours was accepted before: the broker has our session
         self._stats = SubscriberStats()
         self._stats_lock = threading.Lock()
+        self._bytes_in = 0  # payload bytes queued, in all (the network thread's count)
+        self._bytes_out = 0  # payload bytes handed out or dropped, in all (the reader's count)
+        self._filters = tuple(_plain_filter(topic_filter) for topic_filter in settings.filters)
+        self._topic_ok: dict[str, bool] = {}  # topics seen, whether a filter matches (bounded)
         self._acknowledged_in_all = 0  # logged at close: the last acknowledgements reach no metrics
         self._last_sent = 0.0
         self._last_received = 0.0
@@ -268,9 +309,14 @@ class MqttSubscriber:
         if delivery is None:
             self._arrived.clear()
             delivery = self._ledger.hand_out()  # raced with an arrival
-        if self._paused and self._ledger.ready < _RESUME_AT:
+        if delivery is not None:
+            self._bytes_out += len(delivery.packet.payload)
+        if self._paused and self._ledger.ready < _RESUME_AT and self._queued_bytes() < _RESUME_AT_BYTES:
             self._loop.call_soon_threadsafe(self._resume_reading)
         return delivery
+
+    def _queued_bytes(self) -> int:
+        return self._bytes_in - self._bytes_out
 
     def wait(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for a message to be ready; whether one is."""
@@ -342,24 +388,32 @@ class MqttSubscriber:
         await asyncio.shield(self._first_connection)
 
     async def _own_connection(self) -> None:
-        """Connects, waits for the connection to end, backs off and connects again, until closed or refused."""
+        """Connects, waits for the connection to end, backs off and connects again, until closed,
+        refused, or the broker has broken the protocol on `_MAX_VIOLATIONS` connections in a row."""
         first = self._first_connection
         assert first is not None
         attempt = 0
+        violations = 0
         while not self._closing:
             with self._stats_lock:
                 self._stats.reconnect_attempts += first.done()
+            self._last_connection = None
             try:
                 connection = await self._connect()
-            except TdmqError as exc:
+            except TdmqError as error:
+                failure = error
+                violation = self._violation_of(self._last_connection)
+                violations = violations + 1 if violation else 0
+                if violation and (not first.done() or violations >= _MAX_VIOLATIONS):
+                    failure = self._violation_error(violation, violations)
                 if not first.done():
-                    first.set_exception(exc)
+                    first.set_exception(failure)
                     return
-                if not isinstance(exc, TransportError):
-                    self._fail(exc)  # refused: trying again will not help
+                if not isinstance(failure, TransportError) or isinstance(failure, ProtocolViolationError):
+                    self._fail(failure)  # refused, or broken: trying again will not help
                     return
                 attempt += 1
-                _LOGGER.warning("%s (attempt %d; trying again)", exc, attempt)
+                _LOGGER.warning("%s (attempt %d; trying again)", failure, attempt)
                 await self._back_off(attempt)
                 continue
             if first.done():
@@ -370,11 +424,20 @@ class MqttSubscriber:
             await connection.closed
             self._live = None
             self._ledger.connection_closed()
+            self._bytes_in = self._bytes_out  # what was queued is the broker's again
             self._paused = False
             if self._closing or self._failure is not None:
                 return
-            if time.monotonic() - connection.opened_at >= _STABLE_AFTER:
-                attempt = 0
+            violation = self._violation_of(connection)
+            if violation:
+                violations += 1
+                if violations >= _MAX_VIOLATIONS:
+                    self._fail(self._violation_error(violation, violations))
+                    return
+            else:
+                violations = 0
+                if time.monotonic() - connection.opened_at >= _STABLE_AFTER:
+                    attempt = 0  # a broker that breaks the protocol never resets the back-off
             if self._wake.is_set():  # restart: at once
                 self._wake.clear()
                 continue
@@ -390,6 +453,23 @@ class MqttSubscriber:
                 hint,
             )
             await self._back_off(attempt)
+
+    def _violation_of(self, connection: _Connection | None) -> str | None:
+        if connection is None or connection.violation is None:
+            return None
+        with self._stats_lock:
+            self._stats.protocol_violations += 1
+        return connection.violation
+
+    def _violation_error(self, violation: str, times: int) -> ProtocolViolationError:
+        where = "on its first connection" if times == 1 else f"on {times} connections in a row"
+        hint = ""
+        if "(max_packet_size)" in violation:
+            hint = "; to read messages that large, raise max_packet_size"
+        return ProtocolViolationError(
+            f"MQTT reader {self.settings.client_id}: the broker at {self._host}:{self._port} broke the MQTT "
+            f"protocol {where}: {violation}; reconnecting does not cure that{hint}"
+        )
 
     async def _back_off(self, attempt: int) -> None:
         delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS)) - 1]
@@ -426,12 +506,20 @@ class MqttSubscriber:
         self._live = connection
         try:
             await self._handshake(connection)
+            if connection.closed.done():  # ended in the read that brought the last answer
+                raise TransportError(
+                    f"MQTT reader {settings.client_id}: the connection to {self._host}:{self._port} ended "
+                    f"right after the handshake ({connection.lost_because})"
+                )
         except BaseException:
             connection.abort("handshake failed")
             if self._live is connection:
                 self._live = None
                 self._ledger.connection_closed()
+                self._bytes_in = self._bytes_out
             raise
+        finally:
+            self._last_connection = connection
         return connection
 
     async def _handshake(self, connection: _Connection) -> None:
@@ -444,6 +532,7 @@ class MqttSubscriber:
                 Prop.SESSION_EXPIRY_INTERVAL: settings.session_expiry_interval,
                 Prop.RECEIVE_MAXIMUM: settings.receive_maximum,
                 Prop.TOPIC_ALIAS_MAXIMUM: _TOPIC_ALIAS_MAXIMUM,
+                Prop.MAXIMUM_PACKET_SIZE: settings.max_packet_size,
             }
         password = self.connection.password.resolve() if self.connection.password is not None else None
         connection.write(
@@ -461,6 +550,10 @@ class MqttSubscriber:
         connack = await self._answer(connection, connection.connack, "CONNACK", counting_silence=False)
         if connack.reason_code:
             raise self._refusal(connack)
+        for prop, name in _NEVER_ZERO:
+            if connack.properties.get(prop) == 0:
+                connection.broke_protocol(f"a CONNACK with {name} 0")
+                raise TransportError(f"MQTT reader {settings.client_id}: the broker sent a CONNACK with {name} 0")
         self._note_connack(connection, connack)
         if level == 5 or not connack.session_present:
             # Retain handling 1: retained messages only for a new subscription, not on every
@@ -551,7 +644,10 @@ class MqttSubscriber:
         assigned = connack.properties.get(Prop.ASSIGNED_CLIENT_IDENTIFIER)
         if assigned is not None and assigned != settings.client_id:
             _LOGGER.warning("MQTT reader %s: the broker assigned client id %r instead", settings.client_id, assigned)
-        self._keepalive = connack.properties.get(Prop.SERVER_KEEP_ALIVE, settings.keepalive)
+        # Server Keep Alive 0 turns the broker's keep-alive off, not ours: the reader still pings
+        # at its own interval and gives up on a silent broker (MQTT 5 section 3.12.4 allows a
+        # PINGREQ at any time).
+        self._keepalive = connack.properties.get(Prop.SERVER_KEEP_ALIVE) or settings.keepalive
         self._loop.create_task(self._keep_alive(connection))
 
     def _refusal(self, packet: codec.ConnAck) -> TdmqError:
@@ -576,9 +672,17 @@ class MqttSubscriber:
         kind = first >> 4
         level = self.settings.protocol_level
         if kind == PacketType.PUBLISH:
-            self._ledger.receive(codec.decode_publish(first, body, level), self._last_received, self._clock())
+            packet = codec.decode_publish(first, body, level)
+            delivery = self._ledger.receive(packet, self._last_received, self._clock(), expected=self._expected)
+            if delivery is None:
+                return
+            self._bytes_in += len(packet.payload)
             self._arrived.set()
-            if self._ledger.ready >= _PAUSE_AT and not self._paused and connection.transport is not None:
+            if (
+                (self._ledger.ready >= _PAUSE_AT or self._queued_bytes() >= _PAUSE_AT_BYTES)
+                and not self._paused
+                and connection.transport is not None
+            ):
                 self._paused = True
                 connection.transport.pause_reading()
         elif kind == PacketType.PUBREL:
@@ -591,6 +695,28 @@ class MqttSubscriber:
         elif kind == PacketType.DISCONNECT:
             self._on_disconnect(connection, codec.decode_disconnect(body, level))
         # PINGRESP, and anything else a broker may send a subscriber, needs no answer.
+
+    def _expected(self, topic: str) -> bool:
+        """Whether a filter of the session matches ``topic``. A persistent session may keep
+        subscriptions of an earlier run with other topics; their messages are acknowledged with
+        the next ones handed out, never handed out."""
+        known = self._topic_ok.get(topic)
+        if known is None:
+            if len(self._topic_ok) >= 10_000:
+                self._topic_ok.clear()
+            known = self._topic_ok[topic] = any(topic_matches(f, topic) for f in self._filters)
+            if not known:
+                _LOGGER.warning(
+                    "MQTT reader %s: the broker sent a message on %r, which none of the read's topic filters "
+                    "matches (a subscription an earlier run with this client id left in the session?): "
+                    "acknowledged, not read",
+                    self.settings.client_id,
+                    topic,
+                )
+        if not known:
+            with self._stats_lock:
+                self._stats.unexpected_topics += 1
+        return known
 
     def _on_disconnect(self, connection: _Connection, disconnect: codec.Disconnect) -> None:
         reason = disconnect.properties.get(Prop.REASON_STRING)
@@ -646,6 +772,7 @@ class MqttSubscriber:
             live.abort("restarted for redelivery")
             self._live = None
             self._ledger.connection_closed()
+            self._bytes_in = self._bytes_out
             self._paused = False
 
     async def _close(self, timeout: float, end_session: bool) -> None:
@@ -682,6 +809,12 @@ class MqttSubscriber:
             )
         if self._owner_task is not None and not self._owner_task.done():
             self._owner_task.cancel()
+
+
+def _plain_filter(topic_filter: str) -> str:
+    """The topic filter a subscription matches, without its ``$share/{group}/``."""
+    shared = split_shared(topic_filter)
+    return topic_filter if shared is None else shared[1]
 
 
 def _settle(future: asyncio.Future, value: object) -> None:

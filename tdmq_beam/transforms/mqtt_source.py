@@ -62,6 +62,7 @@ class ReadSpec:
     session_expiry_interval: int
     keepalive: int
     receive_maximum: int
+    max_packet_size: int
     max_records: int | None
     max_read_time: float | None
     timestamp_fn: Callable[[ReceivedMessage], Any] | None
@@ -81,6 +82,7 @@ class ReadSpec:
             session_expiry_interval=self.session_expiry_interval,
             keepalive=self.keepalive,
             receive_maximum=self.receive_maximum,
+            max_packet_size=self.max_packet_size,
         )
 
     def records_for(self, index: int) -> int | None:
@@ -189,6 +191,8 @@ class _MqttReader(UnboundedReader):
         self._reconnects = Metrics.counter(METRICS_NAMESPACE, "reconnects")
         self._reconnect_attempts = Metrics.counter(METRICS_NAMESPACE, "reconnect_attempts")
         self._sessions_lost = Metrics.counter(METRICS_NAMESPACE, "sessions_lost")
+        self._unexpected_topics = Metrics.counter(METRICS_NAMESPACE, "unexpected_topics")
+        self._protocol_violations = Metrics.counter(METRICS_NAMESPACE, "protocol_violations")
         self._ack_delay = Metrics.distribution(METRICS_NAMESPACE, "ack_delay_ms")
         self._backlog: SubscriptionBacklog | None = None
         self._backlog_messages = Metrics.gauge(METRICS_NAMESPACE, "backlog_messages")
@@ -243,6 +247,8 @@ class _MqttReader(UnboundedReader):
             (self._reconnects, stats.reconnects),
             (self._reconnect_attempts, stats.reconnect_attempts),
             (self._sessions_lost, stats.sessions_lost),
+            (self._unexpected_topics, stats.unexpected_topics),
+            (self._protocol_violations, stats.protocol_violations),
         ):
             if value:
                 counter.inc(value)

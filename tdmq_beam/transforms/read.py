@@ -29,10 +29,11 @@ from tdmq_beam.option_checks import (
     positive_int,
 )
 from tdmq_beam.records.received_message import ReceivedMessage
-from tdmq_beam.rules.limits import MAX_UINT32
+from tdmq_beam.rules.limits import MAX_PACKET_SIZE, MAX_UINT32
 from tdmq_beam.service.backlog_watch import BacklogSettings
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.subscriber import DEFAULT_MAX_PACKET_SIZE
 from tdmq_beam.transforms.deduplicate import DeduplicateMessages
 from tdmq_beam.transforms.mqtt_source import IDLE_WAIT, MqttSource, ReadSpec
 from tdmq_beam.transforms.sized_read import ReadSizedUnboundedSource
@@ -91,6 +92,13 @@ class ReadFromTdmqMqtt(beam.PTransform):
         keepalive: MQTT keep-alive seconds. Defaults to 60.
         receive_maximum: unacknowledged messages the broker may send each reader
             (MQTT 5). Defaults to 65535, so bundles, not the window, pace the read.
+        max_packet_size: the largest MQTT packet (a message with its topic and
+            properties) a reader takes, in bytes, sent to the broker as Maximum Packet
+            Size (MQTT 5): a broker then discards a larger message for the reader, as
+            the standard says, rather than send it; a broker that sends one anyway
+            (MQTT 3.1.1 has no such limit to send) breaks the read with an error that
+            names this option. Defaults to 16 MiB. A reader's queue is bounded in bytes
+            too (64 MiB), beside its bundles.
         max_records_per_bundle: a bundle ends after this many messages. Defaults to 10000.
         max_bundle_time: a bundle ends after this many seconds. Defaults to 1.
         end_sessions: when a bounded read (``max_records``, ``max_read_time``) ends,
@@ -134,6 +142,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
         idempotency_property: str = "idempotency-key",
         keepalive: int = 60,
         receive_maximum: int = 65535,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_records_per_bundle: int = 10000,
         max_bundle_time: float = 1.0,
         end_sessions: bool = False,
@@ -174,6 +183,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
         non_empty_text("idempotency_property", idempotency_property)
         int_in_range("keepalive", keepalive, 1, 65535, unit=" seconds")
         int_in_range("receive_maximum", receive_maximum, 1, 65535)
+        int_in_range("max_packet_size", max_packet_size, 1024, MAX_PACKET_SIZE, unit=" bytes")
         positive_int("max_records_per_bundle", max_records_per_bundle)
         positive("max_bundle_time", max_bundle_time, unit=" seconds")
         flag("end_sessions", end_sessions)
@@ -198,6 +208,7 @@ class ReadFromTdmqMqtt(beam.PTransform):
             session_expiry_interval=session_expiry_interval,
             keepalive=keepalive,
             receive_maximum=receive_maximum,
+            max_packet_size=max_packet_size,
             max_records=max_records,
             max_read_time=max_read_time,
             timestamp_fn=timestamp_fn,
