@@ -14,13 +14,11 @@ Last line: ``RESULT enrich_throughput speedup_vs_enrichment=S calls=C distinct_c
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
 import sys
 import time
-import urllib.request
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -28,7 +26,7 @@ from apache_beam.transforms.enrichment import Enrichment
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from servers import CLIENT_CPU, emulator_server, pin
+from servers import CLIENT_CPU, emulator_server, emulator_stats, pin
 
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqClientStatusHandler, TdmqConnection
 from tdmq_beam.testing import SimulatedClients
@@ -46,8 +44,7 @@ def _events(_: bytes, n: int, ids: list[str], as_rows: bool):
 
 
 def _calls(http_url: str) -> int:
-    with urllib.request.urlopen(f"{http_url}/emulator/stats", timeout=10) as response:
-        requests = json.load(response)["requests"]
+    requests = emulator_stats(http_url)["requests"]
     return sum(sum(counts.values()) for api, counts in requests.items() if api == "status" or api.startswith("cloud:"))
 
 

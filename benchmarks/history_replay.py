@@ -33,7 +33,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from typing import Any
 
 import apache_beam as beam
@@ -44,7 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, os.path.dirname(__file__))
 
 from read_throughput import _cpu, _session_expiry  # this process's CPU; a persistent session's CONNECT
-from servers import CLIENT_CPU, emulator_server, pin
+from servers import CLIENT_CPU, emulator_server, emulator_stats, pin
 
 from tdmq_beam import (
     CloudApiConfig,
@@ -61,8 +60,7 @@ READER = "replay-bench"
 
 
 def _cloud_calls(http_url: str) -> dict[str, int]:
-    with urllib.request.urlopen(f"{http_url}/emulator/stats", timeout=10) as response:
-        requests = json.load(response)["requests"]
+    requests = emulator_stats(http_url)["requests"]
     return {name.split(":", 1)[1]: sum(codes.values()) for name, codes in requests.items() if name.startswith("cloud:")}
 
 

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,7 +58,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
 
 from brokers import Mosquitto  # the tests' mosquitto: its own config, port and directory
-from servers import CLIENT_CPU, SERVER_CPU, emulator_server, pin
+from servers import CLIENT_CPU, SERVER_CPU, emulator_server, emulator_stats, pin
 
 from tdmq_beam import ReadFromTdmqMqtt, TdmqConnection
 
@@ -90,8 +89,7 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def _connected(http_url: str) -> int:
-    with urllib.request.urlopen(f"{http_url}/emulator/stats", timeout=10) as response:
-        return json.load(response)["clients"]["connected"]
+    return emulator_stats(http_url)["clients"]["connected"]
 
 
 def _wait_connected(http_url: str, count: int, timeout: float = 60.0) -> None:

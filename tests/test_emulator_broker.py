@@ -424,3 +424,36 @@ def test_packets_over_the_maximum_size_are_refused(unique):
         assert raw.read().type == 2
         raw.send(packet(0x30, b"\x00\x01a" + b"x" * 2000))
         assert raw.closed_by_server(timeout=5)
+
+
+def test_a_session_belongs_to_its_user(unique):
+    """Another user can neither resume a session (and read what it holds), take over its live
+    connection, nor end it with a clean start; its own user can."""
+    acl = Acl.from_json({"rules": [{"user": "intruder", "action": "subscribe", "topic": "secret/#",
+                                    "permission": "deny"}]})  # fmt: skip
+    with TdmqEmulator(users={"user0": "secret0", "intruder": "pw"}, acl=acl) as emu:
+        for protocol in PROTOCOLS:
+            victim_id = unique("victim")
+            victim = PahoClient(emu.mqtt_port, victim_id, protocol=protocol, clean=False, session_expiry=600)
+            victim.connect()
+            victim.subscribe("secret/#", 1)
+            for clean in (False, True):  # taking over the live connection, resuming or ending the session
+                intruder = PahoClient(emu.mqtt_port, victim_id, protocol=protocol, username="intruder",
+                                      password="pw", clean=clean, session_expiry=600)  # fmt: skip
+                _flags, rc, _props = intruder.connect()
+                assert rc.is_failure and rc.value in (0x87, 5), rc  # Not authorized (MQTT 5 / 3.1.1)
+                intruder.drop()
+            victim.disconnect()
+            publisher = PahoClient(emu.mqtt_port, unique("pub"), protocol=5)
+            publisher.connect()
+            publisher.publish("secret/plan", b"for the victim only", qos=1)
+            publisher.disconnect()
+            intruder = PahoClient(emu.mqtt_port, victim_id, protocol=protocol, username="intruder", password="pw",
+                                  clean=False, session_expiry=600)  # fmt: skip
+            assert intruder.connect()[1].is_failure
+            assert intruder.nothing_more()
+            intruder.drop()
+            back = PahoClient(emu.mqtt_port, victim_id, protocol=protocol, clean=False, session_expiry=600)
+            assert not back.connect()[1].is_failure
+            assert [m.payload for m in back.receive(1)] == [b"for the victim only"]  # still the victim's
+            back.disconnect()

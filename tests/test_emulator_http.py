@@ -358,5 +358,10 @@ def test_stats_endpoint(emulator, paho, unique):
     after = json.loads(request(emulator, "GET", "/emulator/stats")[2])
     assert after["requests"]["status"]["200"] == before["requests"].get("status", {}).get("200", 0) + 1
     assert after["clients"]["connected"] >= 1
+    # The stats name clients: for the emulator's users only.
+    connection = http.client.HTTPConnection(emulator.host, emulator.http_port, timeout=10)
+    connection.request("GET", "/emulator/stats")
+    assert connection.getresponse().status == 401
+    connection.close()
     assert set(after["messages"]) >= {"messages_received", "messages_delivered"}
     client.disconnect()

@@ -52,7 +52,9 @@ def test_deep_nesting_is_a_value_error_naming_the_limit():
     assert nesting_depth([1, [2, {"x": []}]]) == 4 and nesting_depth(3) == 0
 
 
-def test_hostile_lines_become_dead_letters_and_the_good_ones_are_published(emulator, paho, tmp_path, monkeypatch):
+def test_hostile_lines_become_dead_letters_and_the_good_ones_are_published(
+    emulator, paho, tmp_path, monkeypatch, capsys
+):
     good = backfill.generate_commands(3, 3, 0, seed=11)
     deep = {**good[0], "command_id": "deep", "params": _nested(900)}
     lines = [
@@ -62,6 +64,8 @@ def test_hostile_lines_become_dead_letters_and_the_good_ones_are_published(emula
         json.dumps(deep),  # line 4
         json.dumps({**good[2], "params": {"blob": "x" * 3_000_000}}),  # line 5: 3 MB
         json.dumps(good[2]),
+        json.dumps({**good[1], "command_id": "wild", "device_id": "dev#1"}),  # line 7: not a topic
+        json.dumps({**good[1], "command_id": "big", "params": {"blob": "y" * 1_200_000}}),  # 8: over 1 MiB: not sent
     ]
     source = tmp_path / "commands.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -71,20 +75,22 @@ def test_hostile_lines_become_dead_letters_and_the_good_ones_are_published(emula
     subscriber.subscribe("#", 1)
     argv = [
         "--input", str(source), "--output", str(output), "--endpoint", emulator.http_url, "--quiet",
-        "--username", emulator.username, "--password-env", "HOSTILE_TEST_PASSWORD", "--max-line-bytes", "1000000",
+        "--username", emulator.username, "--password-env", "HOSTILE_TEST_PASSWORD", "--max-line-bytes", "2000000",
     ]  # fmt: skip
     assert backfill.main(argv) == EXIT_RECORDS_FAILED
+    assert re.search(r"^retried:\s+0$", capsys.readouterr().out, re.M)  # a record refused before sending: no attempt
     received = subscriber.receive(3)
     assert sorted(json.loads(m.payload)["command_id"] for m in received) == sorted(c["command_id"] for c in good)
     failed = [json.loads(line) for name in glob.glob(f"{output}-failed*.jsonl") for line in open(name)]
     reasons = sorted(record["reason"] for record in failed)
-    assert len(reasons) == 3, reasons
+    assert len(reasons) == 5, reasons
     assert reasons[0].startswith("commands.jsonl line 2: not valid JSON (nested deeper than the limit of 64")
     assert reasons[1].startswith("commands.jsonl line 4: not valid JSON (nested 901 levels deep")
-    assert re.match(r"commands.jsonl line 5: a line of 3\d{6} bytes, over the limit of 1000000", reasons[2])
+    assert re.match(r"commands.jsonl line 5: a line of 3\d{6} bytes, over the limit of 2000000", reasons[2])
+    assert "dev#1" in reasons[3] and reasons[4].startswith("payload is 1200")
     overlong = next(record for record in failed if "line 5:" in record["reason"])
     assert len(json.dumps(overlong)) < 2000  # its first bytes, not the whole line
-    assert all(len(json.dumps(record)) < 1_100_000 for record in failed)  # none over the line limit
+    assert all(len(json.dumps(record)) < 2_100_000 for record in failed)  # none over the line limit
 
 
 def test_a_poison_payload_is_a_failed_row_and_acknowledged(emulator, paho, unique, tmp_path):

@@ -120,3 +120,31 @@ def test_every_error_path_keeps_secrets_out(caplog):
         for where, text in every_formatting(error):
             assert_clean(text, f"{type(error).__name__} {where}")
     assert_clean(caplog.text, "logs")
+
+
+def test_a_password_in_clear_to_another_host_is_warned_of_once_without_the_password(caplog):
+    from tdmq_beam.hosts import is_loopback
+
+    secret = "clear-text-" + "pw" * 8
+    with caplog.at_level(logging.WARNING, logger="tdmq_beam.service.connection"):
+        TdmqConnection(
+            "http://10.20.30.40:8080", username="u", password=secret, mqtt_endpoint="mqtt://10.20.30.40:1883"
+        )
+        TdmqConnection("http://10.20.30.40:8080", username="u", password=secret)  # already warned of
+        TdmqConnection("https://10.20.30.41", username="u", password=secret, mqtt_endpoint="mqtts://10.20.30.41")
+        TdmqConnection("http://127.0.0.1:8080", username="u", password=secret, mqtt_endpoint="mqtt://localhost:1")
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert "10.20.30.40 goes over the network in clear (http): use https://" in warnings[0]
+    assert "(mqtt): use mqtts://" in warnings[1]
+    assert secret not in caplog.text
+    assert all(map(is_loopback, ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost", "a.localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "10.0.0.1", "example.com", "localhost.example.com", ""]))
+
+
+def test_the_emulator_knows_when_it_runs_with_published_credentials():
+    from tdmq_beam.emulator.config import EmulatorConfig
+
+    assert EmulatorConfig().has_default_credentials()
+    assert EmulatorConfig(users={"ops": "long-random"}).has_default_credentials()  # the cloud secret is the default
+    assert not EmulatorConfig(users={"ops": "long-random"}, secret_key="another").has_default_credentials()

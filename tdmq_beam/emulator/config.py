@@ -275,6 +275,11 @@ class EmulatorConfig:
             raise ConfigurationError(f"event_loss must be within 0..1, got {self.event_loss!r}")
         non_negative("event_delay", self.event_delay, unit=" seconds")
 
+    def has_default_credentials(self) -> bool:
+        """Whether a user's password or the cloud secret is the published default."""
+        defaults = set(DEFAULT_USERS.items())
+        return bool(defaults & set(self.users.items())) or self.secret_key == DEFAULT_SECRET_KEY
+
     def check_password(self, username: str | None, password: str | bytes | None) -> bool:
         if username is None or username not in self.users:
             return False

@@ -245,6 +245,14 @@ class DataPlaneApi:
             raise _Denied(_error(401, "bad username or password", headers=_UNAUTHORIZED_HEADERS))
         return username, common_name
 
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The 401 for a request without a user's credentials, or None when it has them."""
+        try:
+            self._identify(request)
+        except _Denied as denied:
+            return denied.response
+        return None
+
     def _admit(self, username: str, client_id: str | None, *, connect_denied_status: int) -> None:
         """The CONNECT permission and the instance quota; raises `_Denied`."""
         if not self.config.acl.allows(username, "connect", client_id=client_id):

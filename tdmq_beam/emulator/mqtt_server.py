@@ -295,6 +295,12 @@ class MqttConnection(asyncio.Protocol):
                 connack_props[Prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
         if not config.acl.allows(username, "connect", client_id=client_id):
             return self._refuse(_NOT_AUTHORIZED, f"user {username!r} lacks CONNECT permission")
+        existing = self.broker.sessions.get(client_id)
+        if existing is not None and existing.username != username:
+            # A session belongs to the user who made it, live or not: another user may neither
+            # resume it (and read what it holds), take over its connection, nor end it with a
+            # clean start, until it expires.
+            return self._refuse(_NOT_AUTHORIZED, f"client id {client_id!r} is another user's session")
 
         keepalive = packet.keepalive
         if self.level == 5:

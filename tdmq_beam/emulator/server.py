@@ -14,6 +14,7 @@ from tdmq_beam.emulator.cloud_api import CloudApi
 from tdmq_beam.emulator.config import EmulatorConfig
 from tdmq_beam.emulator.http_api import DataPlaneApi
 from tdmq_beam.emulator.mqtt_server import MqttConnection
+from tdmq_beam.hosts import is_loopback
 from tdmq_beam.mqtt.codec import ReasonCode
 
 __all__ = ["WEBSOCKET_PATH", "Emulator"]
@@ -105,6 +106,12 @@ class Emulator:
             if config.wss_port is not None:
                 self.wss_port = await self._serve_http(ws_app, config.wss_port, tls)
         _LOGGER.info("emulator serving %s", " ".join(self.urls().values()))
+        if not is_loopback(config.host) and config.has_default_credentials():
+            _LOGGER.warning(
+                "the emulator listens on %s with its default, published credentials: anyone who reaches it can "
+                "use it; give your own users (--user NAME:PASSWORD) and cloud secret, or listen on 127.0.0.1",
+                config.host,
+            )
 
     async def _serve_mqtt(self, port: int, tls: ssl.SSLContext | None) -> int:
         broker = self.broker
@@ -165,7 +172,10 @@ class Emulator:
         return snapshot
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
+        # The stats name clients and topics: for the emulator's users only, like every other API.
+        assert self.data_plane is not None
+        refusal = self.data_plane.refusal(request)
+        return refusal if refusal is not None else web.json_response(self.stats())
 
     async def stop(self) -> None:
         for server in self._servers:

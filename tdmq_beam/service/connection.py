@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
 from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.hosts import is_loopback
 from tdmq_beam.option_checks import non_negative_int, optional, positive, positive_int
 from tdmq_beam.secret import Secret, SecretLike, as_secret
 from tdmq_beam.service.retry import RetryPolicy
@@ -122,6 +124,8 @@ class TdmqConnection:
             raise ConfigurationError("ca_cert needs an https or mqtts endpoint")
         if username is None and client_cert is None:
             raise ConfigurationError("credentials are required: username and password, or client_cert and client_key")
+        if username is not None:
+            _warn_if_in_clear(self.endpoint, self.mqtt_endpoint)
         timeout = positive("timeout", timeout, unit=" seconds")
         positive_int("max_in_flight", max_in_flight)
         tps = optional(positive, "tps", tps, unit=" requests per second, or None")
@@ -229,3 +233,22 @@ class TdmqConnection:
 
     def __hash__(self) -> int:
         return hash((self.endpoint, self.username, self.client_cert))
+
+
+_WARNED_IN_CLEAR: set[str] = set()
+
+
+def _warn_if_in_clear(*endpoints: str | None) -> None:
+    """One warning per endpoint where a password would cross the network unencrypted."""
+    for endpoint in endpoints:
+        if endpoint is None or endpoint.startswith(("https:", "mqtts:")) or endpoint in _WARNED_IN_CLEAR:
+            continue
+        host = urlsplit(endpoint).hostname or ""
+        if not is_loopback(host):
+            _WARNED_IN_CLEAR.add(endpoint)
+            logging.getLogger(__name__).warning(
+                "the password for %s goes over the network in clear (%s): use %s unless the network is yours",
+                host,
+                endpoint.split(":", 1)[0],
+                "https://" if endpoint.startswith("http:") else "mqtts://",
+            )

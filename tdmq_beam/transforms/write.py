@@ -81,7 +81,7 @@ class _PublishFn(BatchedCallsFn):
         published = sum(1 for result in results if result.error is None)
         self.counters["published"].inc(published)
         self.counters["failed"].inc(len(results) - published)
-        retried = sum(result.attempts - 1 for result in results)
+        retried = sum(max(0, result.attempts - 1) for result in results)  # 0 attempts: refused before sending
         if retried:
             self.counters["retried"].inc(retried)
         without_id = sum(1 for result in results if result.error is None and result.message_id is None)
