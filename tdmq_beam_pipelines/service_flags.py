@@ -219,6 +219,7 @@ def add_cloud_flags(parser: argparse.ArgumentParser, purpose: str = "client deta
     )
     group.add_argument("--instance-id", help="TDMQ for MQTT instance id")
     group.add_argument("--cloud-endpoint", help="cloud API endpoint (default: Tencent's hosts)")
+    group.add_argument("--cloud-ca-cert", help="CA bundle of the cloud endpoint's certificate (default: the system's)")
     group.add_argument("--cloud-api", choices=("auto", "DescribeMQTTClient", "DescribeClientList"), default="auto")
     group.add_argument("--cloud-rate", type=float, default=20.0, help="cloud API requests/s per worker process")
 
@@ -254,6 +255,7 @@ def cloud_from_flags(args: argparse.Namespace) -> CloudApiConfig | None:
         region=args.tencent_region,
         instance_id=args.instance_id,
         endpoint=args.cloud_endpoint,
+        ca_cert=args.cloud_ca_cert,
         api=args.cloud_api,
         rate=args.cloud_rate,
         retry=RetryPolicy(max_attempts=args.max_attempts),

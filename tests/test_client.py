@@ -37,6 +37,12 @@ def client(emulator):
         yield running
 
 
+UNTRUSTED = (
+    r"TLS handshake with .* failed \(.+\); the server.s certificate is not signed by a CA this machine trusts: "
+    r"give ca_cert"
+)
+
+
 # -- publish ------------------------------------------------------------------------
 
 
@@ -415,8 +421,27 @@ def test_https_with_mtls(tls_files, paho, unique):
             assert client.publish(MqttMessage("tls/y", b"basic"))
         untrusted = TdmqConnection(emu.http_url, username="user0", password="secret0", retry=RetryPolicy.none())
         with TdmqClient(untrusted) as client:
-            with pytest.raises(TransportError, match=r"(?i)certificate"):
+            with pytest.raises(
+                TransportError,
+                match=UNTRUSTED,
+            ):
                 client.publish(MqttMessage("tls/z", b"x"))
+
+
+def test_the_cloud_api_over_https_with_its_own_ca(tls_files):
+    with TdmqEmulator(tls_cert=tls_files["server"], tls_key=tls_files["server_key"]) as emu:
+        trusted = emu.cloud_config(ca_cert=tls_files["ca"])
+        assert "cloud_ca_cert" in trusted.display_data()
+        with TdmqClient(cloud=trusted) as client:
+            assert client.describe_client("nobody") is None  # answered over TLS, signed by the private CA
+        untrusted = emu.cloud_config(retry=RetryPolicy.none())
+        with TdmqClient(cloud=untrusted) as client:
+            with pytest.raises(TransportError, match=r"(?i)certificate"):
+                client.describe_client("nobody")
+        with pytest.raises(
+            ConfigurationError, match=r"cloud ca_cert /nonexistent\.pem is not a readable PEM CA bundle"
+        ):
+            TdmqClient(cloud=emu.cloud_config(ca_cert="/nonexistent.pem"))
 
 
 def test_unreadable_certificate_files_fail_clearly(tls_files, tmp_path):

@@ -457,3 +457,79 @@ def test_a_session_belongs_to_its_user(unique):
             assert not back.connect()[1].is_failure
             assert [m.payload for m in back.receive(1)] == [b"for the victim only"]  # still the victim's
             back.disconnect()
+
+
+# -- bounds: connections, session lifetime, retained bytes, slow subscribers -----------------
+
+
+def test_connections_past_the_limit_are_refused_but_a_takeover_is_not(unique):
+    with TdmqEmulator(max_connections=2) as emu:
+        first = PahoClient(emu.mqtt_port, unique("a"))
+        first.connect()
+        second = PahoClient(emu.mqtt_port, unique("b"), protocol=4)
+        second.connect()
+        for protocol, name in ((5, "Quota exceeded"), (4, "Server unavailable")):  # 3.1.1: return code 3
+            third = PahoClient(emu.mqtt_port, unique("c"), protocol=protocol)
+            rc = third.connect()[1]
+            assert rc.is_failure and rc.getName() == name, rc
+            third.drop()
+        again = PahoClient(emu.mqtt_port, first.client._client_id.decode())  # takes the first's place
+        assert not again.connect()[1].is_failure
+        again.disconnect()
+        second.disconnect()
+
+
+def test_sessions_expire_after_the_cap_mqtt_3_1_1_ones_too(unique):
+    with TdmqEmulator(max_session_expiry=1) as emu:
+        v5_id, v3_id = unique("v5"), unique("v3")
+        v5 = PahoClient(emu.mqtt_port, v5_id, clean=False, session_expiry=600)
+        _flags, rc, props = v5.connect()
+        assert not rc.is_failure and props.SessionExpiryInterval == 1  # told in CONNACK
+        v3 = PahoClient(emu.mqtt_port, v3_id, protocol=4, clean=False)
+        v3.connect()
+        v5.disconnect()
+        v3.disconnect()
+        time.sleep(0.3)
+        assert emu.session_state(v3_id) is not None
+        deadline = time.monotonic() + 5
+        while (emu.session_state(v5_id) or emu.session_state(v3_id)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert emu.session_state(v5_id) is None and emu.session_state(v3_id) is None
+
+
+def test_retained_messages_are_bounded_in_bytes(unique):
+    with TdmqEmulator(max_retained_bytes=10) as emu:
+        publisher = PahoClient(emu.mqtt_port, unique("p"))
+        publisher.connect()
+        publisher.publish("keep/a", b"12345678", qos=1, retain=True)
+        publisher.publish("keep/b", b"abcdefgh", qos=1, retain=True)  # would pass 10 bytes: not retained
+        publisher.publish("keep/a", b"123", qos=1, retain=True)  # replaces a: 3 bytes now
+        publisher.publish("keep/c", b"xyz", qos=1, retain=True)
+        subscriber = PahoClient(emu.mqtt_port, unique("s"))
+        subscriber.connect()
+        subscriber.subscribe("keep/#", 1)
+        got = sorted((m.topic, m.payload) for m in subscriber.receive(2))
+        assert got == [("keep/a", b"123"), ("keep/c", b"xyz")] and subscriber.nothing_more()
+        assert emu.stats()["messages"]["retained_refused_full"] == 1
+        publisher.disconnect()
+        subscriber.disconnect()
+
+
+def test_a_subscriber_that_does_not_read_cannot_grow_the_brokers_memory(unique):
+    with TdmqEmulator(max_write_buffer=256 * 1024) as emu:
+        stalled = RawClient(emu.mqtt_port)  # subscribes, then never reads
+        stalled.send(connect_packet(unique("stalled")))
+        assert stalled.read().type == 2
+        stalled.send(subscribe_packet(1, "flood/#", 0))
+        assert stalled.read().type == 9
+        publisher = PahoClient(emu.mqtt_port, unique("p"))
+        publisher.connect()
+        kilobytes = b"k" * 16 * 1024
+        for i in range(1500):  # 24 MiB at QoS 0: far more than the socket buffers hold
+            publisher.publish(f"flood/{i}", kilobytes, qos=0)
+        deadline = time.monotonic() + 20
+        while emu.stats()["messages"]["messages_dropped_slow_subscriber"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert emu.stats()["messages"]["messages_dropped_slow_subscriber"] > 0
+        publisher.disconnect()
+        stalled.close()

@@ -78,6 +78,7 @@ def cloud_from_config(
     tencent_region: str | None = None,
     instance_id: str | None = None,
     cloud_endpoint: str | None = None,
+    cloud_ca_cert: str | None = None,
     cloud_rate: float = 20.0,
     max_attempts: int = 5,
 ) -> CloudApiConfig | None:
@@ -97,6 +98,7 @@ def cloud_from_config(
         region=tencent_region,
         instance_id=instance_id,
         endpoint=cloud_endpoint,
+        ca_cert=cloud_ca_cert,
         rate=cloud_rate,
         retry=RetryPolicy(max_attempts=max_attempts),
     )

@@ -90,6 +90,7 @@ _CLOUD_KEYS: tuple[tuple[str, Any, Any, str], ...] = (
     ("tencent_region", Optional[str], None, "the cloud API region, e.g. ap-guangzhou."),  # noqa: UP045
     ("instance_id", Optional[str], None, "the TDMQ for MQTT instance id."),  # noqa: UP045
     ("cloud_endpoint", Optional[str], None, "cloud API endpoint. Default: Tencent's hosts."),  # noqa: UP045
+    ("cloud_ca_cert", Optional[str], None, "CA bundle of the cloud endpoint's certificate. Default: the system's."),  # noqa: UP045
     ("cloud_rate", float, 20.0, "cloud API requests per second per worker process, per action. Default: 20."),
     ("max_attempts", int, 5, "attempts per call, the first included. Default: 5."),
 )

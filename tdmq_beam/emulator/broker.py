@@ -48,6 +48,7 @@ class Broker:
         self.loop = loop
         self.sessions: dict[str, Session] = {}
         self.retained: dict[str, Message] = {}
+        self.retained_bytes = 0  # payload bytes of the retained messages
         self.store = MessageStore(config.stored_messages, config.stored_message_age)
         self.tree = SubscriptionTree()
         self.node = ""  # "ip:port" of the MQTT listener, set when it is bound
@@ -61,6 +62,8 @@ class Broker:
             "messages_dropped_queue_full": 0,
             "messages_dropped_too_large": 0,
             "messages_dropped_no_subscriber": 0,
+            "messages_dropped_slow_subscriber": 0,
+            "retained_refused_full": 0,
         }
 
     # -- sessions -------------------------------------------------------------
@@ -234,10 +237,7 @@ class Broker:
         self.counters["events_published" if event else "messages_received"] += 1
         message_id = self.store.new_id() if event else self.store.add(message, now_ms())
         if message.retain:
-            if message.payload and not message.immediate:
-                self.retained[message.topic] = message
-            else:
-                self.retained.pop(message.topic, None)
+            self._retain(message)
         matches, groups = self.tree.match(message.topic, message.publisher)
         sessions = self.sessions
         for client_id, match in matches.items():
@@ -248,12 +248,36 @@ class Broker:
             self._dispatch_shared(group, message)
         return message_id
 
+    def _retain(self, message: Message) -> None:
+        """Keeps (or, with an empty payload, clears) the topic's retained message, within
+        ``max_retained_bytes`` in all: past it a new one is delivered, not retained."""
+        old = self.retained.pop(message.topic, None)
+        if old is not None:
+            self.retained_bytes -= len(old.payload)
+        if not message.payload or message.immediate:
+            return
+        if self.retained_bytes + len(message.payload) > self.config.max_retained_bytes:
+            self.counters["retained_refused_full"] += 1
+            return
+        self.retained[message.topic] = message
+        self.retained_bytes += len(message.payload)
+
+    def _send_qos0(self, session: Session, delivery: Delivery) -> None:
+        """A QoS 0 message for a connected session, unless its connection is already that far behind:
+        QoS 0 has no window, so a slow subscriber would otherwise grow the broker's write buffer."""
+        connection = session.connection
+        assert connection is not None
+        if connection.buffered_bytes() > self.config.max_write_buffer:
+            self.counters["messages_dropped_slow_subscriber"] += 1
+            return
+        self._send_publish(session, delivery, 0, False)
+
     def _deliver(self, session: Session, message: Message, match: Match) -> None:
         qos = min(message.qos, match.qos)
         delivery = Delivery(message, qos, message.retain and match.retain_as_published, match.identifiers)
         if qos == 0:
             if session.connection is not None:
-                self._send_publish(session, delivery, 0, False)
+                self._send_qos0(session, delivery)
             return
         if message.immediate:
             if session.has_room():
@@ -418,7 +442,7 @@ class Broker:
         identifiers = [subscription.identifier] if subscription.identifier else []
         delivery = Delivery(message, qos, message.retain and subscription.retain_as_published, identifiers, group)
         if qos == 0:
-            self._send_publish(session, delivery, 0, False)
+            self._send_qos0(session, delivery)
         else:
             self._send_inflight(session, delivery)
 

@@ -69,6 +69,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="seconds before an unacknowledged QoS 1/2 message is resent while connected, 0 for never",
     )  # fmt: skip
     parser.add_argument("--max-subscriptions", type=int, default=30, help="topic filters per client")
+    parser.add_argument("--max-connections", type=int, default=10_000, help="MQTT connections at once")
+    parser.add_argument(
+        "--max-session-expiry", type=int, default=7 * 86400,
+        help="seconds a persistent session outlives its connection at most (MQTT 3.1.1 sessions too)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-retained-bytes", type=int, default=64 * 1024 * 1024, help="payload bytes of retained messages kept"
+    )
+    parser.add_argument(
+        "--max-write-buffer", type=int, default=8 * 1024 * 1024,
+        help="bytes buffered for one connection past which QoS 0 messages to it are dropped",
+    )  # fmt: skip
     parser.add_argument("--topic-alias-maximum", type=int, default=64, help="topic aliases a client may use")
     parser.add_argument(
         "--max-keepalive", type=int, default=0,
@@ -130,6 +142,10 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
             max_inflight=args.max_inflight,
             retry_interval=args.retry_interval,
             max_subscriptions=args.max_subscriptions,
+            max_connections=args.max_connections,
+            max_session_expiry=args.max_session_expiry,
+            max_retained_bytes=args.max_retained_bytes,
+            max_write_buffer=args.max_write_buffer,
             topic_alias_maximum=args.topic_alias_maximum,
             max_keepalive=args.max_keepalive,
             max_cloud_body=args.max_cloud_body,

@@ -191,6 +191,19 @@ class EmulatorConfig:
         max_cloud_body: largest cloud API request body, in bytes. Defaults to
             10 MiB, the limit of Tencent Cloud API 3.0.
         max_queued: messages queued per session before the oldest are dropped.
+        max_connections: MQTT connections at once; past it CONNECT is refused
+            (Quota exceeded; 3.1.1: Server unavailable), as the service refuses
+            clients past its instance's limit. Defaults to 10,000.
+        max_session_expiry: the longest a persistent session outlives its
+            connection, in seconds: an MQTT 5 client asking for more is told so
+            in CONNACK, and MQTT 3.1.1 sessions (which ask for nothing) expire
+            after it too. Defaults to 7 days.
+        max_retained_bytes: payload bytes of retained messages kept in all;
+            a retained message past it is delivered but not retained. Defaults to 64 MiB.
+        max_write_buffer: bytes waiting to be written to one connection past
+            which QoS 0 messages for it are dropped (a slow subscriber cannot
+            grow the broker's memory; QoS 1/2 wait in its window and queue).
+            Defaults to 8 MiB.
         stored_messages: accepted messages kept for the cloud API's message
             query (``DescribeMessageByTopic``, ``DescribeMessageList``,
             ``DescribeMessageDetails``); past it the oldest go. 0 keeps none.
@@ -232,6 +245,10 @@ class EmulatorConfig:
     max_payload: int = 1024 * 1024
     max_inflight: int = 16
     max_queued: int = 100_000
+    max_connections: int = 10_000
+    max_session_expiry: int = 7 * 86400
+    max_retained_bytes: int = 64 * 1024 * 1024
+    max_write_buffer: int = 8 * 1024 * 1024
     stored_messages: int = 100_000
     stored_message_age: float = 72 * 3600.0
     retry_interval: float = 120.0
@@ -269,6 +286,10 @@ class EmulatorConfig:
         int_in_range("max_packet_size", self.max_packet_size, 16, 268_435_455, unit=" bytes")
         non_negative_int("max_payload", self.max_payload)
         positive_int("max_queued", self.max_queued)
+        positive_int("max_connections", self.max_connections)
+        int_in_range("max_session_expiry", self.max_session_expiry, 1, 0xFFFFFFFE, unit=" seconds")
+        non_negative_int("max_retained_bytes", self.max_retained_bytes)
+        positive_int("max_write_buffer", self.max_write_buffer)
         non_negative_int("stored_messages", self.stored_messages)
         positive("stored_message_age", self.stored_message_age, unit=" seconds")
         if non_negative("event_loss", self.event_loss) > 1:

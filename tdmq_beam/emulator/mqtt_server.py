@@ -13,7 +13,7 @@ import logging
 
 from tdmq_beam.emulator.broker import Broker
 from tdmq_beam.emulator.message import Message
-from tdmq_beam.emulator.session import NEVER_EXPIRES, Session
+from tdmq_beam.emulator.session import Session
 from tdmq_beam.emulator.subscription_tree import Subscription
 from tdmq_beam.mqtt import codec
 from tdmq_beam.mqtt.codec import MalformedPacket, PacketTooLarge, PacketType, Prop, ProtocolError, ReasonCode
@@ -31,6 +31,7 @@ CONNECT_TIMEOUT = 10.0
 _BAD_CREDENTIALS = (ReasonCode.V3_BAD_USER_NAME_OR_PASSWORD, ReasonCode.BAD_USER_NAME_OR_PASSWORD)
 _NOT_AUTHORIZED = (ReasonCode.V3_NOT_AUTHORIZED, ReasonCode.NOT_AUTHORIZED)
 _CLIENT_ID_REJECTED = (ReasonCode.V3_IDENTIFIER_REJECTED, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+_QUOTA_EXCEEDED = (ReasonCode.V3_SERVER_UNAVAILABLE, ReasonCode.QUOTA_EXCEEDED)
 
 # What the broker offers every MQTT 5 client, announced in CONNACK.
 _AVAILABLE = {
@@ -122,6 +123,9 @@ class MqttConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.count("in", packet[0], len(packet))
         self.transport.write(packet)
+
+    def buffered_bytes(self) -> int:
+        return self.transport.get_write_buffer_size()
 
     def close(self, reason: str, reason_code: int | None = None, reason_string: str | None = None) -> None:
         """Closes the connection from the server's side; the will is published."""
@@ -296,6 +300,9 @@ class MqttConnection(asyncio.Protocol):
         if not config.acl.allows(username, "connect", client_id=client_id):
             return self._refuse(_NOT_AUTHORIZED, f"user {username!r} lacks CONNECT permission")
         existing = self.broker.sessions.get(client_id)
+        taking_over = existing is not None and existing.connection is not None
+        if not taking_over and self.broker.connected_count() >= config.max_connections:
+            return self._refuse(_QUOTA_EXCEEDED, f"the instance allows {config.max_connections} connections")
         if existing is not None and existing.username != username:
             # A session belongs to the user who made it, live or not: another user may neither
             # resume it (and read what it holds), take over its connection, nor end it with a
@@ -305,12 +312,14 @@ class MqttConnection(asyncio.Protocol):
         keepalive = packet.keepalive
         if self.level == 5:
             expiry = props.get(Prop.SESSION_EXPIRY_INTERVAL, 0)
+            if expiry > config.max_session_expiry:  # 0xFFFFFFFF (never) included
+                expiry = connack_props[Prop.SESSION_EXPIRY_INTERVAL] = config.max_session_expiry
             cap = config.max_keepalive
             if cap and (keepalive == 0 or keepalive > cap):
                 keepalive = cap
                 connack_props[Prop.SERVER_KEEP_ALIVE] = cap
         else:
-            expiry = 0 if packet.clean_start else NEVER_EXPIRES
+            expiry = 0 if packet.clean_start else config.max_session_expiry  # 3.1.1 asks for forever
         session, present = self.broker.open_session(
             self,
             client_id=client_id,

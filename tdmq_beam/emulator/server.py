@@ -199,6 +199,7 @@ class _WebSocketTransport(asyncio.Transport):
         self._ws = ws
         self._underlying = underlying
         self._outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._buffered = 0  # bytes queued for the writer task
         self._closing = False
         self._writer = asyncio.get_running_loop().create_task(self._write_frames())
 
@@ -206,6 +207,7 @@ class _WebSocketTransport(asyncio.Transport):
         try:
             while (data := await self._outgoing.get()) is not None:
                 await self._ws.send_bytes(data)
+                self._buffered -= len(data)
             await self._ws.close()
         except (ConnectionError, RuntimeError):
             pass  # the peer went away first
@@ -217,7 +219,11 @@ class _WebSocketTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._closing:
+            self._buffered += len(data)
             self._outgoing.put_nowait(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
 
     def is_closing(self) -> bool:
         return self._closing

@@ -44,6 +44,9 @@ class ClientConnection(Protocol):
     def set_keepalive(self, seconds: int) -> None:
         """Enforces a new keep-alive at once."""
 
+    def buffered_bytes(self) -> int:
+        """Bytes written and not yet sent."""
+
 
 @dataclass(slots=True)
 class Delivery:

@@ -168,7 +168,9 @@ class AsyncTdmqClient:
                 max_connections=connection.max_in_flight,
             )
         if self.cloud is not None:
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            tls = self.cloud.ssl_context()
+            connector = aiohttp.TCPConnector(ssl=tls) if tls is not None else None
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), connector=connector)
             self._cloud = CloudApiCaller(self.cloud, self._session)
         self._open = True
         return self

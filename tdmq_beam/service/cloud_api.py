@@ -14,6 +14,8 @@ import asyncio
 import functools
 import json
 import logging
+import os
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,6 +65,10 @@ class CloudApiConfig:
             worker processes to stay within it.
         timeout: seconds per request. Defaults to 10.
         retry: retry policy. Defaults to `RetryPolicy()`.
+        ca_cert: CA bundle (PEM) that signed the endpoint's certificate, for an https
+            ``endpoint`` with a private CA (a proxy, the emulator over TLS). Defaults to
+            the system's CAs. The connection's ``ca_cert`` is not used here: the two APIs
+            are different hosts.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class CloudApiConfig:
         rate: float | None = 20.0,
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        ca_cert: str | os.PathLike | None = None,
     ) -> None:
         if not isinstance(secret_id, str) or not secret_id:
             raise ConfigurationError("secret_id is required")
@@ -107,6 +114,22 @@ class CloudApiConfig:
         self.rate = rate
         self.timeout = float(timeout)
         self.retry = retry or RetryPolicy()
+        self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the cloud API calls: the system's CAs, or ``ca_cert``'s.
+
+        Raises:
+            ConfigurationError: ``ca_cert`` is missing or not a PEM bundle (naming the file).
+        """
+        if self.ca_cert is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_cert)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            problem = f"cloud ca_cert {self.ca_cert} is not a readable PEM CA bundle ({reason})"
+            raise ConfigurationError(problem) from None
 
     def url_and_host(self, action: str) -> tuple[str, str]:
         """The URL to POST to and the Host header (signed) for ``action``."""
@@ -129,6 +152,8 @@ class CloudApiConfig:
             data["cloud_endpoint"] = self.endpoint
         if self.token is not None:
             data["token"] = self.token.describe()
+        if self.ca_cert is not None:
+            data["cloud_ca_cert"] = self.ca_cert
         return data
 
     def __repr__(self) -> str:

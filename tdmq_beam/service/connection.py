@@ -9,7 +9,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from tdmq_beam.errors import ConfigurationError
+from tdmq_beam.errors import ConfigurationError, TlsError
 from tdmq_beam.hosts import is_loopback
 from tdmq_beam.option_checks import non_negative_int, optional, positive, positive_int
 from tdmq_beam.secret import Secret, SecretLike, as_secret
@@ -252,3 +252,21 @@ def _warn_if_in_clear(*endpoints: str | None) -> None:
                 endpoint.split(":", 1)[0],
                 "https://" if endpoint.startswith("http:") else "mqtts://",
             )
+
+
+def tls_failure(host: str, port: int, exc: ssl.SSLError, *, who: str = "") -> TlsError:
+    """The `TlsError` of a failed handshake, the same over HTTPS and MQTTS: what failed and what to do.
+
+    Args:
+        who: what was connecting, to start the message with (``"MQTT reader r-0: "``).
+    """
+    detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    hint = ""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if "mismatch" in detail or "hostname" in detail:
+            hint = f"; the server's certificate does not name {host}"
+        else:
+            hint = "; the server's certificate is not signed by a CA this machine trusts: give ca_cert"
+    elif exc.reason == "WRONG_VERSION_NUMBER":
+        hint = "; the server does not speak TLS on this port (http:// or mqtt:// instead?)"
+    return TlsError(f"{who}TLS handshake with {host}:{port} failed ({detail}){hint}")

@@ -25,7 +25,8 @@ from typing import NamedTuple, Protocol
 
 import httptools
 
-from tdmq_beam.errors import RequestTimeoutError, TlsError, TransportError
+from tdmq_beam.errors import RequestTimeoutError, TransportError
+from tdmq_beam.service.connection import tls_failure
 
 __all__ = ["HttpAnswer", "HttpTransport", "Transport"]
 
@@ -208,7 +209,7 @@ class HttpTransport:
         except asyncio.TimeoutError:
             raise RequestTimeoutError(f"connecting to {self._host}:{self._port} timed out") from None
         except ssl.SSLError as exc:
-            raise TlsError(f"TLS handshake with {self._host}:{self._port} failed: {exc}") from None
+            raise tls_failure(self._host, self._port, exc) from None
         except OSError as exc:
             raise TransportError(f"cannot connect to {self._host}:{self._port}: {exc.strerror or exc}") from None
         return connection

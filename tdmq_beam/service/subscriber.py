@@ -62,7 +62,7 @@ from tdmq_beam.mqtt import codec
 from tdmq_beam.mqtt.ack_ledger import AckLedger, Delivery
 from tdmq_beam.mqtt.codec import MalformedPacket, PacketTooLarge, PacketType, Prop, ReasonCode
 from tdmq_beam.mqtt.topics import split_shared, topic_matches
-from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.connection import TdmqConnection, tls_failure
 
 __all__ = ["DEFAULT_MAX_PACKET_SIZE", "Delivery", "MqttSubscriber", "SubscriberStats", "SubscriptionSettings"]
 
@@ -494,10 +494,7 @@ class MqttSubscriber:
                 settings.connect_timeout,
             )
         except ssl.SSLError as exc:
-            raise TransportError(
-                f"MQTT reader {settings.client_id}: TLS handshake with {self._host}:{self._port} "
-                f"failed ({exc.reason or exc})"
-            ) from None
+            raise tls_failure(self._host, self._port, exc, who=f"MQTT reader {settings.client_id}: ") from None
         except (OSError, asyncio.TimeoutError) as exc:
             raise TransportError(
                 f"MQTT reader {settings.client_id}: cannot connect to {self._host}:{self._port} ({_describe(exc)})"
