@@ -533,3 +533,22 @@ def test_a_subscriber_that_does_not_read_cannot_grow_the_brokers_memory(unique):
         assert emu.stats()["messages"]["messages_dropped_slow_subscriber"] > 0
         publisher.disconnect()
         stalled.close()
+
+
+def test_what_waits_for_an_absent_client_is_bounded_in_bytes(unique):
+    with TdmqEmulator(max_queued_bytes=3000) as emu:
+        client_id, topic = unique("away"), unique("q")
+        away = PahoClient(emu.mqtt_port, client_id, clean=False, session_expiry=600)
+        away.connect()
+        away.subscribe(f"{topic}/#", 1)
+        away.disconnect()
+        publisher = PahoClient(emu.mqtt_port, unique("p"))
+        publisher.connect()
+        for i in range(5):
+            publisher.publish(f"{topic}/{i}", bytes([48 + i]) * 1000, qos=1)  # 5,000 bytes for 3,000 of room
+        publisher.disconnect()
+        back = PahoClient(emu.mqtt_port, client_id, clean=False, session_expiry=600)
+        back.connect()
+        assert [m.topic for m in back.receive(3)] == [f"{topic}/{i}" for i in (2, 3, 4)] and back.nothing_more()
+        assert emu.stats()["messages"]["messages_dropped_queue_full"] == 2
+        back.disconnect()

@@ -17,6 +17,7 @@ import apache_beam as beam
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mqtt_peers import PahoClient
 from test_read import open_sessions, read
 
 from tdmq_beam import DecodeMqttMessages, ReadFromTdmqMqtt, ReceivedMessage, UserProperty
@@ -25,6 +26,7 @@ from tdmq_beam.mqtt import codec
 from tdmq_beam.records.client_event import ClientEvent
 from tdmq_beam.records.message_decoding import MessageDecoder
 from tdmq_beam.records.payload import RecordError
+from tdmq_beam.testing import TdmqEmulator
 from tdmq_beam_pipelines import backfill_device_commands as backfill
 from tdmq_beam_pipelines.command_input import _bounded_lines, _json_lines
 from tdmq_beam_pipelines.service_flags import EXIT_RECORDS_FAILED
@@ -52,9 +54,7 @@ def test_deep_nesting_is_a_value_error_naming_the_limit():
     assert nesting_depth([1, [2, {"x": []}]]) == 4 and nesting_depth(3) == 0
 
 
-def test_hostile_lines_become_dead_letters_and_the_good_ones_are_published(
-    emulator, paho, tmp_path, monkeypatch, capsys
-):
+def test_hostile_lines_become_dead_letters_and_the_good_ones_are_published(tmp_path, monkeypatch, capsys):
     good = backfill.generate_commands(3, 3, 0, seed=11)
     deep = {**good[0], "command_id": "deep", "params": _nested(900)}
     lines = [
@@ -69,17 +69,21 @@ def test_hostile_lines_become_dead_letters_and_the_good_ones_are_published(
     ]
     source = tmp_path / "commands.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    monkeypatch.setenv("HOSTILE_TEST_PASSWORD", emulator.password)
     output = tmp_path / "out" / "run"
-    subscriber = paho(protocol=5)
-    subscriber.subscribe("#", 1)
-    argv = [
-        "--input", str(source), "--output", str(output), "--endpoint", emulator.http_url, "--quiet",
-        "--username", emulator.username, "--password-env", "HOSTILE_TEST_PASSWORD", "--max-line-bytes", "2000000",
-    ]  # fmt: skip
-    assert backfill.main(argv) == EXIT_RECORDS_FAILED
+    with TdmqEmulator() as emulator:  # its own: the subscriber takes everything published
+        monkeypatch.setenv("HOSTILE_TEST_PASSWORD", emulator.password)
+        subscriber = PahoClient(emulator.mqtt_port, "hostile-watcher")
+        subscriber.connect()
+        subscriber.subscribe("#", 1)
+        argv = [
+            "--input", str(source), "--output", str(output), "--endpoint", emulator.http_url, "--quiet",
+            "--username", emulator.username, "--password-env", "HOSTILE_TEST_PASSWORD", "--max-line-bytes", "2000000",
+        ]  # fmt: skip
+        assert backfill.main(argv) == EXIT_RECORDS_FAILED
+        received = subscriber.receive(3)
+        assert subscriber.nothing_more()
+        subscriber.disconnect()
     assert re.search(r"^retried:\s+0$", capsys.readouterr().out, re.M)  # a record refused before sending: no attempt
-    received = subscriber.receive(3)
     assert sorted(json.loads(m.payload)["command_id"] for m in received) == sorted(c["command_id"] for c in good)
     failed = [json.loads(line) for name in glob.glob(f"{output}-failed*.jsonl") for line in open(name)]
     reasons = sorted(record["reason"] for record in failed)

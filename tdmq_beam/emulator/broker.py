@@ -15,10 +15,10 @@ import logging
 import math
 import random
 import uuid
-from collections import deque
 
 from tdmq_beam.emulator.config import EmulatorConfig
 from tdmq_beam.emulator.message import Message
+from tdmq_beam.emulator.message_queue import MessageQueue
 from tdmq_beam.emulator.message_store import MessageStore
 from tdmq_beam.emulator.session import (
     NEVER_EXPIRES,
@@ -289,12 +289,14 @@ class Broker:
         if session.connection is not None:
             self.drain(session)
 
-    def _enqueue(self, queue: deque, item: Delivery | Message) -> None:
-        """Appends to a session's queue or a group's backlog, dropping the oldest past ``max_queued``."""
-        if len(queue) >= self.config.max_queued:
+    def _enqueue(self, queue: MessageQueue, item: Delivery | Message) -> None:
+        """Appends to a session's queue or a group's backlog, dropping the oldest past ``max_queued``
+        messages or ``max_queued_bytes`` of payload."""
+        queue.append(item)
+        config = self.config
+        while len(queue) > 1 and (len(queue) > config.max_queued or queue.bytes > config.max_queued_bytes):
             queue.popleft()
             self.counters["messages_dropped_queue_full"] += 1
-        queue.append(item)
 
     def drain(self, session: Session) -> None:
         """Sends what waits for the session (its queue, then its shared groups' backlogs)

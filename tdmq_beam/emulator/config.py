@@ -191,6 +191,8 @@ class EmulatorConfig:
         max_cloud_body: largest cloud API request body, in bytes. Defaults to
             10 MiB, the limit of Tencent Cloud API 3.0.
         max_queued: messages queued per session before the oldest are dropped.
+        max_queued_bytes: payload bytes queued per session (and per shared group's
+            backlog) before the oldest are dropped. Defaults to 64 MiB.
         max_connections: MQTT connections at once; past it CONNECT is refused
             (Quota exceeded; 3.1.1: Server unavailable), as the service refuses
             clients past its instance's limit. Defaults to 10,000.
@@ -245,6 +247,7 @@ class EmulatorConfig:
     max_payload: int = 1024 * 1024
     max_inflight: int = 16
     max_queued: int = 100_000
+    max_queued_bytes: int = 64 * 1024 * 1024
     max_connections: int = 10_000
     max_session_expiry: int = 7 * 86400
     max_retained_bytes: int = 64 * 1024 * 1024
@@ -286,6 +289,7 @@ class EmulatorConfig:
         int_in_range("max_packet_size", self.max_packet_size, 16, 268_435_455, unit=" bytes")
         non_negative_int("max_payload", self.max_payload)
         positive_int("max_queued", self.max_queued)
+        positive_int("max_queued_bytes", self.max_queued_bytes)
         positive_int("max_connections", self.max_connections)
         int_in_range("max_session_expiry", self.max_session_expiry, 1, 0xFFFFFFFE, unit=" seconds")
         non_negative_int("max_retained_bytes", self.max_retained_bytes)

@@ -42,6 +42,10 @@ class Message:
     topic_bytes: bytes = b""
     expiry_interval: int | None = None
 
+    @property
+    def payload_size(self) -> int:
+        return len(self.payload)
+
     @classmethod
     def create(
         cls,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tdmq_beam.emulator.message import Message
+from tdmq_beam.emulator.message_queue import MessageQueue
 from tdmq_beam.emulator.subscription_tree import SharedGroup, Subscription
 from tdmq_beam.mqtt.codec import PacketType, Will
 
@@ -62,6 +62,10 @@ class Delivery:
     identifiers: list[int]
     group: SharedGroup | None = None
 
+    @property
+    def payload_size(self) -> int:
+        return len(self.message.payload)
+
 
 @dataclass(slots=True)
 class Inflight:
@@ -89,7 +93,7 @@ class Session:
     connection: ClientConnection | None = None
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     groups: list[SharedGroup] = field(default_factory=list)
-    queue: deque[Delivery] = field(default_factory=deque)
+    queue: MessageQueue[Delivery] = field(default_factory=MessageQueue)
     inflight: dict[int, Inflight] = field(default_factory=dict)
     awaiting_release: set[int] = field(default_factory=set)
     # Limits of the current connection (MQTT 5 CONNECT properties).

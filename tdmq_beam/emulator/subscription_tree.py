@@ -8,10 +8,10 @@ broker picks one member.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from tdmq_beam.emulator.message import Message
+from tdmq_beam.emulator.message_queue import MessageQueue
 
 __all__ = ["Match", "SharedGroup", "Subscription", "SubscriptionTree"]
 
@@ -63,7 +63,7 @@ class SharedGroup:
     name: str
     filter: str
     members: dict[str, Subscription] = field(default_factory=dict)
-    backlog: deque[Message] = field(default_factory=deque)
+    backlog: MessageQueue[Message] = field(default_factory=MessageQueue)
     cursor: int = 0
 
     @property
