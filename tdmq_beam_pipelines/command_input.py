@@ -166,8 +166,8 @@ def _avro_records(readable: fileio.ReadableFile, name: str) -> Iterator[_Item]:
         try:
             for position, record in enumerate(fastavro.reader(handle), 1):
                 yield _Item(f"{name} record {position}", None, record)
-        except (ValueError, EOFError, fastavro.read.SchemaResolutionError) as exc:
-            yield _Item(name, name, None, f"not a readable Avro file ({exc})")
+        except Exception as exc:  # fastavro raises whatever corrupt bytes lead it to (KeyError, struct.error, ...)
+            yield _Item(name, name, None, f"not a readable Avro file ({type(exc).__name__}: {exc})")
 
 
 class ReadCommands(beam.PTransform):

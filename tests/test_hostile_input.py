@@ -14,6 +14,7 @@ import re
 from types import SimpleNamespace
 
 import apache_beam as beam
+import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +29,7 @@ from tdmq_beam.records.message_decoding import MessageDecoder
 from tdmq_beam.records.payload import RecordError
 from tdmq_beam.testing import TdmqEmulator
 from tdmq_beam_pipelines import backfill_device_commands as backfill
-from tdmq_beam_pipelines.command_input import _bounded_lines, _json_lines
+from tdmq_beam_pipelines.command_input import _avro_records, _bounded_lines, _json_lines
 from tdmq_beam_pipelines.service_flags import EXIT_RECORDS_FAILED
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -258,3 +259,26 @@ def test_the_framer_bounds_packets_and_raises_only_malformed_packet(data, step):
                 assert size <= 128 and len(body) < size
     except codec.MalformedPacket:
         pass
+
+
+def _avro_file() -> bytes:
+    schema = json.loads((backfill.SCHEMAS / "device_command.avsc").read_text())
+    out = io.BytesIO()
+    fastavro.writer(out, fastavro.parse_schema(schema), backfill.generate_commands(20, 5, 0, seed=3))
+    return out.getvalue()
+
+
+AVRO = _avro_file()
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(AVRO) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, len(AVRO)))  # fmt: skip
+def test_a_corrupt_avro_file_is_a_dead_letter_never_an_exception(flips, cut):
+    data = bytearray(AVRO[:cut] if cut else AVRO)
+    for position, value in flips:
+        if position < len(data):
+            data[position] = value
+    readable = SimpleNamespace(open=lambda mime_type=None: io.BytesIO(bytes(data)))
+    items = list(_avro_records(readable, "f.avro"))
+    assert all(item.problem is None or item.problem.startswith("not a readable Avro file") for item in items)
