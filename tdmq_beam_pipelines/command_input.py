@@ -62,7 +62,13 @@ class _ReadFile(beam.DoFn):
     """One file's commands, each checked against the schema; what does not fit goes to ``failed``."""
 
     def __init__(
-        self, schema: dict, file_format: str, counter_namespace: str, pairs: bool, max_line_bytes: int, max_depth: int
+        self,
+        schema: dict,
+        file_format: str,
+        counter_namespace: str,
+        pairs: bool,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self._schema = schema
         self._format = file_format

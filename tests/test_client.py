@@ -299,7 +299,7 @@ def test_describe_client_connected_disconnected_and_unknown(emulator, paho, uniq
     if api == "DescribeMQTTClient":  # traffic: only the old generation reports it
         assert {item["MessageType"] for item in details.inbound["Items"]} >= {"CONNACK", "SUBACK"}
     else:
-        assert details.inbound is None and details.session_expiry_interval == 2**32 - 1  # 3.1.1, clean off: never
+        assert details.inbound is None and details.session_expiry_interval == 7 * 86400  # 3.1.1, clean off: the cap
     device.disconnect()
     time.sleep(0.2)
     offline = client.describe_client(client_id)
