@@ -12,8 +12,19 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["tdmq_beam", "tdmq_beam.*", "tdmq_beam_pipelines", "tdmq_beam_pipelines.*"]),
-    package_data={"tdmq_beam": ["py.typed"], "tdmq_beam.beam_yaml": ["providers.yaml"]},
+    # The top-level schemas/ ships inside the package as tdmq_beam_pipelines.schemas, with the jobs'
+    # YAML files: an installed package (what --setup_file builds for Dataflow workers) finds them.
+    packages=[
+        *find_packages(include=["tdmq_beam", "tdmq_beam.*", "tdmq_beam_pipelines", "tdmq_beam_pipelines.*"]),
+        "tdmq_beam_pipelines.schemas",
+    ],
+    package_dir={"tdmq_beam_pipelines.schemas": "schemas"},
+    package_data={
+        "tdmq_beam": ["py.typed"],
+        "tdmq_beam.beam_yaml": ["providers.yaml"],
+        "tdmq_beam_pipelines": ["yaml/*.yaml"],
+        "tdmq_beam_pipelines.schemas": ["*.avsc"],
+    },
     install_requires=[
         "apache-beam>=2.76",  # apache_beam.io.unbounded_source, under ReadFromTdmqMqtt
         "aiohttp>=3.9",
@@ -29,6 +40,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
+            "wheel>=0.40",  # the packaging test builds a wheel without fetching a build environment
             "trustme>=1.1",
             "tencentcloud-sdk-python-common>=3.0.1100",
             "ruff>=0.6",

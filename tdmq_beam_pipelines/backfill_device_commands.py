@@ -38,7 +38,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 import apache_beam as beam
@@ -60,6 +59,7 @@ from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH
 from tdmq_beam.records.avro_mapping import load_schema
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands
+from tdmq_beam_pipelines.package_files import SCHEMAS
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
@@ -74,7 +74,6 @@ __all__ = ["build_pipeline", "generate_commands", "main"]
 
 _LOGGER = logging.getLogger(__name__)
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 DEFAULT_SCHEMA = SCHEMAS / "device_command.avsc"
 METRICS_NAMESPACE = "backfill_device_commands"
 VERIFY_NEEDS_CLOUD = (

@@ -33,7 +33,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -41,6 +40,7 @@ import apache_beam as beam
 from tdmq_beam import CloudApiConfig, DecodeMqttMessages, EnrichWithClientStatus, ReadFromTdmqMqtt, TdmqConnection
 from tdmq_beam.records.fields import json_default
 from tdmq_beam.transforms.mqtt_source import METRICS_NAMESPACE
+from tdmq_beam_pipelines.package_files import SCHEMAS
 from tdmq_beam_pipelines.runs import committed_counters, committed_gauges, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     add_service_flags,
@@ -54,7 +54,7 @@ from tdmq_beam_pipelines.status_source import add_status_source_flags, check_sta
 __all__ = ["build_pipeline", "main"]
 
 PROGRAM = "ingest_device_telemetry"
-SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "device_telemetry.avsc"
+SCHEMA = SCHEMAS / "device_telemetry.avsc"
 
 
 def _parser() -> argparse.ArgumentParser:

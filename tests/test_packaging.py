@@ -1,0 +1,62 @@
+"""The package installs whole: a wheel built from this tree, installed into a fresh virtual
+environment, runs the demos from another directory with the schemas and YAML files it ships."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A venv with the wheel installed (its dependencies from this interpreter's site-packages)."""
+    base = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(base),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = base.glob("tdmq_beam-*.whl")
+    environment = base / "venv"
+    venv.create(environment, system_site_packages=True, with_pip=True)
+    python = environment / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True,
+                   timeout=300)  # fmt: skip
+    return python
+
+
+def test_the_wheel_ships_the_schemas_and_yaml_and_runs_the_demo_elsewhere(installed, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [installed, "-c", "import tdmq_beam_pipelines.package_files as f; print(f.SCHEMAS); print(f.YAML_PIPELINES)"],
+        cwd=elsewhere, capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    schemas, yaml_dir = (Path(line) for line in where.stdout.split())
+    assert str(ROOT) not in str(schemas) and "site-packages" in str(schemas)  # the installed copy, not this tree
+    assert {p.name for p in schemas.glob("*.avsc")} >= {"device_command.avsc", "failed_message.avsc"}
+    assert (yaml_dir / "backfill_device_commands.yaml").is_file()
+    demo = subprocess.run(
+        [installed, "-m", "tdmq_beam_pipelines.backfill_device_commands", "--quiet",
+         "--sample-commands", "60", "--sample-devices", "6", "--sample-invalid", "2"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "published:    58" in demo.stdout, demo.stdout
