@@ -58,7 +58,7 @@ from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH
 from tdmq_beam.records.avro_mapping import load_schema
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
-from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands
+from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands, input_problem
 from tdmq_beam_pipelines.package_files import SCHEMAS
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--input-format", choices=("auto", "avro", "jsonl"), default="auto")
     io.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="Avro schema of a command, with mqtt.* annotations")
     io.add_argument("--mapping", help="JSON mapping file (topic, payload, roles, user_properties)")
+    io.add_argument("--allow-empty-input", action="store_true",
+                    help="run when the --input pattern matches no file (otherwise an error)")  # fmt: skip
     io.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
                     help="a longer JSON line is a dead letter, never read whole")  # fmt: skip
     io.add_argument("--max-nesting", type=int, default=DEFAULT_MAX_DEPTH,
@@ -487,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.input or not args.output:
         usage_error(PROGRAM, "--input and --output are required with --endpoint")
+    if problem := input_problem(args.input, allow_empty=args.allow_empty_input):
+        usage_error(PROGRAM, problem)
     connection, cloud = service_from_flags(
         PROGRAM,
         args,

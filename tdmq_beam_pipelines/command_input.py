@@ -32,7 +32,7 @@ from tdmq_beam.option_checks import positive_int
 from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
-__all__ = ["DEFAULT_MAX_LINE_BYTES", "CommandInput", "ReadCommands"]
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "CommandInput", "ReadCommands", "input_problem"]
 
 FAILED = "failed"
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
@@ -174,6 +174,23 @@ def _avro_records(readable: fileio.ReadableFile, name: str) -> Iterator[_Item]:
                 yield _Item(f"{name} record {position}", None, record)
         except Exception as exc:  # fastavro raises whatever corrupt bytes lead it to (KeyError, struct.error, ...)
             yield _Item(name, name, None, f"not a readable Avro file ({type(exc).__name__}: {exc})")
+
+
+def input_problem(pattern: str, *, allow_empty: bool = False) -> str | None:
+    """Why ``pattern`` is no input to run on, in one line (None when it matches files): a path
+    that does not exist, or a pattern that matches nothing (unless ``allow_empty``). Beam's own
+    answer comes later and at length (``ValueError: ALLOW_IF_WILDCARD``)."""
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as exc:  # a file system Beam cannot reach (no credentials, no such bucket)
+        return f"--input {pattern}: cannot list it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if matched:
+        return None
+    if not any(mark in pattern for mark in "*?["):
+        return f"--input {pattern}: no such file"
+    if allow_empty:
+        return None
+    return f"--input {pattern} matches no file (give --allow-empty-input to run on none)"
 
 
 class ReadCommands(beam.PTransform):

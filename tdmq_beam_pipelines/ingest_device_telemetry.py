@@ -323,6 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_error(PROGRAM, "give --mqtt-endpoint (mqtt://host:1883 or mqtts://host:8883) beside --endpoint")
     if bool(args.output) == bool(args.output_topic):
         usage_error(PROGRAM, "give one of --output (JSON Lines files) and --output_topic (Pub/Sub)")
+    if args.output and args.max_records is None and args.max_read_time is None:
+        # Beam's text sink writes a bounded collection: a read without an end never closes its files.
+        usage_error(PROGRAM, "--output (files) needs an end: give --max-records or --max-read-time, "
+                             "or stream to Pub/Sub with --output_topic")  # fmt: skip
     connection, cloud = service_from_flags(
         PROGRAM, args, check=lambda: DecodeMqttMessages(args.schema, mapping_file=args.mapping_file)
     )

@@ -4,9 +4,13 @@ cloud API, progress), the settings they describe checked once, and one-line usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import difflib
+import importlib
 import logging
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -59,11 +63,24 @@ def usage_error(program: str, message: str) -> NoReturn:
     raise error
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, but not "(default: None)" after a help text that says what the
+    default is; and never breaks a line inside a path at a hyphen, so a default reads (and copies) whole."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 def job_parser(program: str, description: str, *, beam_options: str) -> argparse.ArgumentParser:
     """The parser of ``python -m tdmq_beam_pipelines.{program}``; the job adds its own groups, then
     `add_service_flags`. ``beam_options`` names a few of the Beam options the job is run with."""
     return argparse.ArgumentParser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         prog=f"python -m tdmq_beam_pipelines.{program}",
         description=f"{description}; with no arguments, a demo on the embedded emulator.",
         epilog=f"Any other argument is a Beam pipeline option ({beam_options}, ...).",
@@ -84,8 +101,45 @@ def parse_job_flags(
     unless ``--quiet``."""
     logging.basicConfig(level=logging.WARNING)
     args, beam_args = parser.parse_known_args(argv)
+    if unknown := _not_beam_options(beam_args):
+        flag = unknown.split("=", 1)[0]
+        known = [*parser._option_string_actions, *_beam_parser()._option_string_actions]
+        nearest = difflib.get_close_matches(flag, [k for k in known if k.startswith("--")], n=1, cutoff=0.6)
+        hint = f"; did you mean {nearest[0]}?" if nearest else " (neither this job's nor a Beam pipeline option)"
+        usage_error(parser.prog.rsplit(".", 1)[-1], f"unknown flag {flag}{hint}")
     show_progress(args)
     return args, beam_args
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser of every Beam pipeline option, as `PipelineOptions.get_all_options` builds it."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for option_class in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
+        option_class._add_argparse_args(parser)
+    return parser
+
+
+def _import_runner_options(beam_args: Sequence[str]) -> None:
+    """Imports the module of a ``--runner`` given by its path, whose options (Dask's) are declared there."""
+    args = list(beam_args)
+    runner = next((arg.split("=", 1)[1] for arg in args if arg.startswith("--runner=")), None)
+    if runner is None and "--runner" in args and args.index("--runner") + 1 < len(args):
+        runner = args[args.index("--runner") + 1]
+    if runner and "." in runner:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(runner.rsplit(".", 1)[0])
+
+
+def _not_beam_options(beam_args: Sequence[str]) -> str | None:
+    """The first of ``beam_args`` that is a flag no Beam pipeline option takes (Beam itself only
+    logs "Discarding unparseable args" and runs on with its defaults), or None."""
+    if not beam_args:
+        return None
+    _import_runner_options(beam_args)
+    _, unknown = _beam_parser().parse_known_args(list(beam_args))
+    return next((arg for arg in unknown if arg.startswith("-")), None)
 
 
 def service_from_flags(

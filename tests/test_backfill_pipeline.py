@@ -173,6 +173,17 @@ def test_configuration_mistakes_print_one_line_and_exit_2(emulator, tmp_path, mo
     password = ["--password-env", "BACKFILL_TEST_PASSWORD"]
     assert "is not JSON" in _usage_exit([*io, *service, *password, "--schema", str(not_json)], capsys)
     assert "tps must be positive" in _usage_exit(["--tps", "0"], capsys)  # the demo
+    # A missing input file is named; a pattern matching nothing is an error unless asked for.
+    output = ["--output", str(tmp_path / "out")]
+    missing = str(tmp_path / "nope.jsonl")
+    assert _usage_exit(["--input", missing, *output, *service, *password], capsys).endswith(
+        f"--input {missing}: no such file\n"
+    )
+    empty = str(tmp_path / "none-*.jsonl")
+    assert "matches no file (give --allow-empty-input" in _usage_exit(["--input", empty, *output, *service, *password],
+                                                                      capsys)  # fmt: skip
+    assert backfill.main(["--input", empty, *output, *service, *password, "--allow-empty-input", "--quiet"]) == 0
+    assert _numbers(capsys.readouterr().out)["read"] == "0"
 
 
 def test_preflight_names_the_cause_and_the_flag(emulator, tmp_path, monkeypatch, capsys):

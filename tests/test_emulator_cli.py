@@ -61,6 +61,16 @@ def test_flags():
     assert config.faults.rate == 0.1 and config.faults.kinds == ("500", "reset") and config.faults.seed == 3
     assert config.offline_actions == {"DescribeMQTTClient"}
     assert level == "info"
+    # One spelling with the pipelines' --max-in-flight; the old one is still taken.
+    assert (
+        parse_config(["--max-in-flight", "8"])[0].max_inflight
+        == parse_config(["--max-inflight", "8"])[0].max_inflight
+        == 8
+    )
+    bounds = parse_config(["--max-connections", "5", "--max-session-expiry", "60", "--max-queued-bytes", "1000",
+                           "--max-retained-bytes", "0", "--max-write-buffer", "4096"])[0]  # fmt: skip
+    assert (bounds.max_connections, bounds.max_session_expiry, bounds.max_queued_bytes) == (5, 60, 1000)
+    assert (bounds.max_retained_bytes, bounds.max_write_buffer) == (0, 4096)
 
 
 @pytest.mark.parametrize(

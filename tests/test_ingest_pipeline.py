@@ -85,9 +85,11 @@ def test_a_bounded_ingest_of_what_is_queued_with_real_flags(tmp_path, capsys):
         (["--endpoint", "http://127.0.0.1:9", "--username", "u", "--password-env", "X", "--output", "o"],
          "give --mqtt-endpoint"),
         (["--endpoint", "http://127.0.0.1:9", "--mqtt-endpoint", "ftp://h", "--username", "u",
-          "--password-env", "X", "--output", "o"], "mqtt_endpoint must start with mqtt://"),
+          "--password-env", "X", "--output", "o", "--max-records", "1"], "mqtt_endpoint must start with mqtt://"),
         (["--status-source", "events", "--secret-id", "AKID"], "adds no client details"),
         (["--backlog-interval", "-1"], "--backlog-interval must be 0 (none) or positive"),
+        (["--endpoint", "http://127.0.0.1:9", "--mqtt-endpoint", "mqtt://127.0.0.1:9", "--username", "u",
+          "--password-env", "X", "--output", "o"], "--output (files) needs an end: give --max-records"),
     ],
 )  # fmt: skip
 def test_usage_errors_are_one_line(argv, message, capsys):

@@ -74,14 +74,16 @@ def test_help_shows_every_default(parser):
 
 
 @pytest.mark.parametrize("module", [backfill, enrich_job, ingest_job], ids=lambda module: module.__name__)
-def test_a_secret_id_without_its_key_is_one_line_before_anything_runs(module, capsys, monkeypatch):
+def test_a_secret_id_without_its_key_is_one_line_before_anything_runs(module, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("FLAGS_TEST_PASSWORD", "p")
+    commands = tmp_path / "in.avro"
+    commands.write_bytes(b"")
     argv = ["--endpoint", "http://127.0.0.1:1", "--username", "u", "--password-env", "FLAGS_TEST_PASSWORD"]
     argv += ["--secret-id", "AKIDtest", "--instance-id", "mqtt-1"]
     argv += {
-        backfill: ["--input", "in.avro", "--output", "out"],
+        backfill: ["--input", str(commands), "--output", "out"],
         enrich_job: ["--input", "in.jsonl", "--output", "out"],
-        ingest_job: ["--mqtt-endpoint", "mqtt://127.0.0.1:1", "--output", "out"],
+        ingest_job: ["--mqtt-endpoint", "mqtt://127.0.0.1:1", "--output", "out", "--max-records", "1"],
     }[module]
     with pytest.raises(SystemExit) as exit_:
         module.main(argv)
@@ -100,3 +102,42 @@ def test_every_job_names_itself_and_takes_the_service_flags(module):
     assert module.__name__ == f"tdmq_beam_pipelines.{module.PROGRAM}"
     flags = {flag for action in parser._actions for flag in action.option_strings}
     assert {"--endpoint", "--password-env", "--secret-id", "--cloud-rate", "--quiet", "--max-attempts"} <= flags
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--max-inflight", "10"], "unknown flag --max-inflight; did you mean --max-in-flight?"),
+        (["--allow-faild"], "unknown flag --allow-faild; did you mean --allow-failed?"),
+        (["--password_env", "X"], "unknown flag --password_env; did you mean --password-env?"),
+        (["--zzqq=1"], "unknown flag --zzqq (neither this job's nor a Beam pipeline option)"),
+    ],
+)
+def test_a_mistyped_flag_is_one_line_with_the_nearest_spelling(flag, message, capsys):
+    from tdmq_beam_pipelines import backfill_device_commands
+
+    with pytest.raises(SystemExit) as caught:
+        backfill_device_commands.main(flag)
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.strip() == f"backfill_device_commands: error: {message}"
+
+
+def test_beam_options_pass_and_a_runners_own_options_too():
+    from tdmq_beam_pipelines.service_flags import _not_beam_options
+
+    assert _not_beam_options(["--runner", "DirectRunner", "--direct_num_workers", "2", "--save_main_session"]) is None
+    dask = ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner", "--dask_client_address", "127.0.0.1:1"]
+    assert _not_beam_options(dask) is None
+
+
+def test_help_keeps_a_hyphenated_default_whole_and_says_no_default_none(monkeypatch):
+    from tdmq_beam_pipelines.service_flags import job_parser
+
+    monkeypatch.setenv("COLUMNS", "60")
+    parser = job_parser("demo", "A demo", beam_options="--runner")
+    path = "/home/someone/my-checkout-of-tdmq-beam/schemas/device-command.avsc"
+    parser.add_argument("--schema", default=path, help="Avro schema of a command, with mqtt.* annotations")
+    parser.add_argument("--failed-output", help="prefix of the failed files (default OUTPUT-failed)")
+    shown = parser.format_help()
+    assert path in shown  # not broken at a hyphen
+    assert "(default: None)" not in shown and "(default OUTPUT-failed)" in " ".join(shown.split())

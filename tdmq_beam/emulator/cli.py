@@ -61,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-packet-size", type=int, default=1024 * 1024, help="largest MQTT packet in bytes")
     parser.add_argument("--max-payload", type=int, default=1024 * 1024, help="largest HTTP publish body in bytes")
     parser.add_argument(
-        "--max-inflight", type=int, default=16,
+        "--max-in-flight", "--max-inflight", dest="max_inflight", type=int, default=16,
         help="QoS 1/2 window per MQTT 3.x client, and the Receive Maximum announced to MQTT 5 clients",
     )  # fmt: skip
     parser.add_argument(
