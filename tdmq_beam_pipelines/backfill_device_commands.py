@@ -42,10 +42,12 @@ from typing import Any, TextIO
 
 import apache_beam as beam
 import fastavro
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
 from tdmq_beam import (
+    Batching,
     CloudApiConfig,
     IdempotencyKey,
     MissingMessage,
@@ -57,8 +59,10 @@ from tdmq_beam import (
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH
 from tdmq_beam.records.avro_mapping import load_schema
+from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands, input_problem
+from tdmq_beam_pipelines.journal import SkipJournaled, WriteJournal, journal_directory
 from tdmq_beam_pipelines.package_files import SCHEMAS
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
 from tdmq_beam_pipelines.service_flags import (
@@ -69,6 +73,7 @@ from tdmq_beam_pipelines.service_flags import (
     service_from_flags,
     usage_error,
 )
+from tdmq_beam_pipelines.signals import EXIT_STOPPED, stop_on_signals
 
 __all__ = ["build_pipeline", "generate_commands", "main"]
 
@@ -93,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("--input-format", choices=("auto", "avro", "jsonl"), default="auto")
     io.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="Avro schema of a command, with mqtt.* annotations")
     io.add_argument("--mapping", help="JSON mapping file (topic, payload, roles, user_properties)")
+    io.add_argument("--resume", action="store_true",
+                    help="skip the commands the journal (OUTPUT-journal/) records as published")  # fmt: skip
     io.add_argument("--allow-empty-input", action="store_true",
                     help="run when the --input pattern matches no file (otherwise an error)")  # fmt: skip
     io.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
@@ -286,13 +293,18 @@ def build_pipeline(
         max_line_bytes=args.max_line_bytes,
         max_depth=args.max_nesting,
     )
+    journal = journal_directory(args.output)
+    records = commands.records
+    if args.resume:
+        records = records | "SkipJournaled" >> SkipJournaled(journal, namespace=METRICS_NAMESPACE)
     write = WriteToTdmqMqtt(
         connection,
         mapping=mapping,
         qos=args.qos,
         idempotency_key=IdempotencyKey() if args.idempotency_key else None,
     ).with_progress(None if args.quiet else args.progress_interval, expected=getattr(args, "expected", None))
-    published, failed = commands.records | "Publish" >> write
+    published, failed = records | "Publish" >> write
+    _ = published | "Journal" >> WriteJournal(journal, flush_every=Batching().size_for(connection))  # a batch
     all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
     counted = all_failed | "CountFailures" >> beam.ParDo(_CountFailures())
     results = {"published": published, "failed": counted}
@@ -350,6 +362,7 @@ def _summary(result, seconds: float, verify: bool) -> dict[str, Any]:
         "failed_by_reason": failed_by_reason,
         "failure_examples": examples,
         "retried": counters.get("retried", 0),
+        "skipped": counters.get("skipped", 0),
         "seconds": round(seconds, 2),
         "messages_per_s": round(published / seconds) if seconds else 0,
         **({"verified": counters.get("verified", 0), "missing": counters.get("missing", 0)} if verify else {}),
@@ -364,6 +377,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for kind, example in summary.get("failure_examples", {}).items():
         print(f"  e.g. {kind}: {example}")
     print(f"retried:      {summary['retried']}")
+    if summary.get("skipped"):
+        print(f"skipped:      {summary['skipped']} (published by an earlier run: in the journal)")
     timed = ", verification included" if "verified" in summary else ""
     print(f"messages/s:   {summary['messages_per_s']} ({summary['seconds']} s{timed})")
     if "verified" in summary:
@@ -371,6 +386,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"missing:      {summary['missing']} (not stored as published, or not checked: see the missing output)")
     if "delivered" in summary:
         print(f"delivered:    {summary['delivered']} (received by an MQTT subscriber)")
+    if summary.get("stopped"):
+        print("stopped:      yes (by a signal: what was read before it is accounted for above; --resume goes on)")
 
 
 def run(
@@ -484,21 +501,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_schema(args.schema)
         except ValueError as exc:
             usage_error(PROGRAM, f"invalid settings: {exc}")
-        summary = run_demo(args, beam_args)
+        with stop_on_signals(PROGRAM):
+            summary = run_demo(args, beam_args)
+        summary["stopped"] = stop_requested()
         _print_summary(summary)
-        return 0
+        return EXIT_STOPPED if summary["stopped"] else 0
     if not args.input or not args.output:
         usage_error(PROGRAM, "--input and --output are required with --endpoint")
     if problem := input_problem(args.input, allow_empty=args.allow_empty_input):
         usage_error(PROGRAM, problem)
+    if args.resume and not FileSystems.exists(journal_directory(args.output)):
+        usage_error(
+            PROGRAM, f"--resume: no journal at {journal_directory(args.output)} (a run with this --output writes it)"
+        )
     connection, cloud = service_from_flags(
         PROGRAM,
         args,
         check=lambda: load_schema(args.schema),
         cloud_needed_for=VERIFY_NEEDS_CLOUD if args.verify else None,
     )
-    summary = run(args, beam_args, connection, cloud)
+    with stop_on_signals(PROGRAM):
+        summary = run(args, beam_args, connection, cloud)
+    summary["stopped"] = stop_requested()
     _print_summary(summary)
+    if summary["stopped"]:
+        return EXIT_STOPPED
     if (summary["failed"] or summary.get("missing")) and not args.allow_failed:
         return EXIT_RECORDS_FAILED
     return 0

@@ -29,6 +29,7 @@ from fastavro.validation import ValidationError, validate
 from tdmq_beam import FailedMessage
 from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH, load_json
 from tdmq_beam.option_checks import positive_int
+from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 
@@ -96,6 +97,8 @@ class _ReadFile(beam.DoFn):
             else _json_lines(readable, name, self._max_line_bytes, self._max_depth)
         )
         for item in items:
+            if stop_requested():
+                return  # stopped by a signal: what was read goes through, the rest waits for --resume
             self._read.inc()
             problem = item.problem or _schema_problem(item.record, self._parsed)
             if problem is None:

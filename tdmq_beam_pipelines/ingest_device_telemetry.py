@@ -39,6 +39,7 @@ import apache_beam as beam
 
 from tdmq_beam import CloudApiConfig, DecodeMqttMessages, EnrichWithClientStatus, ReadFromTdmqMqtt, TdmqConnection
 from tdmq_beam.records.fields import json_default
+from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.mqtt_source import METRICS_NAMESPACE
 from tdmq_beam_pipelines.package_files import SCHEMAS
 from tdmq_beam_pipelines.runs import committed_counters, committed_gauges, new_pipeline, run_to_end
@@ -49,6 +50,7 @@ from tdmq_beam_pipelines.service_flags import (
     service_from_flags,
     usage_error,
 )
+from tdmq_beam_pipelines.signals import EXIT_STOPPED, stop_on_signals
 from tdmq_beam_pipelines.status_source import add_status_source_flags, check_status_source, status_options
 
 __all__ = ["build_pipeline", "main"]
@@ -300,6 +302,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if "backlog" in summary:
         print(f"backlog:         {summary['backlog']} messages in the shared subscription, as last polled")
     print(f"seconds:         {summary['seconds']}")
+    if summary.get("stopped"):
+        print("stopped:         yes (by a signal: the readers ended after what they had read, all of it written)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,8 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.endpoint is None:
         if args.mqtt_endpoint or args.output_topic:
             usage_error(PROGRAM, "--mqtt-endpoint and --output_topic need --endpoint (without, the demo runs)")
-        summary = run_demo(args, beam_args)
+        with stop_on_signals(PROGRAM):
+            summary = run_demo(args, beam_args)
+        summary["stopped"] = stop_requested()
         _print_summary(summary)
+        if summary["stopped"]:
+            return EXIT_STOPPED
         return 0 if summary["lost"] == 0 else 1
     if not args.mqtt_endpoint:
         usage_error(PROGRAM, "give --mqtt-endpoint (mqtt://host:1883 or mqtts://host:8883) beside --endpoint")
@@ -330,8 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     connection, cloud = service_from_flags(
         PROGRAM, args, check=lambda: DecodeMqttMessages(args.schema, mapping_file=args.mapping_file)
     )
-    _print_summary(run(args, beam_args, connection, cloud))
-    return 0
+    with stop_on_signals(PROGRAM):
+        summary = run(args, beam_args, connection, cloud)
+    summary["stopped"] = stop_requested()
+    _print_summary(summary)
+    return EXIT_STOPPED if summary["stopped"] else 0
 
 
 if __name__ == "__main__":

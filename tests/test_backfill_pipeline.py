@@ -69,9 +69,9 @@ def test_real_use_flags_with_json_lines_and_avro_results(emulator, paho, tmp_pat
     [
         (["--input", "x.avro"], "--input needs --endpoint"),
         (["--endpoint", "http://127.0.0.1:1"], "--input and --output are required"),
-        (["--endpoint", "ftp://h", "--input", "x", "--output", "y", "--username", "u", "--password-env", "P"],
+        (["--endpoint", "ftp://h", "--input", __file__, "--output", "y", "--username", "u", "--password-env", "P"],
          "http:// or https://"),
-        (["--endpoint", "http://h", "--input", "x", "--output", "y"], "credentials are required"),
+        (["--endpoint", "http://h", "--input", __file__, "--output", "y"], "credentials are required"),
     ],
 )  # fmt: skip
 def test_bad_flags_exit_with_a_message(argv, message):
@@ -315,7 +315,7 @@ def test_verify_finds_a_message_the_service_no_longer_holds(tmp_path, monkeypatc
     ("argv", "message"),
     [
         (["--verify-sample", "0"], "--verify-sample must be within (0, 1]"),
-        (["--endpoint", "http://127.0.0.1:1", "--input", "x", "--output", "y", "--username", "u",
+        (["--endpoint", "http://127.0.0.1:1", "--input", __file__, "--output", "y", "--username", "u",
           "--password-env", "HOME", "--verify"], "--verify needs the cloud API flags"),
     ],
 )  # fmt: skip

@@ -38,6 +38,7 @@ from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.service.backlog_watch import BACKLOG_WATCHES, BacklogSettings, SubscriptionBacklog
 from tdmq_beam.service.connection import TdmqConnection
 from tdmq_beam.service.subscriber import MqttSubscriber, SubscriptionSettings
+from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.session_pool import SESSIONS
 
 __all__ = ["IDLE_WAIT", "METRICS_NAMESPACE", "MqttSource", "ReadSpec"]
@@ -229,8 +230,10 @@ class _MqttReader(UnboundedReader):
     def _finished(self) -> bool:
         if not self._done:
             spec = self._spec
-            self._done = (self._limit is not None and self._records_read >= self._limit) or (
-                spec.max_read_time is not None and time.time() - self._started_at >= spec.max_read_time
+            self._done = (
+                (self._limit is not None and self._records_read >= self._limit)
+                or (spec.max_read_time is not None and time.time() - self._started_at >= spec.max_read_time)
+                or stop_requested()  # a job stopped by a signal: end the read after what was read
             )
         return self._done
 
