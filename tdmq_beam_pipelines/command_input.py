@@ -24,11 +24,11 @@ import fastavro
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from fastavro.validation import ValidationError, validate
 
 from tdmq_beam import FailedMessage
 from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH, load_json
 from tdmq_beam.option_checks import positive_int
+from tdmq_beam.records.record_check import RecordCheck
 from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
@@ -46,17 +46,6 @@ class CommandInput(NamedTuple):
 
     records: beam.PCollection[dict]
     failed: beam.PCollection[FailedMessage]
-
-
-def _schema_problem(record: Any, parsed_schema: Any) -> str | None:
-    if not isinstance(record, dict):
-        return f"a command must be a JSON object, got {type(record).__name__}"
-    try:
-        validate(record, parsed_schema, raise_errors=True)
-    except ValidationError as exc:
-        problems = "; ".join(str(problem) for problem in exc.errors) or str(exc)
-        return f"does not match the schema: {problems}"
-    return None
 
 
 class _ReadFile(beam.DoFn):
@@ -79,11 +68,7 @@ class _ReadFile(beam.DoFn):
         self._read = Metrics.counter(counter_namespace, "read")
 
     def setup(self) -> None:
-        self._parsed = fastavro.parse_schema(self._schema)
-        # A JSON record may leave out fields that have a default, as an Avro reader would fill them in.
-        self._defaults = {
-            field["name"]: field["default"] for field in self._schema.get("fields", ()) if "default" in field
-        }
+        self._check = RecordCheck(self._schema, noun="command")
 
     def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
         path = readable.metadata.path
@@ -100,9 +85,9 @@ class _ReadFile(beam.DoFn):
             if stop_requested():
                 return  # stopped by a signal: what was read goes through, the rest waits for --resume
             self._read.inc()
-            problem = item.problem or _schema_problem(item.record, self._parsed)
+            problem = item.problem or self._check.problem(item.record)
             if problem is None:
-                command = {**self._defaults, **item.record} if self._defaults else item.record
+                command = self._check.with_defaults(item.record)  # a JSON line may leave out defaulted fields
                 yield (None, command) if self._pairs else command
             else:
                 kind = "unparseable" if item.record is None else "invalid_record"

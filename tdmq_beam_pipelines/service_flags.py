@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import difflib
 import importlib
 import logging
@@ -15,19 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from tdmq_beam import (
-    AuthenticationError,
     CloudApiConfig,
-    CloudApiError,
-    PermissionDeniedError,
     RetryPolicy,
     Secret,
-    TdmqClient,
     TdmqConnection,
-    TdmqError,
-    TransportError,
 )
-from tdmq_beam.errors import ConfigurationError, TlsError
+from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.secret import secret_reference
+from tdmq_beam.service.preflight import SettingNames, preflight_problem
 from tdmq_beam.transforms.progress import LOGGER_NAME
 
 __all__ = [
@@ -51,8 +45,6 @@ EXIT_USAGE = 2
 """Exit status of a usage or configuration error (argparse's)."""
 EXIT_RECORDS_FAILED = 3
 """Exit status of a run in which some records failed (unless --allow-failed)."""
-
-_PREFLIGHT_CLIENT = "tdmq-beam-preflight"
 
 
 def usage_error(program: str, message: str) -> NoReturn:
@@ -168,57 +160,23 @@ def service_from_flags(
     return connection, cloud
 
 
+_FLAG_NAMES = SettingNames(
+    credentials="--username and --password-env/--password-file, or --client-cert/--client-key",
+    endpoint="--endpoint",
+    ca_cert="--ca-cert",
+    secret="--secret-id and --secret-key-*",
+    instance="--instance-id",
+    region="--tencent-region",
+    cloud_endpoint="--cloud-endpoint",
+)
+
+
 def preflight(program: str, connection: TdmqConnection, cloud: CloudApiConfig | None = None) -> None:
-    """Checks once, before any input is read, that the endpoint answers and accepts the credentials
-    (an online-status call authenticates as a publish does), and the cloud API credential when given.
-    Exits with one line naming the cause and the flag to fix."""
-    probe = copy.copy(connection)
-    probe.retry = RetryPolicy(max_attempts=2, initial_backoff=0.2, deadline=30)  # quick, not five tries
-    try:
-        with TdmqClient(probe, cloud) as client:
-            _check_data_plane(program, client, connection)
-            if cloud is not None:
-                _check_cloud(program, client)
-    except ValueError as exc:  # ConfigurationError: a secret or certificate that cannot be read
-        usage_error(program, str(exc))
-
-
-def _check_data_plane(program: str, client: TdmqClient, connection: TdmqConnection) -> None:
-    endpoint = connection.endpoint
-    try:
-        client.is_online(_PREFLIGHT_CLIENT)
-    except AuthenticationError:
-        usage_error(
-            program,
-            f"{endpoint} refused the credentials (401): check --username and --password-env/--password-file, "
-            "or --client-cert/--client-key",
-        )
-    except PermissionDeniedError:
-        usage_error(program, f"{endpoint}: the user lacks the CONNECT permission (403): check the instance's ACL")
-    except TlsError:
-        usage_error(program, f"TLS with {endpoint} failed: check http:// or https:// in --endpoint, and --ca-cert")
-    except TransportError as exc:
-        if not connection.is_tls and "connection lost" in exc.message:
-            usage_error(program, f"{endpoint} closed the connection: is it an https endpoint? Check --endpoint")
-        usage_error(program, f"cannot reach {endpoint}: {exc.message}; check --endpoint")
-    except TdmqError as exc:
-        usage_error(program, f"{endpoint} answered the pre-flight check with {exc}; check --endpoint")
-
-
-def _check_cloud(program: str, client: TdmqClient) -> None:
-    try:
-        client.describe_client(_PREFLIGHT_CLIENT)
-    except CloudApiError as exc:
-        if exc.code.startswith("AuthFailure"):
-            usage_error(
-                program, f"the cloud API refused the credential ({exc.code}): check --secret-id and --secret-key-*"
-            )
-        if exc.code.startswith("ResourceNotFound.Instance"):
-            usage_error(program, f"the cloud API does not know the instance ({exc.code}): check --instance-id")
-        if exc.code == "MissingParameter":
-            usage_error(program, f"the cloud API needs more ({exc}): check --tencent-region")
-    except TdmqError as exc:
-        usage_error(program, f"the cloud API cannot be reached: {exc}; check --cloud-endpoint")
+    """Checks once, before any input is read, that the endpoint answers and accepts the credentials,
+    and the cloud API credential when given (`preflight_problem`); exits with one line naming the
+    cause and the flag to fix."""
+    if (problem := preflight_problem(connection, cloud, names=_FLAG_NAMES)) is not None:
+        usage_error(program, problem)
 
 
 def add_progress_flags(parser: argparse.ArgumentParser) -> None:

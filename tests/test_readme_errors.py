@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 import apache_beam as beam
-import fastavro
 import pytest
 
 from tdmq_beam import MessageMapping, WriteToTdmqMqtt
+from tdmq_beam.records.record_check import RecordCheck
 from tdmq_beam_pipelines import backfill_device_commands as backfill
-from tdmq_beam_pipelines.command_input import _ReadFile, _schema_problem
+from tdmq_beam_pipelines.command_input import _ReadFile
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -42,8 +42,8 @@ def test_invalid_record_reason(emulator, tmp_path):
 
 
 def test_schema_mismatch_reason():
-    schema = fastavro.parse_schema(json.loads((backfill.SCHEMAS / "device_command.avsc").read_text()))
-    problem = _schema_problem({"device_id": 5, "command_id": "c", "command": "x", "issued_at": 0}, schema)
+    check = RecordCheck(json.loads((backfill.SCHEMAS / "device_command.avsc").read_text()), noun="command")
+    problem = check.problem({"device_id": 5, "command_id": "c", "command": "x", "issued_at": 0})
     quoted(f"commands.jsonl line 3: {problem}")
 
 

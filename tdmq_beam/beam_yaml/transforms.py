@@ -16,7 +16,7 @@ configuration schema from the evaluated signatures.
 import datetime
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Optional
 
 import apache_beam as beam
@@ -25,17 +25,20 @@ from apache_beam.typehints.schemas import named_fields_from_element_type
 
 from tdmq_beam.beam_yaml.config import cloud_from_config, connection_from_config
 from tdmq_beam.errors import ConfigurationError
-from tdmq_beam.records.avro_mapping import avro_mapping, load_mapping_file
+from tdmq_beam.json_documents import load_json
+from tdmq_beam.records.avro_mapping import avro_mapping, load_mapping_file, load_schema
 from tdmq_beam.records.client_event import ClientEvent
 from tdmq_beam.records.fields import element_to_json
 from tdmq_beam.records.mapping import MessageMapping
-from tdmq_beam.records.payload import FieldPayload, JsonPayload
+from tdmq_beam.records.payload import FieldPayload, JsonPayload, RecordError
 from tdmq_beam.records.received_message import ReceivedMessage
+from tdmq_beam.records.record_check import RecordCheck
 from tdmq_beam.records.tracked_status import TrackedStatus
 from tdmq_beam.rules.client_events import STATUS_EVENTS
 from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
 from tdmq_beam.service.cloud_api import CloudApiConfig
 from tdmq_beam.service.connection import TdmqConnection
+from tdmq_beam.service.preflight import preflight_problem
 from tdmq_beam.transforms.client_events import ReadClientEvents
 from tdmq_beam.transforms.client_rows import ClientRow
 from tdmq_beam.transforms.enrich import EnrichWithClientStatus, check_source
@@ -77,6 +80,13 @@ _CONNECTION_KEYS: tuple[tuple[str, Any, Any, str], ...] = (
     ("max_in_flight", int, 64, "requests in flight per worker process. Default: 64."),
     ("timeout", float, 10.0, "seconds per request. Default: 10."),
     ("max_attempts", int, 5, "attempts per call, the first included. Default: 5."),
+    (
+        "preflight",
+        bool,
+        False,
+        "check once, when the pipeline is built, that the endpoint answers and accepts "
+        "the credentials: a problem is one line then, not a dead letter per row. Default: off.",
+    ),
 )
 _CONNECTION_KEY_NAMES = frozenset(name for name, _, _, _ in _CONNECTION_KEYS)
 
@@ -165,7 +175,12 @@ def _connection(keys: Mapping[str, Any]) -> TdmqConnection:
     unknown = sorted(set(keys) - _CONNECTION_KEY_NAMES)
     if unknown:
         raise ConfigurationError(f"unknown key(s) {unknown}")
-    return connection_from_config(**keys)
+    settings = dict(keys)
+    check = settings.pop("preflight", False)
+    connection = connection_from_config(**settings)
+    if check and (problem := preflight_problem(connection)) is not None:
+        raise ConfigurationError(f"pre-flight check: {problem}")
+    return connection
 
 
 def _cloud(keys: dict[str, Any]) -> Optional[CloudApiConfig]:  # noqa: UP045
@@ -210,7 +225,49 @@ def _error_text(failure: FailedMessage) -> tuple[str, str]:
 
 def _error_row(failure: FailedMessage) -> beam.Row:
     msg, stack = _error_text(failure)
-    return beam.Row(element=failure.element, msg=msg, stack=stack)
+    return beam.Row(element=_input_row(failure.element), msg=msg, stack=stack)
+
+
+class _CheckedRecord(dict):
+    """A row's record, checked against the schema (and parsed, from a JSON field), with the row it
+    came from: the write maps the record, the outputs show the row."""
+
+    row: Any
+
+
+def _input_row(element: Any) -> Any:
+    return element.row if isinstance(element, _CheckedRecord) else element
+
+
+class _CheckRows(beam.DoFn):
+    """Each row's record as the Python path takes it: from JSON text (``json_field``, parsed with
+    the nesting limit) or the row's fields, checked against the schema type by type, its defaults
+    filled in; a row that does not fit goes to ``failed`` naming the field."""
+
+    def __init__(self, check: RecordCheck | None, json_field: str | None) -> None:
+        self._check = check
+        self._json_field = json_field
+
+    def process(self, row: Any) -> Iterator[Any]:
+        try:
+            if self._json_field is not None:
+                text = getattr(row, self._json_field)
+                try:
+                    record = load_json(text)
+                except (TypeError, ValueError) as exc:
+                    raise RecordError(self._json_field, f"is not a JSON object ({exc})") from None
+            else:
+                record = _fields(row)
+            if self._check is not None:
+                record = self._check(record)
+            elif not isinstance(record, dict):
+                raise RecordError(self._json_field, f"holds JSON {type(record).__name__}, not an object")
+        except RecordError as error:
+            yield beam.pvalue.TaggedOutput("failed", FailedMessage(row, None, None, "invalid_record", str(error), 0))
+            return
+        checked = _CheckedRecord(record)
+        checked.row = row
+        yield checked
 
 
 def _json_error_row(failure: FailedMessage) -> beam.Row:
@@ -246,7 +303,7 @@ def _with_errors(outputs: dict[str, Any], errors: Any, error_handling: Optional[
 
 def _published_row(published: Any) -> beam.Row:
     return beam.Row(
-        **_fields(published.element), topic=published.topic, message_id=published.message_id,
+        **_fields(_input_row(published.element)), topic=published.topic, message_id=published.message_id,
         attempts=published.attempts,
     )  # fmt: skip
 
@@ -310,10 +367,15 @@ class _YamlCallTransform(beam.PTransform):
     def extra_fields(self) -> list[tuple[str, Any]]:
         return self.EXTRA
 
+    def prepared(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection | None]:
+        """What the inner transform takes, and the rows refused before it (`FailedMessage`), if any."""
+        return rows, None
+
     def expand(self, rows: beam.PCollection) -> Any:
         fields = _input_fields(rows, self.NAME)
         main_name = self._inner.MAIN
-        result = rows | self._inner.LABEL >> self._inner
+        inputs, refused = self.prepared(rows)
+        result = inputs | self._inner.LABEL >> self._inner
         main = getattr(result, main_name) | "Rows" >> beam.Map(self.to_row()).with_output_types(
             RowTypeConstraint.from_fields([*fields, *self.extra_fields()])
         )
@@ -323,7 +385,8 @@ class _YamlCallTransform(beam.PTransform):
             >> beam.Map(to_row).with_output_types(RowTypeConstraint.from_fields([*fields, *extra]))
             for name, (extra, to_row) in self.OTHER_OUTPUTS.items()
         }
-        errors = result.failed | "ErrorRows" >> beam.Map(_error_row).with_output_types(
+        failed = result.failed if refused is None else (result.failed, refused) | "AllFailed" >> beam.Flatten()
+        errors = failed | "ErrorRows" >> beam.Map(_error_row).with_output_types(
             RowTypeConstraint.from_fields([("element", rows.element_type), ("msg", str), ("stack", str)])  # type: ignore[list-item]
         )
         return _with_errors({main_name: main, **others}, errors, self._error_handling)
@@ -346,7 +409,14 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
         payload_fields: the fields the JSON payload holds. Default, without ``schema``: all fields.
         roles: MQTT role -> field, for {roles}.
         user_properties: user property key -> field.
+        json_field: the field holding each record as JSON text (a line of ``ReadFromText``),
+            parsed as the Python backfill parses its input. Default: the row's fields are the record.
         error_handling: ``{output: NAME}``: failed rows go to output NAME.
+
+    With ``schema``, each record is checked against it type by type, as the Python backfill
+    checks its input (a map must arrive as a map, a long as a long: Beam's ``ReadFromJson``
+    hands over a map as text and a ``*_at`` field as a timestamp), and a record that does not fit
+    goes to the error output naming the field, never to the service.
     """
 
     NAME = "WriteToTdmqMqtt"
@@ -362,10 +432,13 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
         payload_fields: Optional[list[str]] = None,  # noqa: UP045
         roles: Optional[dict[str, str]] = None,  # noqa: UP045
         user_properties: Optional[dict[str, str]] = None,  # noqa: UP045
+        json_field: Optional[str] = None,  # noqa: UP045
         error_handling: Optional[dict[str, str]] = None,  # noqa: UP045
         **keys: Any,
     ) -> None:
         # Built now, so that a key that cannot work is reported when the pipeline is built.
+        self._record_check = RecordCheck(load_schema(schema)) if schema is not None else None
+        self._json_field = json_field
         settings = _message_settings(keys)
         write = WriteToTdmqMqtt(
             _connection(keys),
@@ -373,6 +446,14 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
             **settings,
         )
         super().__init__(write, error_handling)
+
+    def prepared(self, rows: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection | None]:
+        if self._record_check is None and self._json_field is None:
+            return rows, None
+        checked = rows | "CheckRecords" >> beam.ParDo(_CheckRows(self._record_check, self._json_field)).with_outputs(
+            "failed", main="records"
+        )
+        return checked.records, checked.failed
 
     def to_row(self) -> Callable[[Any], beam.Row]:
         return _published_row
