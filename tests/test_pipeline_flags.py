@@ -141,3 +141,20 @@ def test_help_keeps_a_hyphenated_default_whole_and_says_no_default_none(monkeypa
     shown = parser.format_help()
     assert path in shown  # not broken at a hyphen
     assert "(default: None)" not in shown and "(default OUTPUT-failed)" in " ".join(shown.split())
+
+
+def test_our_commands_hide_beams_import_warnings_and_users_programs_keep_them(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "apitools"  # an environment whose Google client library does not import
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    command = subprocess.run([sys.executable, "-m", "tdmq_beam_pipelines.backfill_device_commands", "--help"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert command.returncode == 0 and "apitools not found" not in command.stderr, command.stderr
+    program = subprocess.run([sys.executable, "-c", "import tdmq_beam_pipelines.backfill_device_commands"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert "apitools not found" in program.stderr  # Beam's warning, untouched in a user's program
