@@ -64,7 +64,7 @@ from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands, input_problem
 from tdmq_beam_pipelines.journal import SkipJournaled, WriteJournal, journal_directory
 from tdmq_beam_pipelines.package_files import SCHEMAS
-from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
+from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, result_line, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     EXIT_RECORDS_FAILED,
     add_service_flags,
@@ -181,14 +181,14 @@ class _CountFailures(beam.DoFn):
 def _write_results(results: dict[str, beam.PCollection], args: argparse.Namespace) -> None:
     for name, pcoll in results.items():
         prefix = f"{args.output}-{name}"
-        records = pcoll | f"{name}AsRecords" >> beam.Map(lambda result: result.as_dict())
         if args.output_format == "avro":
             schema = load_schema(SCHEMAS / f"{name}_message.avsc")
+            records = pcoll | f"{name}AsRecords" >> beam.Map(lambda result: result.as_dict())
             records | f"Write{name}" >> beam.io.WriteToAvro(prefix, schema=schema, file_name_suffix=".avro")
         else:
             (
-                records
-                | f"{name}ToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False))
+                pcoll
+                | f"{name}ToJson" >> beam.Map(result_line)
                 | f"Write{name}" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
             )
 
@@ -225,7 +225,7 @@ def _write_results_on_dask(results: dict[str, beam.PCollection], args: argparse.
     for name, pcoll in results.items():
         written.append(
             pcoll
-            | f"{name}ToJson" >> beam.Map(lambda result: json.dumps(result.as_dict(), ensure_ascii=False))
+            | f"{name}ToJson" >> beam.Map(result_line)
             | f"Write{name}" >> beam.ParDo(_AppendLines(f"{args.output}-{name}"))
         )
     _ = tuple(written) | "AllWritten" >> beam.Flatten() | "Done" >> beam.Map(lambda nothing: nothing)

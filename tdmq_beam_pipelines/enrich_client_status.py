@@ -41,7 +41,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
 from tdmq_beam.records.fields import json_default
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
-from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, run_to_end
+from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, result_line, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     add_service_flags,
     job_parser,
@@ -160,7 +160,7 @@ def build_pipeline(
         else:
             sink = beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
     enriched | "Write" >> sink
-    failed = result.failed | "FailedToJson" >> beam.Map(lambda failure: json.dumps(failure.as_dict()))
+    failed = result.failed | "FailedToJson" >> beam.Map(result_line)
     if streaming:
         failed | "LogFailed" >> beam.Map(lambda line: logging.getLogger(__name__).warning("lookup failed: %s", line))
     else:

@@ -42,7 +42,7 @@ from tdmq_beam.records.fields import json_default
 from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.mqtt_source import METRICS_NAMESPACE
 from tdmq_beam_pipelines.package_files import SCHEMAS
-from tdmq_beam_pipelines.runs import committed_counters, committed_gauges, new_pipeline, run_to_end
+from tdmq_beam_pipelines.runs import committed_counters, committed_gauges, new_pipeline, result_line, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     add_service_flags,
     job_parser,
@@ -170,7 +170,7 @@ def build_pipeline(
         | "ToJson" >> beam.Map(lambda record: json.dumps(record, default=json_default))
     )
     failures = (decoded.failed, result.failed) | "AllFailed" >> beam.Flatten()
-    failed_lines = failures | "FailedToJson" >> beam.Map(lambda failure: json.dumps(failure.as_dict()))
+    failed_lines = failures | "FailedToJson" >> beam.Map(result_line)
     if args.output_topic:
         _ = lines | "Encode" >> beam.Map(str.encode) | "Publish" >> beam.ParDo(_PublishToPubSub(args.output_topic))
         _ = failed_lines | "LogFailed" >> beam.Map(lambda line: logging.getLogger(__name__).warning("failed: %s", line))
@@ -237,7 +237,7 @@ def _read_lines(prefix: str) -> Iterator[dict[str, Any]]:
 
 def _failed_seq(failure: dict[str, Any]) -> int | None:
     try:
-        message = json.loads(failure["element_json"])
+        message = failure["element"]
         return json.loads(base64.b64decode(message["payload"]))["seq"]
     except (KeyError, TypeError, ValueError):
         return None

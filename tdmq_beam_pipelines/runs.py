@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -10,7 +11,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-__all__ = ["committed_counters", "committed_gauges", "new_pipeline", "run_to_end"]
+__all__ = ["committed_counters", "committed_gauges", "new_pipeline", "result_line", "run_to_end"]
 
 
 def new_pipeline(beam_args: Sequence[str], *, streaming: bool = False) -> beam.Pipeline:
@@ -58,3 +59,12 @@ def committed_gauges(result: Any, namespace: str) -> dict[str, int]:
         if gauge is not None and (name not in latest or gauge.timestamp > latest[name][0]):
             latest[name] = (gauge.timestamp, gauge.value)
     return {name: value for name, (_, value) in latest.items()}
+
+
+def result_line(result: Any) -> str:
+    """A result (published, failed, verified, missing) as one JSON line whose ``element`` is the
+    element as JSON itself, not a JSON string inside the JSON (what the Avro records hold, as
+    ``element_json``): jq and BigQuery read it as it is."""
+    record = result.as_dict()
+    element = json.loads(record.pop("element_json"))
+    return json.dumps({"element": element, **record}, ensure_ascii=False)

@@ -272,7 +272,7 @@ def test_verify_checks_what_the_service_stored(emulator, tmp_path, monkeypatch, 
     verified = [json.loads(line) for name in glob.glob(f"{output}-verified-*") for line in open(name)]
     published = [json.loads(line) for name in glob.glob(f"{output}-published-*") for line in open(name)]
     assert {row["message_id"] for row in verified} == {row["message_id"] for row in published}
-    first = json.loads(verified[0]["element_json"])
+    first = verified[0]["element"]
     assert first["command"]["command_id"].startswith("cmd-") and first["topic"] == verified[0]["topic"]
 
     # A sample, in Avro: about half, the same half on every run (chosen by message id).

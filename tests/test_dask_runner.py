@@ -61,7 +61,7 @@ def test_the_backfill_runs_on_dask_with_every_record_accounted_for(dask_cluster,
     assert status == 0, out
     published = [json.loads(line) for name in glob.glob(output + "-published-*.jsonl") for line in open(name)]
     failed = [json.loads(line) for name in glob.glob(output + "-failed-*.jsonl") for line in open(name)]
-    assert sorted(json.loads(p["element_json"])["command_id"] for p in published) == sorted(
+    assert sorted(p["element"]["command_id"] for p in published) == sorted(
         c["command_id"] for c in commands
     )  # each exactly once
     assert sorted(f["error_kind"] for f in failed) == ["invalid_record", "unparseable"]
