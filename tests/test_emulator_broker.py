@@ -479,6 +479,17 @@ def test_connections_past_the_limit_are_refused_but_a_takeover_is_not(unique):
         second.disconnect()
 
 
+def test_connections_from_one_address_are_capped_when_asked(unique):
+    with TdmqEmulator(max_connections_per_address=1) as emu:
+        first = PahoClient(emu.mqtt_port, unique("a"))
+        first.connect()
+        second = PahoClient(emu.mqtt_port, unique("b"))
+        rc = second.connect()[1]
+        assert rc.is_failure and rc.getName() == "Quota exceeded", rc
+        second.drop()
+        first.disconnect()
+
+
 def test_sessions_expire_after_the_cap_mqtt_3_1_1_ones_too(unique):
     with TdmqEmulator(max_session_expiry=1) as emu:
         v5_id, v3_id = unique("v5"), unique("v3")

@@ -223,8 +223,13 @@ class Broker:
         session.keepalive = seconds
         return None
 
-    def connected_count(self) -> int:
-        return sum(1 for session in self.sessions.values() if session.connection is not None)
+    def connected_count(self, *, from_host: str | None = None) -> int:
+        """Sessions connected now (from ``from_host`` only, when given)."""
+        return sum(
+            1
+            for session in self.sessions.values()
+            if session.connection is not None and (from_host is None or session.address.rsplit(":", 1)[0] == from_host)
+        )
 
     def new_client_id(self) -> str:
         return f"auto-{uuid.uuid4().hex}"

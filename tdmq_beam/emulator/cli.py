@@ -71,6 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-subscriptions", type=int, default=30, help="topic filters per client")
     parser.add_argument("--max-connections", type=int, default=10_000, help="MQTT connections at once")
     parser.add_argument(
+        "--max-connections-per-address", type=int, default=0, help="MQTT connections at once from one address, 0: any"
+    )
+    parser.add_argument(
         "--max-queued-bytes", type=int, default=64 * 1024 * 1024,
         help="payload bytes queued per session (and group backlog) before the oldest are dropped",
     )  # fmt: skip
@@ -147,6 +150,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
             retry_interval=args.retry_interval,
             max_subscriptions=args.max_subscriptions,
             max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
             max_queued_bytes=args.max_queued_bytes,
             max_session_expiry=args.max_session_expiry,
             max_retained_bytes=args.max_retained_bytes,

@@ -196,6 +196,9 @@ class EmulatorConfig:
         max_connections: MQTT connections at once; past it CONNECT is refused
             (Quota exceeded; 3.1.1: Server unavailable), as the service refuses
             clients past its instance's limit. Defaults to 10,000.
+        max_connections_per_address: MQTT connections at once from one
+            address (a flood from one host cannot take them all); 0 for no cap.
+            Defaults to 0: on one machine every test client shares 127.0.0.1.
         max_session_expiry: the longest a persistent session outlives its
             connection, in seconds: an MQTT 5 client asking for more is told so
             in CONNACK, and MQTT 3.1.1 sessions (which ask for nothing) expire
@@ -249,6 +252,7 @@ class EmulatorConfig:
     max_queued: int = 100_000
     max_queued_bytes: int = 64 * 1024 * 1024
     max_connections: int = 10_000
+    max_connections_per_address: int = 0
     max_session_expiry: int = 7 * 86400
     max_retained_bytes: int = 64 * 1024 * 1024
     max_write_buffer: int = 8 * 1024 * 1024
@@ -291,6 +295,7 @@ class EmulatorConfig:
         positive_int("max_queued", self.max_queued)
         positive_int("max_queued_bytes", self.max_queued_bytes)
         positive_int("max_connections", self.max_connections)
+        non_negative_int("max_connections_per_address", self.max_connections_per_address)
         int_in_range("max_session_expiry", self.max_session_expiry, 1, 0xFFFFFFFE, unit=" seconds")
         non_negative_int("max_retained_bytes", self.max_retained_bytes)
         positive_int("max_write_buffer", self.max_write_buffer)

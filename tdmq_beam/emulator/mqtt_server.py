@@ -303,6 +303,10 @@ class MqttConnection(asyncio.Protocol):
         taking_over = existing is not None and existing.connection is not None
         if not taking_over and self.broker.connected_count() >= config.max_connections:
             return self._refuse(_QUOTA_EXCEEDED, f"the instance allows {config.max_connections} connections")
+        if not taking_over and config.max_connections_per_address:
+            host = self.peer.rsplit(":", 1)[0]
+            if self.broker.connected_count(from_host=host) >= config.max_connections_per_address:
+                return self._refuse(_QUOTA_EXCEEDED, f"{config.max_connections_per_address} connections from {host}")
         if existing is not None and existing.username != username:
             # A session belongs to the user who made it, live or not: another user may neither
             # resume it (and read what it holds), take over its connection, nor end it with a
