@@ -41,6 +41,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from tdmq_beam import CloudApiConfig, EnrichWithClientStatus, TdmqConnection
 from tdmq_beam.records.fields import json_default
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
+from tdmq_beam_pipelines.command_input import input_problem
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, result_line, run_to_end
 from tdmq_beam_pipelines.service_flags import (
     add_service_flags,
@@ -258,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tdmq_beam_pipelines.ingest_device_telemetry, which reads MQTT, locally",
             )
         check_status_source(PROGRAM, args)
+        if args.input and (problem := input_problem(args.input)):
+            usage_error(PROGRAM, problem)
         connection, cloud = service_from_flags(PROGRAM, args)
         summary = run(args, beam_args, connection, cloud)
     _print_summary(summary)
