@@ -82,7 +82,7 @@ def test_a_secret_id_without_its_key_is_one_line_before_anything_runs(module, ca
     argv += ["--secret-id", "AKIDtest", "--instance-id", "mqtt-1"]
     argv += {
         backfill: ["--input", str(commands), "--output", "out"],
-        enrich_job: ["--input", "in.jsonl", "--output", "out"],
+        enrich_job: ["--input", str(commands), "--output", "out"],
         ingest_job: ["--mqtt-endpoint", "mqtt://127.0.0.1:1", "--output", "out", "--max-records", "1"],
     }[module]
     with pytest.raises(SystemExit) as exit_:
