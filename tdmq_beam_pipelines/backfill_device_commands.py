@@ -59,7 +59,6 @@ from tdmq_beam import (
 from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH
 from tdmq_beam.records.avro_mapping import load_schema
-from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
 from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands, input_problem
 from tdmq_beam_pipelines.journal import SkipJournaled, WriteJournal, journal_directory
@@ -73,7 +72,7 @@ from tdmq_beam_pipelines.service_flags import (
     service_from_flags,
     usage_error,
 )
-from tdmq_beam_pipelines.signals import EXIT_STOPPED, stop_on_signals
+from tdmq_beam_pipelines.signals import EXIT_STOPPED, run_stoppably
 
 __all__ = ["build_pipeline", "generate_commands", "main"]
 
@@ -501,9 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_schema(args.schema)
         except ValueError as exc:
             usage_error(PROGRAM, f"invalid settings: {exc}")
-        with stop_on_signals(PROGRAM):
-            summary = run_demo(args, beam_args)
-        summary["stopped"] = stop_requested()
+        summary = run_stoppably(PROGRAM, lambda: run_demo(args, beam_args))
         _print_summary(summary)
         return EXIT_STOPPED if summary["stopped"] else 0
     if not args.input or not args.output:
@@ -520,9 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check=lambda: load_schema(args.schema),
         cloud_needed_for=VERIFY_NEEDS_CLOUD if args.verify else None,
     )
-    with stop_on_signals(PROGRAM):
-        summary = run(args, beam_args, connection, cloud)
-    summary["stopped"] = stop_requested()
+    summary = run_stoppably(PROGRAM, lambda: run(args, beam_args, connection, cloud))
     _print_summary(summary)
     if summary["stopped"]:
         return EXIT_STOPPED

@@ -37,7 +37,8 @@ __all__ = ["DEFAULT_MAX_LINE_BYTES", "CommandInput", "ReadCommands", "input_prob
 
 FAILED = "failed"
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
-"""The longest JSON line read (a command with a 1 MiB payload, the service's largest, fits)."""
+"""The longest JSON line read (a command with a payload of 1 MiB, `TdmqConnection`'s default
+``max_payload_bytes``, fits, base64 and all)."""
 _EXCERPT = 256  # characters of an overlong line kept in its dead letter
 
 
@@ -113,11 +114,10 @@ def _json_lines(readable: fileio.ReadableFile, name: str, max_line_bytes: int, m
                 excerpt = data.decode("utf-8", "replace") + "..."
                 yield _Item(location, excerpt, None, f"a line of {length} bytes, over the limit of {max_line_bytes}")
                 continue
-            text = data.decode("utf-8", "replace")
             try:
-                data.decode("utf-8")
+                text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield _Item(location, text, None, f"not UTF-8 ({exc.reason})")
+                yield _Item(location, data.decode("utf-8", "replace"), None, f"not UTF-8 ({exc.reason})")
                 continue
             if not text.strip():
                 continue

@@ -39,7 +39,6 @@ import apache_beam as beam
 
 from tdmq_beam import CloudApiConfig, DecodeMqttMessages, EnrichWithClientStatus, ReadFromTdmqMqtt, TdmqConnection
 from tdmq_beam.records.fields import json_default
-from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.mqtt_source import METRICS_NAMESPACE
 from tdmq_beam_pipelines.package_files import SCHEMAS
 from tdmq_beam_pipelines.runs import committed_counters, committed_gauges, new_pipeline, result_line, run_to_end
@@ -50,7 +49,7 @@ from tdmq_beam_pipelines.service_flags import (
     service_from_flags,
     usage_error,
 )
-from tdmq_beam_pipelines.signals import EXIT_STOPPED, stop_on_signals
+from tdmq_beam_pipelines.signals import EXIT_STOPPED, run_stoppably
 from tdmq_beam_pipelines.status_source import add_status_source_flags, check_status_source, status_options
 
 __all__ = ["build_pipeline", "main"]
@@ -320,9 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.endpoint is None:
         if args.mqtt_endpoint or args.output_topic:
             usage_error(PROGRAM, "--mqtt-endpoint and --output_topic need --endpoint (without, the demo runs)")
-        with stop_on_signals(PROGRAM):
-            summary = run_demo(args, beam_args)
-        summary["stopped"] = stop_requested()
+        summary = run_stoppably(PROGRAM, lambda: run_demo(args, beam_args))
         _print_summary(summary)
         if summary["stopped"]:
             return EXIT_STOPPED
@@ -338,9 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     connection, cloud = service_from_flags(
         PROGRAM, args, check=lambda: DecodeMqttMessages(args.schema, mapping_file=args.mapping_file)
     )
-    with stop_on_signals(PROGRAM):
-        summary = run(args, beam_args, connection, cloud)
-    summary["stopped"] = stop_requested()
+    summary = run_stoppably(PROGRAM, lambda: run(args, beam_args, connection, cloud))
     _print_summary(summary)
     return EXIT_STOPPED if summary["stopped"] else 0
 

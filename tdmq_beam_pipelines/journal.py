@@ -62,15 +62,6 @@ class _WriteJournal(beam.DoFn):
         self._directory = directory
         self._flush_every = flush_every
 
-    def setup(self) -> None:
-        if not FileSystems.exists(self._directory):
-            try:
-                FileSystems.mkdirs(self._directory)
-            except OSError:
-                pass  # another worker made it
-            except Exception:
-                pass
-
     def start_bundle(self) -> None:
         self._lines: list[str] = []
         self._since = time.monotonic()
@@ -88,7 +79,7 @@ class _WriteJournal(beam.DoFn):
         if not self._lines:
             return
         path = FileSystems.join(self._directory, f"part-{uuid.uuid4().hex}.jsonl")
-        with FileSystems.create(path) as handle:
+        with FileSystems.create(path) as handle:  # a local folder is made as needed; object stores have none
             handle.write(("\n".join(self._lines) + "\n").encode())
         self._lines = []
 

@@ -15,12 +15,14 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 from tdmq_beam.transforms.graceful_stop import clear_stop, request_stop, stop_requested
 
-__all__ = ["EXIT_STOPPED", "stop_on_signals"]
+__all__ = ["EXIT_STOPPED", "run_stoppably", "stop_on_signals"]
 
 EXIT_STOPPED = 130
 """Exit status of a job stopped by a signal (128 + SIGINT, as shells report it)."""
@@ -31,8 +33,6 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @contextlib.contextmanager
 def stop_on_signals(program: str) -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM stop the job safely (then at once)."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread (a job run from a test's thread)
         return
@@ -53,3 +53,11 @@ def stop_on_signals(program: str) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def run_stoppably(program: str, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``job()``'s summary, run under `stop_on_signals`, with ``stopped``: whether a signal ended it."""
+    with stop_on_signals(program):
+        summary = job()
+    summary["stopped"] = stop_requested()
+    return summary

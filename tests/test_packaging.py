@@ -3,6 +3,7 @@ environment, runs the demos from another directory with the schemas and YAML fil
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,22 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def installed(tmp_path_factory) -> Path:
     """A venv with the wheel installed (its dependencies from this interpreter's site-packages)."""
     base = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(base),
-            str(ROOT),
-        ],
-        check=True,
-        timeout=300,
-    )
+    # Built from a copy: setuptools keeps a build/ folder beside setup.py, whose stale files (a module
+    # since removed) would go into the next wheel; and the checkout stays as it was.
+    source = base / "source"
+    ignored = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+    shutil.copytree(ROOT, source, ignore=ignored)
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(base)]
+    subprocess.run([*build, str(source)], check=True, timeout=300)
     (wheel,) = base.glob("tdmq_beam-*.whl")
     environment = base / "venv"
     venv.create(environment, system_site_packages=True, with_pip=True)

@@ -437,12 +437,13 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
         **keys: Any,
     ) -> None:
         # Built now, so that a key that cannot work is reported when the pipeline is built.
-        self._record_check = RecordCheck(load_schema(schema)) if schema is not None else None
+        loaded = load_schema(schema) if schema is not None else None  # read once, for the check and the mapping
+        self._record_check = RecordCheck(loaded) if loaded is not None else None
         self._json_field = json_field
         settings = _message_settings(keys)
         write = WriteToTdmqMqtt(
             _connection(keys),
-            mapping=_mapping(schema, mapping_file, topic, payload_field, payload_fields, roles, user_properties),
+            mapping=_mapping(loaded, mapping_file, topic, payload_field, payload_fields, roles, user_properties),
             **settings,
         )
         super().__init__(write, error_handling)
@@ -460,7 +461,7 @@ class YamlWriteToTdmqMqtt(_YamlCallTransform):
 
 
 def _mapping(
-    schema: Optional[str],  # noqa: UP045
+    schema: Optional[Mapping[str, Any]],  # noqa: UP045 (the schema, loaded)
     mapping_file: Optional[str],  # noqa: UP045
     topic: Optional[str],  # noqa: UP045
     payload_field: Optional[str],  # noqa: UP045

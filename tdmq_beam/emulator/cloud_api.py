@@ -25,6 +25,7 @@ from tdmq_beam.emulator.http_api import RequestError, parse_query
 from tdmq_beam.emulator.message_query import MessageQuery
 from tdmq_beam.emulator.session import Session
 from tdmq_beam.mqtt.codec import PacketType
+from tdmq_beam.mqtt.topics import shared_subscription
 from tdmq_beam.rules import tc3
 from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS
 from tdmq_beam.rules.token_bucket import TokenBucket
@@ -233,13 +234,11 @@ class CloudApi:
 
     def _describe_shared_subscription_lag(self, params: dict) -> dict:
         expression = string_parameter(params, "SharedSubscription")
-        prefix, _, rest = expression.partition("/")
-        name, _, topic_filter = rest.partition("/")
-        if prefix != "$share" or not name or not topic_filter:
+        if (shared := shared_subscription(expression)) is None:
             raise CloudError(
                 "InvalidParameterValue", f"SharedSubscription must be $share/{{group}}/{{filter}}, got {expression!r}"
             )
-        return {"Lag": self.broker.shared_lag(name, topic_filter)}
+        return {"Lag": self.broker.shared_lag(*shared)}
 
     def snapshot(self) -> dict:
         return {api: dict(counts) for api, counts in self.requests.items()}

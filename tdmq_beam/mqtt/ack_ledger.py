@@ -95,6 +95,10 @@ class AckLedger:
         self._unacked: collections.deque[_Unacked] = collections.deque()
         self._aliases: dict[int, str] = {}
         self._completing: set[int] = set()  # QoS 2 packet ids whose PUBREC went out, PUBREL to come
+        # Payload bytes queued and handed out, in all: each written by one thread only (see the
+        # module docstring), so their difference is what waits, with no lock.
+        self._bytes_in = 0
+        self.bytes_handed_out = 0
 
     # -- connections -------------------------------------------------------------------
 
@@ -110,6 +114,7 @@ class AckLedger:
         self._ready.clear()
         self._unacked.clear()
         self._aliases.clear()
+        self._bytes_in = self.bytes_handed_out  # what was queued is the broker's again
 
     # -- packets in --------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class AckLedger:
             return None
         delivery = Delivery(self.generation, self._sequence, packet, wall_time)
         self._ready.append(delivery)
+        self._bytes_in += len(packet.payload)
         return delivery
 
     def release(self, packet_id: int) -> bytes:
@@ -180,6 +186,7 @@ class AckLedger:
                 return None
             if delivery.generation == self.generation:
                 self.handed_out = delivery.sequence
+                self.bytes_handed_out += len(delivery.packet.payload)
                 return delivery
         return None
 
@@ -187,6 +194,11 @@ class AckLedger:
     def ready(self) -> int:
         """Messages received and not handed out yet."""
         return len(self._ready)
+
+    @property
+    def ready_bytes(self) -> int:
+        """Payload bytes of the messages received and not handed out yet."""
+        return self._bytes_in - self.bytes_handed_out
 
     def oldest_ready_time(self) -> float | None:
         """Receive time (Unix seconds) of the oldest message not handed out yet, or None."""

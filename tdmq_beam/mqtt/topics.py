@@ -10,6 +10,7 @@ __all__ = [
     "MAX_TOPIC_BYTES",
     "SHARE_PREFIX",
     "filter_covers",
+    "shared_subscription",
     "split_shared",
     "topic_filter_error",
     "topic_matches",
@@ -97,6 +98,16 @@ def split_shared(topic_filter: str) -> tuple[str, str] | None:
     if problem:
         raise ValueError(problem)
     return group, inner
+
+
+def shared_subscription(expression: object) -> tuple[str, str] | None:
+    """``(group, filter)`` of a valid ``$share/{group}/{filter}``; None for anything else."""
+    if not isinstance(expression, str):
+        return None
+    try:
+        return split_shared(expression)
+    except ValueError:
+        return None
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

@@ -38,7 +38,7 @@ class RecordCheck:
         if not isinstance(record, Mapping):
             return f"a {self._noun} must be a JSON object, got {type(record).__name__}"
         try:
-            validate(dict(record), self._parsed, raise_errors=True)
+            validate(record, self._parsed, raise_errors=True)
         except ValidationError as exc:
             problems = "; ".join(str(problem) for problem in exc.errors) or str(exc)
             return f"does not match the schema: {problems}"

@@ -56,22 +56,13 @@ class SubscriptionBacklog:
 
     Attributes:
         messages: the service's ``Lag`` summed over the expressions; None before the first answer.
-        polled_at: ``time.time()`` of that answer (0 before it).
         failures: polls that failed, in all.
     """
 
-    def __init__(
-        self,
-        settings: BacklogSettings,
-        *,
-        client_factory: Callable[[CloudApiConfig], TdmqClient] | None = None,
-        on_stop: Callable[[SubscriptionBacklog], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: BacklogSettings, *, on_stop: Callable[[SubscriptionBacklog], None]) -> None:
         self.settings = settings
         self.messages: int | None = None
-        self.polled_at = 0.0
         self.failures = 0
-        self._client_factory = client_factory or (lambda cloud: TdmqClient(None, cloud))
         self._on_stop = on_stop
         self._read_messages = 0
         self._read_bytes = 0
@@ -116,7 +107,7 @@ class SubscriptionBacklog:
         interval = self.settings.interval
         client = None
         try:
-            client = self._client_factory(self.settings.cloud)
+            client = TdmqClient(None, self.settings.cloud)
             while True:
                 self._poll(client)
                 if self._stop.wait(interval) or time.monotonic() - self._wanted_at > 3 * interval:
@@ -127,8 +118,7 @@ class SubscriptionBacklog:
             self._answered.set()
             if client is not None:
                 client.close()
-            if self._on_stop is not None:
-                self._on_stop(self)
+            self._on_stop(self)
 
     def _poll(self, client: TdmqClient) -> None:
         try:
@@ -136,7 +126,7 @@ class SubscriptionBacklog:
         except TdmqError as error:
             self._failed(error)
         else:
-            self.messages, self.polled_at = messages, time.time()
+            self.messages = messages
         self._answered.set()
 
     def _failed(self, error: BaseException) -> None:
@@ -150,10 +140,9 @@ class SubscriptionBacklog:
 class BacklogWatches:
     """The process's polled subscriptions, by (region, instance, expressions)."""
 
-    def __init__(self, *, client_factory: Callable[[CloudApiConfig], TdmqClient] | None = None) -> None:
+    def __init__(self) -> None:
         self._watches: dict[tuple[str, str, tuple[str, ...]], SubscriptionBacklog] = {}
         self._lock = threading.Lock()
-        self._client_factory = client_factory
 
     def watch(self, settings: BacklogSettings, *, first_wait: float = FIRST_POLL_WAIT) -> SubscriptionBacklog:
         """The subscription's backlog, polled from now on; the first caller waits up to
@@ -163,7 +152,7 @@ class BacklogWatches:
             if backlog is not None:
                 backlog.want()
                 return backlog
-            backlog = SubscriptionBacklog(settings, client_factory=self._client_factory, on_stop=self._forget)
+            backlog = SubscriptionBacklog(settings, on_stop=self._forget)
             self._watches[settings.key] = backlog
             backlog.start()
         backlog.wait_for_first(first_wait)

@@ -41,6 +41,7 @@ from tdmq_beam.errors import (
     error_for_status,
 )
 from tdmq_beam.json_documents import load_json
+from tdmq_beam.mqtt.topics import shared_subscription
 from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS
 from tdmq_beam.rules.limits import KEEPALIVE_RANGE
 from tdmq_beam.rules.token_bucket import TokenBucket
@@ -384,8 +385,7 @@ class AsyncTdmqClient:
             InvalidRequestError: not a ``$share/{group}/{filter}`` expression.
             CloudApiError: the service's refusal.
         """
-        parts = expression.split("/", 2) if isinstance(expression, str) else []
-        if len(parts) != 3 or parts[0] != "$share" or not parts[1] or not parts[2]:
+        if shared_subscription(expression) is None:
             raise InvalidRequestError(f"a shared subscription is $share/{{group}}/{{filter}}, got {expression!r}")
         caller = self._cloud_caller("shared_subscription_lag")
         response, _ = await caller.call_with_retries(

@@ -192,6 +192,8 @@ class _Connection(asyncio.Protocol):
 
     def broke_protocol(self, violation: str) -> None:
         self.violation = violation
+        with self.subscriber._stats_lock:
+            self.subscriber._stats.protocol_violations += 1
         self.abort(f"protocol violation by the broker: {violation}")
 
     def write(self, data: bytes) -> None:
@@ -252,8 +254,6 @@ class MqttSubscriber:
         self._had_session = False  # a connection of ours was accepted before: the broker has our session
         self._stats = SubscriberStats()
         self._stats_lock = threading.Lock()
-        self._bytes_in = 0  # payload bytes queued, in all (the network thread's count)
-        self._bytes_out = 0  # payload bytes handed out or dropped, in all (the reader's count)
         self._filters = tuple(_plain_filter(topic_filter) for topic_filter in settings.filters)
         self._topic_ok: dict[str, bool] = {}  # topics seen, whether a filter matches (bounded)
         self._acknowledged_in_all = 0  # logged at close: the last acknowledgements reach no metrics
@@ -309,14 +309,14 @@ class MqttSubscriber:
         if delivery is None:
             self._arrived.clear()
             delivery = self._ledger.hand_out()  # raced with an arrival
-        if delivery is not None:
-            self._bytes_out += len(delivery.packet.payload)
-        if self._paused and self._ledger.ready < _RESUME_AT and self._queued_bytes() < _RESUME_AT_BYTES:
+        if self._paused and self._ledger.ready < _RESUME_AT and self._ledger.ready_bytes < _RESUME_AT_BYTES:
             self._loop.call_soon_threadsafe(self._resume_reading)
         return delivery
 
-    def _queued_bytes(self) -> int:
-        return self._bytes_in - self._bytes_out
+    @property
+    def handed_out_bytes(self) -> int:
+        """Payload bytes of every message handed out, in all."""
+        return self._ledger.bytes_handed_out
 
     def wait(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for a message to be ready; whether one is."""
@@ -402,14 +402,14 @@ class MqttSubscriber:
                 connection = await self._connect()
             except TdmqError as error:
                 failure = error
-                violation = self._violation_of(self._last_connection)
+                violation = self._last_connection.violation if self._last_connection is not None else None
                 violations = violations + 1 if violation else 0
                 if violation and (not first.done() or violations >= _MAX_VIOLATIONS):
                     failure = self._violation_error(violation, violations)
                 if not first.done():
                     first.set_exception(failure)
                     return
-                if not isinstance(failure, TransportError) or isinstance(failure, ProtocolViolationError):
+                if not failure.retryable:
                     self._fail(failure)  # refused, or broken: trying again will not help
                     return
                 attempt += 1
@@ -422,14 +422,10 @@ class MqttSubscriber:
             else:
                 first.set_result(None)
             await connection.closed
-            self._live = None
-            self._ledger.connection_closed()
-            self._bytes_in = self._bytes_out  # what was queued is the broker's again
-            self._paused = False
+            self._connection_gone()
             if self._closing or self._failure is not None:
                 return
-            violation = self._violation_of(connection)
-            if violation:
+            if violation := connection.violation:
                 violations += 1
                 if violations >= _MAX_VIOLATIONS:
                     self._fail(self._violation_error(violation, violations))
@@ -454,12 +450,11 @@ class MqttSubscriber:
             )
             await self._back_off(attempt)
 
-    def _violation_of(self, connection: _Connection | None) -> str | None:
-        if connection is None or connection.violation is None:
-            return None
-        with self._stats_lock:
-            self._stats.protocol_violations += 1
-        return connection.violation
+    def _connection_gone(self) -> None:
+        """The live connection ended: what it delivered and was not acknowledged is the broker's again."""
+        self._live = None
+        self._ledger.connection_closed()
+        self._paused = False
 
     def _violation_error(self, violation: str, times: int) -> ProtocolViolationError:
         where = "on its first connection" if times == 1 else f"on {times} connections in a row"
@@ -511,9 +506,7 @@ class MqttSubscriber:
         except BaseException:
             connection.abort("handshake failed")
             if self._live is connection:
-                self._live = None
-                self._ledger.connection_closed()
-                self._bytes_in = self._bytes_out
+                self._connection_gone()
             raise
         finally:
             self._last_connection = connection
@@ -670,13 +663,11 @@ class MqttSubscriber:
         level = self.settings.protocol_level
         if kind == PacketType.PUBLISH:
             packet = codec.decode_publish(first, body, level)
-            delivery = self._ledger.receive(packet, self._last_received, self._clock(), expected=self._expected)
-            if delivery is None:
+            if self._ledger.receive(packet, self._last_received, self._clock(), expected=self._expected) is None:
                 return
-            self._bytes_in += len(packet.payload)
             self._arrived.set()
             if (
-                (self._ledger.ready >= _PAUSE_AT or self._queued_bytes() >= _PAUSE_AT_BYTES)
+                (self._ledger.ready >= _PAUSE_AT or self._ledger.ready_bytes >= _PAUSE_AT_BYTES)
                 and not self._paused
                 and connection.transport is not None
             ):
@@ -767,10 +758,7 @@ class MqttSubscriber:
         if live is not None:
             self._wake.set()  # the owner connects again at once
             live.abort("restarted for redelivery")
-            self._live = None
-            self._ledger.connection_closed()
-            self._bytes_in = self._bytes_out
-            self._paused = False
+            self._connection_gone()
 
     async def _close(self, timeout: float, end_session: bool) -> None:
         self._closing = True

@@ -82,7 +82,8 @@ class DecodeMqttMessages(beam.PTransform):
                 raise ConfigurationError("give mapping_file and max_depth to the MessageDecoder, not beside it")
             self._decoder = schema
         else:
-            self._decoder = MessageDecoder(schema, mapping_file, max_depth=max_depth or DEFAULT_MAX_DEPTH)
+            depth = DEFAULT_MAX_DEPTH if max_depth is None else max_depth
+            self._decoder = MessageDecoder(schema, mapping_file, max_depth=depth)
 
     def expand(self, messages: pvalue.PCollection) -> DecodeResult:
         outputs = par_do_with_outputs(

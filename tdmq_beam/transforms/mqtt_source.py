@@ -198,12 +198,12 @@ class _MqttReader(UnboundedReader):
         self._backlog: SubscriptionBacklog | None = None
         self._backlog_messages = Metrics.gauge(METRICS_NAMESPACE, "backlog_messages")
         self._split_backlog_bytes = Metrics.gauge(METRICS_NAMESPACE, "split_backlog_bytes")
-        self._bytes_read = 0  # payload bytes since the last checkpoint, for the backlog's mean size
-        self._bytes_counted_at = self._records_read
+        self._observed_at = (0, 0)  # (records read, session bytes handed out) when last told the backlog
 
     def attach(self, session: MqttSubscriber, backlog: SubscriptionBacklog | None) -> None:
         self._session = session
         self._backlog = backlog
+        self._observed_at = (self._records_read, session.handed_out_bytes)
 
     def start(self) -> bool:
         self._report_session()
@@ -221,7 +221,6 @@ class _MqttReader(UnboundedReader):
         message = ReceivedMessage.from_publish(delivery.packet, Timestamp(micros=int(delivery.receive_time * 1e6)))
         self._current = message
         self._records_read += 1
-        self._bytes_read += len(message.payload)
         self._received.inc()
         if message.dup:
             self._redelivered.inc()
@@ -259,8 +258,9 @@ class _MqttReader(UnboundedReader):
             self._ack_delay.update(delay)
         if (backlog := self._backlog) is not None:
             backlog.want()
-            backlog.observe(self._records_read - self._bytes_counted_at, self._bytes_read)
-            self._bytes_read, self._bytes_counted_at = 0, self._records_read
+            records, size = self._observed_at  # what this reader handed out since: the mean size's input
+            self._observed_at = (self._records_read, self._session.handed_out_bytes)
+            backlog.observe(self._records_read - records, self._session.handed_out_bytes - size)
             if backlog.messages is not None:
                 self._backlog_messages.set(backlog.messages)
                 self._split_backlog_bytes.set(backlog.split_bytes(self._spec.num_readers) or 0)
