@@ -40,6 +40,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
+            "pytest-examples>=0.0.15",  # finds the docs' Python snippets, which a test runs and lints
             "wheel>=0.40",  # the packaging test builds a wheel without fetching a build environment
             "trustme>=1.1",
             "tencentcloud-sdk-python-common>=3.0.1100",

@@ -84,7 +84,7 @@ class _ReadFile(beam.DoFn):
         )
         for item in items:
             if stop_requested():
-                return  # stopped by a signal: what was read goes through, the rest waits for --resume
+                break  # stopped by a signal: what was read goes through, the rest waits for --resume
             self._read.inc()
             problem = item.problem or self._check.problem(item.record)
             if problem is None:

@@ -30,6 +30,7 @@ from tdmq_beam.rules import tc3
 from tdmq_beam.rules.cloud_actions import CLOUD_ACTIONS, RETIRED_CODES
 from tdmq_beam.rules.token_bucket import TokenBucket
 from tdmq_beam.secret import Secret, SecretLike, as_secret
+from tdmq_beam.service.environment import CLOUD_API_ENVIRONMENT, options_from_env
 from tdmq_beam.service.retry import RetryPolicy
 
 __all__ = ["CLOUD_IN_FLIGHT", "ClientDetails", "ClientSubscription", "CloudApiCaller", "CloudApiConfig"]
@@ -115,6 +116,19 @@ class CloudApiConfig:
         self.timeout = float(timeout)
         self.retry = retry or RetryPolicy()
         self.ca_cert = os.fspath(ca_cert) if ca_cert is not None else None
+
+    @classmethod
+    def from_env(cls, **options: Any) -> CloudApiConfig:
+        """The configuration from environment variables; ``options`` given here win over them.
+
+        ``TENCENTCLOUD_SECRET_ID``, ``TENCENTCLOUD_REGION`` and ``TDMQ_INSTANCE_ID`` (required),
+        ``TDMQ_CLOUD_ENDPOINT`` (defaults to Tencent's hosts); the secret key is
+        ``Secret.env("TENCENTCLOUD_SECRET_KEY")``, read on each worker where it signs, never here.
+
+        Raises:
+            ConfigurationError: a required variable is unset, or a value is not valid.
+        """
+        return cls(**options_from_env(CLOUD_API_ENVIRONMENT, options, what="CloudApiConfig"))
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of the cloud API calls: the system's CAs, or ``ca_cert``'s.

@@ -13,6 +13,7 @@ from tdmq_beam.errors import ConfigurationError, TlsError
 from tdmq_beam.hosts import is_loopback
 from tdmq_beam.option_checks import non_negative_int, optional, positive, positive_int
 from tdmq_beam.secret import Secret, SecretLike, as_secret
+from tdmq_beam.service.environment import CONNECTION_ENVIRONMENT, options_from_env
 from tdmq_beam.service.retry import RetryPolicy
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "TdmqConnection"]
@@ -143,6 +144,19 @@ class TdmqConnection:
         self.retry = retry or RetryPolicy()
         self.max_payload_bytes = max_payload_bytes
         self.adaptive_throttling = bool(adaptive_throttling)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> TdmqConnection:
+        """The connection from environment variables; ``options`` given here win over them.
+
+        ``TDMQ_ENDPOINT`` (required), ``TDMQ_MQTT_ENDPOINT``, ``TDMQ_USERNAME``, ``TDMQ_CA_CERT``,
+        ``TDMQ_CLIENT_CERT``, ``TDMQ_CLIENT_KEY``; with a username, the password is
+        ``Secret.env("TDMQ_PASSWORD")``: read on each worker where it connects, never here.
+
+        Raises:
+            ConfigurationError: ``TDMQ_ENDPOINT`` is unset, or a value is not valid.
+        """
+        return cls(**options_from_env(CONNECTION_ENVIRONMENT, options, what="TdmqConnection"))
 
     @property
     def is_tls(self) -> bool:
