@@ -60,7 +60,7 @@ from tdmq_beam.errors import ConfigurationError
 from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH
 from tdmq_beam.records.avro_mapping import load_schema
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
-from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands, input_problem
+from tdmq_beam_pipelines.command_input import DEFAULT_MAX_LINE_BYTES, ReadCommands, input_problem, with_location
 from tdmq_beam_pipelines.journal import SkipJournaled, WriteJournal, journal_directory
 from tdmq_beam_pipelines.package_files import SCHEMAS
 from tdmq_beam_pipelines.runs import committed_counters, new_pipeline, result_line, run_to_end
@@ -169,6 +169,7 @@ class _CountFailures(beam.DoFn):
         self._examples_given: set[str] = set()
 
     def process(self, failure):
+        failure = with_location(failure)  # the write's failures, as the reader's, say where the command was
         kind = failure.error_kind
         Metrics.counter(METRICS_NAMESPACE, f"failed_{kind}").inc()
         if kind not in self._examples_given:

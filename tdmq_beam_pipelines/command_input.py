@@ -15,6 +15,7 @@ dead letter (`tdmq_beam.json_documents`), never a `RecursionError`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -40,6 +41,30 @@ DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 """The longest JSON line read (a command with a payload of 1 MiB, `TdmqConnection`'s default
 ``max_payload_bytes``, fits, base64 and all)."""
 _EXCERPT = 256  # characters of an overlong line kept in its dead letter
+
+
+class LocatedCommand(dict):
+    """A command and where it was read (``commands.jsonl line 3``).
+
+    To every transform it is the dict it holds: the location reaches no payload, no journal key
+    and no result file (``json.dumps`` and ``dict()`` see the items only), costs no field of the
+    schema, and survives Beam's coders (a pickled dict subclass keeps its slots). The backfill
+    puts it in front of the reason of a command the write could not publish, as the reader does
+    for the commands it refuses itself.
+    """
+
+    __slots__ = ("location",)
+
+    def __init__(self, command: dict, location: str) -> None:
+        super().__init__(command)
+        self.location = location
+
+
+def with_location(failure: FailedMessage) -> FailedMessage:
+    """``failure`` with its command's location in front of the reason, where it has one."""
+    if isinstance(failure.element, LocatedCommand):
+        return dataclasses.replace(failure, reason=f"{failure.element.location}: {failure.reason}")
+    return failure
 
 
 class CommandInput(NamedTuple):
@@ -88,7 +113,8 @@ class _ReadFile(beam.DoFn):
             self._read.inc()
             problem = item.problem or self._check.problem(item.record)
             if problem is None:
-                command = self._check.with_defaults(item.record)  # a JSON line may leave out defaulted fields
+                # a JSON line may leave out defaulted fields
+                command = LocatedCommand(self._check.with_defaults(item.record), item.location)
                 yield (None, command) if self._pairs else command
             else:
                 kind = "unparseable" if item.record is None else "invalid_record"

@@ -96,6 +96,8 @@ def test_bad_input_goes_to_failed_with_file_and_line(emulator, tmp_path, monkeyp
         json.dumps({**good[2], "issued_at": "2025-01-01T00:00:00Z"}),  # line 4: an ISO string for a long
         "",
         "[1, 2]",  # line 6: not an object
+        json.dumps({**good[0], "device_id": "dev-#1"}),  # line 7: fits the schema, but no topic name
+        json.dumps({**good[1], "params": {"blob": "x" * 1_100_000}}),  # line 8: a payload over 1 MiB
     ]
     source = tmp_path / "commands.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -108,8 +110,8 @@ def test_bad_input_goes_to_failed_with_file_and_line(emulator, tmp_path, monkeyp
     assert backfill.main(argv) == EXIT_RECORDS_FAILED  # some records failed, and that was not allowed
     printed = capsys.readouterr().out
     summary = _numbers(printed)
-    assert (summary["read"], summary["published"]) == ("5", "1")
-    assert summary["failed"] == "4 (invalid_record=3, unparseable=1)"
+    assert (summary["read"], summary["published"]) == ("7", "1")
+    assert summary["failed"] == "6 (invalid_message=1, invalid_record=4, unparseable=1)"
     assert "  e.g. unparseable: commands.jsonl line 2: not valid JSON" in printed
     assert "  e.g. invalid_record: commands.jsonl line " in printed
     failed = []
@@ -117,12 +119,20 @@ def test_bad_input_goes_to_failed_with_file_and_line(emulator, tmp_path, monkeyp
         with open(name) as handle:
             failed.extend(json.loads(line) for line in handle)
     reasons = sorted(record["reason"] for record in failed)
-    assert len(reasons) == 4
+    assert len(reasons) == 6
     assert reasons[0].startswith("commands.jsonl line 2: not valid JSON")
     assert reasons[1].startswith("commands.jsonl line 3: does not match the schema") and "device_id" in reasons[1]
     assert reasons[2].startswith("commands.jsonl line 4: does not match the schema") and "issued_at" in reasons[2]
     assert reasons[3].startswith("commands.jsonl line 6: a command must be a JSON object")
-    assert {record["error_kind"] for record in failed} == {"unparseable", "invalid_record"}
+    # what only the write finds (the topic, the payload's size) names the line too
+    assert reasons[4] == (
+        "commands.jsonl line 7: invalid record: topic 'devices/dev-#1/commands' contains a wildcard ('+' or '#'); "
+        "publish needs a topic name"
+    )
+    assert reasons[5].startswith("commands.jsonl line 8: payload is 11") and "the limit is 1048576" in reasons[5]
+    assert {record["error_kind"] for record in failed} == {"unparseable", "invalid_record", "invalid_message"}
+    wildcard = next(record for record in failed if "line 7" in record["reason"])
+    assert wildcard["element"]["device_id"] == "dev-#1" and "location" not in wildcard["element"]
     assert not glob.glob(str(tmp_path / "out" / "beam-temp-*"))
 
 

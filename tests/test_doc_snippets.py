@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -283,3 +285,47 @@ def test_the_snippet_is_lint_clean(doc, index, example, eval_example: EvalExampl
     eval_example.config.ruff_line_length = 120
     eval_example.config.line_length = 120
     eval_example.lint_ruff(example)
+
+
+def _readme_shell_block(starting: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S)
+    (block,) = [block for block in blocks if block.startswith(starting)]
+    return block
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.timeout(300)
+def test_the_readmes_own_commands_run_as_written(tmp_path):
+    """The README's second example, as a shell runs it: the emulator on its default ports, a
+    mosquitto_sub watching, the README's command line published by the backfill."""
+    if shutil.which("mosquitto_sub") is None:
+        pytest.skip("needs mosquitto_sub: apt-get install mosquitto-clients")
+    if not (_free(8080) and _free(1883)):
+        pytest.skip("the README's emulator needs 127.0.0.1:8080 and :1883, which are in use here")
+    block = _readme_shell_block("tdmq-emulator")
+    assert README_COMMAND in block  # the command the Python snippets read too
+    output = tmp_path / "shell-output"
+    with output.open("w") as out:
+        shell = subprocess.Popen(["bash", "-e", "-c", block], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # fmt: skip
+        try:
+            status = shell.wait(timeout=240)
+            time.sleep(1)  # the subscriber's last line
+        finally:
+            os.killpg(shell.pid, signal.SIGTERM)  # the subscriber, backgrounded in the block
+            text = output.read_text()
+            if pid := re.search(r"pid=(\d+)", text):
+                os.kill(int(pid.group(1)), signal.SIGTERM)  # the detached emulator
+    assert status == 0, text
+    assert "Error" not in text and "Traceback" not in text, text
+    ready = r"^tdmq-emulator serving http=http://127.0.0.1:8080 mqtt=mqtt://127.0.0.1:1883 pid=\d+$"
+    assert re.search(ready, text, re.M), text
+    assert re.search(r"^published: +1$", text, re.M) and re.search(r"^failed: +0 ", text, re.M), text
+    (delivered,) = [line for line in text.splitlines() if line.startswith("devices/")]
+    topic, payload = delivered.split(" ", 1)
+    assert topic == "devices/dev-1/commands" and json.loads(payload)["command_id"] == "c-1"

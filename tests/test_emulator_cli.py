@@ -163,3 +163,45 @@ def test_a_port_in_use_is_one_line_and_exit_2():
     assert run.returncode == 2
     assert run.stderr.startswith("tdmq-emulator: error: cannot listen on 127.0.0.1")
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+def test_detach_returns_once_serving_with_its_pid_and_a_start_up_error_with_its_status():
+    import os
+    import re
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    run = subprocess.run(
+        [sys.executable, "-m", "tdmq_beam.emulator", "--detach", "--http-port", "0", "--mqtt-port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    match = re.fullmatch(r"tdmq-emulator serving http=(\S+) mqtt=mqtt://127.0.0.1:(\d+) pid=(\d+)\n", run.stdout)
+    assert match, run.stdout
+    http_url, mqtt_port, pid = match.group(1), int(match.group(2)), int(match.group(3))
+    try:
+        # serving already, with no wait: the command returned only once it was
+        request = urllib.request.Request(http_url + "/client-id/nobody/status")
+        request.add_header("Authorization", "Basic dXNlcjA6c2VjcmV0MA==")  # user0:secret0
+        assert json.loads(urllib.request.urlopen(request, timeout=10).read()) == {"online": False}
+        with socket.create_connection(("127.0.0.1", mqtt_port), timeout=10):
+            pass
+        # a second one on the same port: the start-up error, and its status, reach the shell
+        again = subprocess.run(
+            [sys.executable, "-m", "tdmq_beam.emulator", "--detach", "--http-port", "0", "--mqtt-port", str(mqtt_port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 2 and again.stdout == ""
+        assert again.stderr.startswith("tdmq-emulator: error: cannot listen on 127.0.0.1")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while True:  # it stops on SIGTERM (it is not our child: poll for it)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the detached emulator did not stop on SIGTERM"
+        time.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -123,6 +124,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--client-ca", help="with TLS: verify client certificates against this CA (mTLS)")
     parser.add_argument("--log-level", default="WARNING", help="logging level")
+    parser.add_argument(
+        "--detach", action="store_true",
+        help="serve in the background: return once serving (or not), with the ready line and its pid",
+    )  # fmt: skip
     return parser
 
 
@@ -130,6 +135,11 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
     """Parses command-line arguments into a config and a log level."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    return _config(parser, args), args.log_level
+
+
+def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EmulatorConfig:
+    """The emulator's configuration from its parsed arguments (a mistake is the parser's error)."""
     try:
         config = EmulatorConfig(
             host=args.host,
@@ -179,10 +189,48 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str
         )
     except ValueError as exc:
         parser.error(str(exc))
-    return config, args.log_level
+    return config
 
 
-async def _serve(config: EmulatorConfig) -> None:
+def _detach() -> int | None:
+    """Forks the emulator off; in the parent, waits until it serves or fails and returns the
+    command's exit status (None in the emulator, which goes on).
+
+    Until it serves, the emulator's stdout and stderr go to the parent through a pipe, so the
+    ready line, the start-up warnings and a start-up error ("port in use") reach the shell before
+    the command returns; after that they go to /dev/null (run it in the foreground for its logs).
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.setsid()  # not stopped by the shell's Ctrl-C, nor by the end of the terminal's session
+        for stream in (1, 2):
+            os.dup2(write_end, stream)
+        os.close(write_end)
+        return None
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as started:
+        told = started.read()  # until the emulator serves and lets go of the pipe, or exits
+    finished, status = os.waitpid(pid, os.WNOHANG)
+    if finished:
+        sys.stderr.buffer.write(told)
+        return os.waitstatus_to_exitcode(status) or 1
+    sys.stdout.buffer.write(told.rstrip(b"\n") + f" pid={pid}\n".encode())
+    return 0
+
+
+def _let_go_of_the_terminal() -> None:
+    """A detached emulator's stdout and stderr, once it serves: /dev/null."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in (1, 2):
+        os.dup2(null, stream)
+    os.close(null)
+
+
+async def _serve(config: EmulatorConfig, *, detached: bool = False) -> None:
     emulator = Emulator(config)
     try:
         await emulator.start()
@@ -196,19 +244,26 @@ async def _serve(config: EmulatorConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     listeners = " ".join(f"{name}={url}" for name, url in emulator.urls().items())
     print(f"tdmq-emulator serving {listeners}", flush=True)
+    if detached:
+        _let_go_of_the_terminal()
     await stop.wait()
     await emulator.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, log_level = parse_config(argv)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    config = _config(parser, args)
+    if args.detach and (status := _detach()) is not None:
+        return status
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve = _serve(config, detached=args.detach)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(config))
+        asyncio.run(serve)
     else:
-        uvloop.run(_serve(config))
+        uvloop.run(serve)
     return 0
 
 
