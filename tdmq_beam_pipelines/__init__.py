@@ -18,6 +18,7 @@ _BEAM_IMPORT_NOISE = (
     "Failed to import S3FileSystem",
     "Failed to import AzureBlobStorageFileSystem",
     "apitools not found",
+    "Could not load ML transform module",  # Beam YAML's providers, for ML extras not installed
 )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "add_connection_flags",
     "add_progress_flags",
     "add_service_flags",
+    "check_beam_flags",
     "cloud_from_flags",
     "connection_from_flags",
     "job_parser",
@@ -93,14 +94,20 @@ def parse_job_flags(
     unless ``--quiet``."""
     logging.basicConfig(level=logging.WARNING)
     args, beam_args = parser.parse_known_args(argv)
+    check_beam_flags(parser, beam_args)
+    show_progress(args)
+    return args, beam_args
+
+
+def check_beam_flags(parser: argparse.ArgumentParser, beam_args: Sequence[str]) -> None:
+    """Exits with one line (status 2) naming the first of ``beam_args`` that is neither one of
+    ``parser``'s flags nor a Beam pipeline option, with the nearest spelling of either."""
     if unknown := _not_beam_options(beam_args):
         flag = unknown.split("=", 1)[0]
         known = [*parser._option_string_actions, *_beam_parser()._option_string_actions]
         nearest = difflib.get_close_matches(flag, [k for k in known if k.startswith("--")], n=1, cutoff=0.6)
         hint = f"; did you mean {nearest[0]}?" if nearest else " (neither this job's nor a Beam pipeline option)"
         usage_error(parser.prog.rsplit(".", 1)[-1], f"unknown flag {flag}{hint}")
-    show_progress(args)
-    return args, beam_args
 
 
 def _beam_parser() -> argparse.ArgumentParser:

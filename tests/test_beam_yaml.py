@@ -13,6 +13,7 @@ import yaml
 from apache_beam.yaml import main as yaml_main
 
 from tdmq_beam.beam_yaml import PROVIDERS_FILE
+from tdmq_beam_pipelines import run_yaml as run_yaml_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "tdmq_beam_pipelines" / "yaml"
@@ -461,3 +462,54 @@ def test_a_yaml_events_source_needs_both_inputs_and_no_cloud_keys(emulator, tmp_
     transform = {"type": "EnrichWithClientStatus", "name": "Enrich", "config": {**keys, "source": "events"}}
     with pytest.raises(Exception, match="takes two inputs"):
         run_yaml(_pipeline(tmp_path, transform, [{"client_id": "c"}]), {}, monkeypatch)
+
+
+# -- python -m tdmq_beam_pipelines.run_yaml --------------------------------------------------------
+
+
+def test_run_yaml_runs_an_example_by_name_from_anywhere(emulator, paho, tmp_path, monkeypatch):
+    subscriber = paho("run-yaml-watch")
+    subscriber.subscribe("devices/run-yaml-dev/commands", qos=1)
+    (tmp_path / "commands.jsonl").write_text(
+        json.dumps({"device_id": "run-yaml-dev", "command_id": "c-1", "command": "reboot", "issued_at": 0}) + "\n"
+    )
+    monkeypatch.chdir(tmp_path)  # no schemas/ here: the package's are used
+    monkeypatch.setenv("TDMQ_PASSWORD", emulator.password)
+    variables = {"endpoint": emulator.http_url, "input": "commands.jsonl", "output": "out/yaml"}
+    assert run_yaml_command.main(["backfill_device_commands", f"--jinja_variables={json.dumps(variables)}"]) == 0
+    (message,) = subscriber.receive(1)
+    assert message.properties.CorrelationData == b"c-1"
+    (published,) = read_json_files(str(tmp_path / "out" / "yaml-published"))
+    assert published["topic"] == "devices/run-yaml-dev/commands"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["backfill_device_command"], "no pipeline 'backfill_device_command': give an example (backfill_device_comm"),
+        (["backfill_device_commands", "--direct_num_worker", "2"], "unknown flag --direct_num_worker; did you mean"),
+        (["backfill_device_commands", "--jinja_variables", "[1]"], "--jinja_variables must be a JSON object, got list"),
+        (["backfill_device_commands", "--jinja_variables", "{"], "--jinja_variables is not JSON"),
+        (["backfill_device_commands", "--jinja_variables", '{"input": "x", "output": "y"}'],
+         "the pipeline needs a Jinja variable ('endpoint' is undefined): give it in --jinja_variables"),
+    ],
+)  # fmt: skip
+def test_run_yaml_mistakes_are_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_yaml_command.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"run_yaml: error: {message}") and err.count("\n") == 1, err
+
+
+def test_run_yaml_says_a_refused_preflight_in_one_line_naming_the_transform(emulator, tmp_path, monkeypatch, capsys):
+    (tmp_path / "commands.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TDMQ_PASSWORD", "not-the-password")
+    variables = {"endpoint": emulator.http_url, "input": "commands.jsonl", "output": "out/yaml"}
+    with pytest.raises(SystemExit) as stopped:
+        run_yaml_command.main(["backfill_device_commands", f"--jinja_variables={json.dumps(variables)}"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('run_yaml: error: Invalid transform specification at "Publish"') and err.count("\n") == 1
+    assert "refused the credentials (401)" in err and "not-the-password" not in err

@@ -3,7 +3,10 @@ environment, runs the demos from another directory with the schemas and YAML fil
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -52,3 +55,34 @@ def test_the_wheel_ships_the_schemas_and_yaml_and_runs_the_demo_elsewhere(instal
     )  # fmt: skip
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "published:    58" in demo.stdout, demo.stdout
+
+
+def test_the_installed_yaml_example_runs_elsewhere_with_the_installed_schema(installed, tmp_path):
+    """``run_yaml`` finds the example and its schema in the installed package; ``tdmq-emulator
+    --detach`` of the venv serves it. Nothing of this checkout is on the way."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "commands.jsonl").write_text(
+        '{"device_id": "dev-1", "command_id": "c-1", "command": "reboot", "issued_at": 0}\n'
+    )
+    emulator = subprocess.run(
+        [installed.parent / "tdmq-emulator", "--detach", "--http-port", "0", "--mqtt-port", "0"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert emulator.returncode == 0, emulator.stderr
+    http_url = emulator.stdout.split("http=")[1].split()[0]
+    pid = int(emulator.stdout.rsplit("pid=", 1)[1])
+    try:
+        variables = {"endpoint": http_url, "input": "commands.jsonl", "output": "out/yaml"}
+        run = subprocess.run(
+            [installed, "-m", "tdmq_beam_pipelines.run_yaml", "backfill_device_commands",
+             f"--jinja_variables={json.dumps(variables)}"],
+            cwd=elsewhere, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "TDMQ_PASSWORD": "secret0"},
+        )  # fmt: skip
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr == "", run.stderr  # none of Beam's start-up noise
+    (published,) = [json.loads(line) for path in elsewhere.glob("out/yaml-published*") for line in path.open()]
+    assert published["topic"] == "devices/dev-1/commands" and len(published["message_id"]) == 32
