@@ -114,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--qos", type=int, choices=(0, 1, 2), help="default QoS where a record sets none")
     behaviour.add_argument("--idempotency-key", action="store_true", help="add an idempotency-key user property")
     behaviour.add_argument(
+        "--max-pending-batches", type=int, default=Batching().max_pending_batches, metavar="N",
+        help="batches in flight per worker process: after a kill, --resume publishes again at most "
+        "N + 1 batches of what these had accepted; fewer keep the pipe less full",
+    )  # fmt: skip
+    behaviour.add_argument(
         "--allow-failed", action="store_true",
         help=f"exit 0 even when some records failed (otherwise exit {EXIT_RECORDS_FAILED})",
     )  # fmt: skip
@@ -302,6 +307,7 @@ def build_pipeline(
         mapping=mapping,
         qos=args.qos,
         idempotency_key=IdempotencyKey() if args.idempotency_key else None,
+        batching=Batching(max_pending_batches=args.max_pending_batches),
     ).with_progress(None if args.quiet else args.progress_interval, expected=getattr(args, "expected", None))
     published, failed = records | "Publish" >> write
     _ = published | "Journal" >> WriteJournal(journal, flush_every=Batching().size_for(connection))  # a batch
@@ -487,7 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = parse_job_flags(_parser(), argv)
     if not 0 < args.verify_sample <= 1:
         usage_error(PROGRAM, f"--verify-sample must be within (0, 1], got {args.verify_sample:g}")
-    for flag, value in (("--max-line-bytes", args.max_line_bytes), ("--max-nesting", args.max_nesting)):
+    positive_flags = (
+        ("--max-line-bytes", args.max_line_bytes),
+        ("--max-nesting", args.max_nesting),
+        ("--max-pending-batches", args.max_pending_batches),
+    )
+    for flag, value in positive_flags:
         if value < 1:
             usage_error(PROGRAM, f"{flag} must be positive, got {value}")
     if args.endpoint is None:

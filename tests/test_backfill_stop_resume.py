@@ -116,20 +116,25 @@ def test_ctrl_c_stops_safely_and_resume_publishes_the_rest(service, tmp_path):
     assert sum(seen.values()) == 30_000  # a safe stop publishes nothing twice
 
 
-def test_a_killed_backfill_resumes_from_its_journal(service, tmp_path):
+@pytest.mark.parametrize(
+    ("commands", "kill_after", "pending"),
+    [(100_000, 30_000, IN_FLIGHT_BATCHES), (20_000, 5_000, 1)],
+    ids=["default-pending-batches", "one-pending-batch"],
+)
+def test_a_killed_backfill_resumes_from_its_journal(service, tmp_path, commands, kill_after, pending):
     emulator, subscriber = service
     source, output = tmp_path / "commands.jsonl", tmp_path / "out" / "run"
-    expected = _commands(source, 100_000)
-    first = _start(emulator, source, output)
-    _wait_accepted(emulator, first, 30_000)
+    expected = _commands(source, commands)
+    first = _start(emulator, source, output, "--max-pending-batches", str(pending))
+    _wait_accepted(emulator, first, kill_after)
     first.kill()
     first.communicate(timeout=60)
     accepted_before = _accepted(emulator)
     journaled = len(journaled_keys(f"{output}-journal"))
-    in_flight = IN_FLIGHT_BATCHES * BATCH  # what one worker may have accepted but not handed on
+    in_flight = pending * BATCH  # what one worker may have accepted but not handed on
     assert accepted_before - in_flight - BATCH <= journaled <= accepted_before
 
-    second = _start(emulator, source, output, "--resume")
+    second = _start(emulator, source, output, "--resume", "--max-pending-batches", str(pending))
     stdout, stderr = second.communicate(timeout=600)
     assert second.returncode == 0, stderr[-3000:]
     assert int(_summary(stdout)["skipped"].split()[0]) == journaled
@@ -137,7 +142,7 @@ def test_a_killed_backfill_resumes_from_its_journal(service, tmp_path):
     assert set(seen) == expected  # every command delivered
     twice = sum(count - 1 for count in seen.values())
     assert twice == accepted_before - journaled  # exactly those accepted but not yet journaled at the kill
-    assert twice <= in_flight + BATCH  # at most the batches one worker had in flight
+    assert twice <= in_flight + BATCH  # at most the batches one worker had in flight, and the one handed on
 
 
 def test_ctrl_c_ends_the_ingest_reads_after_what_they_read(tmp_path):
