@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     behaviour.add_argument(
         "--max-pending-batches", type=int, default=Batching().max_pending_batches, metavar="N",
         help="batches in flight per worker process: after a kill, --resume publishes again at most "
-        "N + 1 batches of what these had accepted; fewer keep the pipe less full",
+        "what these N batches had accepted; fewer keep the pipe less full",
     )  # fmt: skip
     behaviour.add_argument(
         "--allow-failed", action="store_true",

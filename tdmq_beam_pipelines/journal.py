@@ -1,12 +1,13 @@
 """The backfill's journal: each command the service accepted, recorded as the run goes, so that a
 run stopped at any point (Ctrl-C, SIGKILL, a lost machine) resumes without publishing it all again.
 
-Beside the result files, ``{output}-journal/`` gets one file per batch of published commands,
-written as soon as the publish step hands the batch on (not at the end, as Beam's result files
-are), each line ``{"key": ..., "message_id": ...}``. So a killed run's journal holds every
-command the service accepted but those still in flight: at most the write's pending batches
-(``max_pending_batches`` x ``batch_size`` per worker process), which a resumed run publishes
-again. A command's key is a SHA-256 of its record as canonical JSON, the same in every run.
+Beside the result files, ``{output}-journal/`` gets a line per published command as soon as the
+publish step hands it on (not at the end, as Beam's result files are), ``{"key": ...,
+"message_id": ...}``, in files of a batch's worth of lines. The publish step hands a finished
+batch on before it starts the next, so a killed run's journal holds every command the service
+accepted but those of the batches still in flight: at most ``max_pending_batches`` x
+``batch_size`` per worker process (one batch with ``--max-pending-batches 1``), which a resumed
+run publishes again. A command's key is a SHA-256 of its record as canonical JSON, the same in every run.
 ``--resume`` skips every command whose key the journal holds. A file cut short by a kill ends in a
 partial line, which is ignored.
 """
@@ -58,35 +59,44 @@ def journaled_keys(directory: str) -> set[str]:
 
 
 class _WriteJournal(beam.DoFn):
+    """Appends each published command's line to the open part file at once (a local file has it
+    as soon as it is written), and closes the file every ``flush_every`` lines or half a second
+    (an object store has a file when it is closed); the next line opens another."""
+
     def __init__(self, directory: str, flush_every: int) -> None:
         self._directory = directory
         self._flush_every = flush_every
 
     def start_bundle(self) -> None:
-        self._lines: list[str] = []
-        self._since = time.monotonic()
+        self._file: Any = None
+        self._lines = 0
+        self._opened = 0.0
 
     def process(self, published: PublishedMessage) -> None:
-        self._lines.append(json.dumps({"key": command_key(published.element), "message_id": published.message_id}))
-        if len(self._lines) >= self._flush_every or time.monotonic() - self._since >= _FLUSH_SECONDS:
-            self._flush()
+        line = json.dumps({"key": command_key(published.element), "message_id": published.message_id})
+        if self._file is None:
+            path = FileSystems.join(self._directory, f"part-{uuid.uuid4().hex}.jsonl")
+            self._file = FileSystems.create(path)  # a local folder is made as needed; object stores have none
+            self._opened = time.monotonic()
+        self._file.write((line + "\n").encode())
+        self._file.flush()
+        self._lines += 1
+        if self._lines >= self._flush_every or time.monotonic() - self._opened >= _FLUSH_SECONDS:
+            self._close()
 
     def finish_bundle(self) -> None:
-        self._flush()
+        self._close()
 
-    def _flush(self) -> None:
-        self._since = time.monotonic()
-        if not self._lines:
-            return
-        path = FileSystems.join(self._directory, f"part-{uuid.uuid4().hex}.jsonl")
-        with FileSystems.create(path) as handle:  # a local folder is made as needed; object stores have none
-            handle.write(("\n".join(self._lines) + "\n").encode())
-        self._lines = []
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._lines = 0
 
 
 class WriteJournal(beam.PTransform):
-    """Records each `PublishedMessage`'s command in the journal in ``directory``, a file per
-    ``flush_every`` commands (or half a second)."""
+    """Records each `PublishedMessage`'s command in the journal in ``directory`` as it comes, in
+    files of ``flush_every`` commands (or half a second)."""
 
     def __init__(self, directory: str, *, flush_every: int) -> None:
         super().__init__()

@@ -163,48 +163,61 @@ class BatchedCallsFn(WorkerClientFn):
         self._ready: collections.deque[Any] = collections.deque()
 
     def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
+        emit = len(windowed.windows) == 1 or self._complete_in_process
         if self._batched_input:
             for item, timestamp, windows in element[1]:
-                self._add(item, WindowedValue(item, timestamp, windows))
-        else:
-            self._add(element, windowed)
+                if self._add(item, WindowedValue(item, timestamp, windows)):
+                    yield from self._submit(emit)
+        elif self._add(element, windowed):
+            yield from self._submit(emit)
         if self._complete_in_process:
             if self._buffer:
-                self._submit()
+                yield from self._submit(emit)
             while self._outstanding:
                 self._complete(block=True)
-        if self._ready and (len(windowed.windows) == 1 or self._complete_in_process):
-            ready = self._ready
-            while ready:
-                yield ready.popleft()
+        if emit:
+            yield from self._handed_on()
 
     def finish_bundle(self) -> Iterable[Any]:
         if self._buffer:
-            self._submit()
+            yield from self._submit(True)
         while self._outstanding:
             self._complete(block=True)
-        ready = self._ready
-        while ready:
-            yield ready.popleft()
+        yield from self._handed_on()
 
     # -- machinery --------------------------------------------------------------------
 
-    def _add(self, element: Any, windowed: WindowedValue) -> None:
+    def _add(self, element: Any, windowed: WindowedValue) -> bool:
+        """Buffers ``element``'s call (or its rejection); whether a batch is full."""
         try:
             work = self.prepare(element)
         except InvalidMessageError as error:
             self._ready.append(self._in_windows(self.reject(element, error), windowed))
-            return
+            return False
         self._buffer.append((element, work, windowed))
-        if len(self._buffer) >= self._batch_size:
-            self._submit()
+        return len(self._buffer) >= self._batch_size
 
-    def _submit(self) -> None:
+    def _submit(self, emit: bool) -> Iterator[Any]:
+        """Starts the buffered batch once fewer than ``max_pending_batches`` are outstanding.
+
+        With ``emit``, what has finished is handed on before the batch starts: downstream (the
+        backfill's journal) has then taken in every finished batch, so the calls the service may
+        have accepted and no one downstream has seen are those of the outstanding batches only,
+        at most ``max_pending_batches`` of them. The other outstanding batches keep the pipe busy
+        meanwhile.
+        """
         batch, self._buffer = self._buffer, []
         while len(self._outstanding) >= self._max_pending:
             self._complete(block=True)
+        if emit:
+            yield from self._handed_on()
         self._outstanding[self.start([work for _, work, _ in batch])] = batch
         self._complete(block=False)
+
+    def _handed_on(self) -> Iterator[Any]:
+        ready = self._ready
+        while ready:
+            yield ready.popleft()
 
     def _complete(self, block: bool) -> None:
         """Takes in the batches that are done; with ``block``, waits for at least one.
