@@ -118,7 +118,7 @@ def test_ctrl_c_stops_safely_and_resume_publishes_the_rest(service, tmp_path):
 
 @pytest.mark.parametrize(
     ("commands", "kill_after", "pending"),
-    [(100_000, 30_000, IN_FLIGHT_BATCHES), (20_000, 5_000, 1)],
+    [(100_000, 30_000, 1), (20_000, 5_000, IN_FLIGHT_BATCHES)],
     ids=["default-pending-batches", "one-pending-batch"],
 )
 def test_a_killed_backfill_resumes_from_its_journal(service, tmp_path, commands, kill_after, pending):
