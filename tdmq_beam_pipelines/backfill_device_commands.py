@@ -302,15 +302,16 @@ def build_pipeline(
     records = commands.records
     if args.resume:
         records = records | "SkipJournaled" >> SkipJournaled(journal, namespace=METRICS_NAMESPACE)
+    batching = Batching(max_pending_batches=args.max_pending_batches)
     write = WriteToTdmqMqtt(
         connection,
         mapping=mapping,
         qos=args.qos,
         idempotency_key=IdempotencyKey() if args.idempotency_key else None,
-        batching=Batching(max_pending_batches=args.max_pending_batches),
+        batching=batching,
     ).with_progress(None if args.quiet else args.progress_interval, expected=getattr(args, "expected", None))
     published, failed = records | "Publish" >> write
-    _ = published | "Journal" >> WriteJournal(journal, flush_every=Batching().size_for(connection))  # a batch
+    _ = published | "Journal" >> WriteJournal(journal, flush_every=batching.size_for(connection))  # a batch
     all_failed = (commands.failed, failed) | "AllFailures" >> beam.Flatten()
     counted = all_failed | "CountFailures" >> beam.ParDo(_CountFailures())
     results = {"published": published, "failed": counted}

@@ -30,6 +30,7 @@ from tdmq_beam import FailedMessage
 from tdmq_beam.json_documents import DEFAULT_MAX_DEPTH, load_json
 from tdmq_beam.option_checks import positive_int
 from tdmq_beam.records.record_check import RecordCheck
+from tdmq_beam.records.sourced_record import source_of
 from tdmq_beam.transforms.graceful_stop import stop_requested
 from tdmq_beam.transforms.outputs import par_do_with_outputs
 from tdmq_beam.transforms.runner_limits import RunnerCapabilities
@@ -43,27 +44,12 @@ DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 _EXCERPT = 256  # characters of an overlong line kept in its dead letter
 
 
-class LocatedCommand(dict):
-    """A command and where it was read (``commands.jsonl line 3``).
-
-    To every transform it is the dict it holds: the location reaches no payload, no journal key
-    and no result file (``json.dumps`` and ``dict()`` see the items only), costs no field of the
-    schema, and survives Beam's coders (a pickled dict subclass keeps its slots). The backfill
-    puts it in front of the reason of a command the write could not publish, as the reader does
-    for the commands it refuses itself.
-    """
-
-    __slots__ = ("location",)
-
-    def __init__(self, command: dict, location: str) -> None:
-        super().__init__(command)
-        self.location = location
-
-
 def with_location(failure: FailedMessage) -> FailedMessage:
-    """``failure`` with its command's location in front of the reason, where it has one."""
-    if isinstance(failure.element, LocatedCommand):
-        return dataclasses.replace(failure, reason=f"{failure.element.location}: {failure.reason}")
+    """``failure`` with its command's file and line in front of the reason, where it has them:
+    what only the write finds (a topic that is no topic name, a payload over the limit, a refused
+    publish) says where the command was, as the reader's own refusals do."""
+    if (location := source_of(failure.element)) is not None:
+        return dataclasses.replace(failure, reason=f"{location}: {failure.reason}")
     return failure
 
 
@@ -113,8 +99,8 @@ class _ReadFile(beam.DoFn):
             self._read.inc()
             problem = item.problem or self._check.problem(item.record)
             if problem is None:
-                # a JSON line may leave out defaulted fields
-                command = LocatedCommand(self._check.with_defaults(item.record), item.location)
+                # a JSON line may leave out defaulted fields; the command knows its file and line
+                command = self._check.with_defaults(item.record, item.location)
                 yield (None, command) if self._pairs else command
             else:
                 kind = "unparseable" if item.record is None else "invalid_record"

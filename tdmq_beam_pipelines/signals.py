@@ -4,8 +4,8 @@ The first signal asks the job's reads to end after what they have read
 (`tdmq_beam.transforms.graceful_stop`): requests in flight finish (each within
 its retry policy), results and the journal are written, the summary says
 ``stopped: yes`` and the job exits 130. A second signal exits 130 at once;
-the journal (``tdmq_beam_pipelines.journal``) still holds every batch written
-before it. No traceback either way: the handlers replace Python's
+the journal (``tdmq_beam_pipelines.journal``) still holds every command
+published before it but those of the batches in flight. No traceback either way: the handlers replace Python's
 KeyboardInterrupt for the job's run, on the main thread only.
 """
 

@@ -230,9 +230,8 @@ def service():
 def dask_scheduler():
     """The scheduler runners.md's snippet names, tcp://127.0.0.1:8786, with a worker in this process."""
     distributed = pytest.importorskip("distributed", reason="needs Dask: pip install 'dask[distributed]'")
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 8786)) == 0:
-            pytest.skip("something listens on 127.0.0.1:8786, the snippet's scheduler address")
+    if not _free(8786):
+        pytest.skip("something listens on 127.0.0.1:8786, the snippet's scheduler address")
     cluster = distributed.LocalCluster(
         n_workers=1, processes=False, threads_per_worker=1, host="127.0.0.1", scheduler_port=8786,
         dashboard_address=None,

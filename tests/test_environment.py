@@ -7,22 +7,31 @@ import pickle
 
 import pytest
 
-from tdmq_beam import CloudApiConfig, ConfigurationError, TdmqClient, TdmqConnection
+from tdmq_beam import CloudApiConfig, ConfigurationError, MqttMessage, TdmqClient, TdmqConnection
 from tdmq_beam.service.environment import CLOUD_API_ENVIRONMENT, CONNECTION_ENVIRONMENT
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
+    """The test's monkeypatch, with none of the variables set."""
     for setting in (*CONNECTION_ENVIRONMENT, *CLOUD_API_ENVIRONMENT):
         monkeypatch.delenv(setting.variable, raising=False)
     return monkeypatch
 
 
+def _set(monkeypatch, **variables: str) -> None:
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+
+
 def test_the_connection_reads_its_variables_and_keeps_the_password_a_reference(clean_env):
-    clean_env.setenv("TDMQ_ENDPOINT", "http://127.0.0.1:8080/")
-    clean_env.setenv("TDMQ_MQTT_ENDPOINT", "mqtt://127.0.0.1:1883")
-    clean_env.setenv("TDMQ_USERNAME", "user0")
-    clean_env.setenv("TDMQ_PASSWORD", "hunter2-not-in-the-graph")
+    _set(
+        clean_env,
+        TDMQ_ENDPOINT="http://127.0.0.1:8080/",
+        TDMQ_MQTT_ENDPOINT="mqtt://127.0.0.1:1883",
+        TDMQ_USERNAME="user0",
+        TDMQ_PASSWORD="hunter2-not-in-the-graph",
+    )
     connection = TdmqConnection.from_env(max_in_flight=8)
     assert (connection.endpoint, connection.mqtt_endpoint, connection.username) == (
         "http://127.0.0.1:8080",
@@ -61,10 +70,13 @@ def test_a_missing_variable_is_named(clean_env):
 
 
 def test_the_cloud_config_reads_tencents_variable_names(clean_env):
-    clean_env.setenv("TENCENTCLOUD_SECRET_ID", "AKIDexample")
-    clean_env.setenv("TENCENTCLOUD_SECRET_KEY", "key-not-in-the-graph")
-    clean_env.setenv("TENCENTCLOUD_REGION", "ap-shanghai")
-    clean_env.setenv("TDMQ_INSTANCE_ID", "mqtt-abc")
+    _set(
+        clean_env,
+        TENCENTCLOUD_SECRET_ID="AKIDexample",
+        TENCENTCLOUD_SECRET_KEY="key-not-in-the-graph",
+        TENCENTCLOUD_REGION="ap-shanghai",
+        TDMQ_INSTANCE_ID="mqtt-abc",
+    )
     cloud = CloudApiConfig.from_env(rate=5)
     assert (cloud.secret_id, cloud.region, cloud.instance_id, cloud.endpoint, cloud.rate) == (
         "AKIDexample",
@@ -80,9 +92,9 @@ def test_the_cloud_config_reads_tencents_variable_names(clean_env):
 
 
 def test_the_emulators_environment_reaches_it(emulator, clean_env):
-    for variable, value in emulator.environment().items():
-        clean_env.setenv(variable, value)
+    _set(clean_env, **emulator.environment())
     with TdmqClient(TdmqConnection.from_env(), CloudApiConfig.from_env()) as client:
         assert client.publish_batch([]) == []
+        assert len(client.publish(MqttMessage("env/check", b"x"))) == 32  # a message id: the credentials work
         assert client.is_online("nobody-here") is False
         assert client.describe_client("nobody-here") is None

@@ -33,6 +33,7 @@ from tdmq_beam.records.mapping import MessageMapping
 from tdmq_beam.records.payload import FieldPayload, JsonPayload, RecordError
 from tdmq_beam.records.received_message import ReceivedMessage
 from tdmq_beam.records.record_check import RecordCheck
+from tdmq_beam.records.sourced_record import SourcedRecord, source_of
 from tdmq_beam.records.tracked_status import TrackedStatus
 from tdmq_beam.rules.client_events import STATUS_EVENTS
 from tdmq_beam.rules.message_properties import MESSAGE_PROPERTIES
@@ -228,15 +229,10 @@ def _error_row(failure: FailedMessage) -> beam.Row:
     return beam.Row(element=_input_row(failure.element), msg=msg, stack=stack)
 
 
-class _CheckedRecord(dict):
-    """A row's record, checked against the schema (and parsed, from a JSON field), with the row it
-    came from: the write maps the record, the outputs show the row."""
-
-    row: Any
-
-
 def _input_row(element: Any) -> Any:
-    return element.row if isinstance(element, _CheckedRecord) else element
+    """The row an output's element came from: the write maps a row's record (a `SourcedRecord`
+    whose source is the row), the outputs show the row."""
+    return source_of(element, element)
 
 
 class _CheckRows(beam.DoFn):
@@ -259,15 +255,14 @@ class _CheckRows(beam.DoFn):
             else:
                 record = _fields(row)
             if self._check is not None:
-                record = self._check(record)
+                if (problem := self._check.problem(record)) is not None:
+                    raise RecordError(None, problem)
             elif not isinstance(record, dict):
                 raise RecordError(self._json_field, f"holds JSON {type(record).__name__}, not an object")
         except RecordError as error:
             yield beam.pvalue.TaggedOutput("failed", FailedMessage(row, None, None, "invalid_record", str(error), 0))
             return
-        checked = _CheckedRecord(record)
-        checked.row = row
-        yield checked
+        yield self._check.with_defaults(record, row) if self._check is not None else SourcedRecord(row, record)
 
 
 def _json_error_row(failure: FailedMessage) -> beam.Row:

@@ -15,7 +15,7 @@ from typing import Any
 import fastavro
 from fastavro.validation import ValidationError, validate
 
-from tdmq_beam.records.payload import RecordError
+from tdmq_beam.records.sourced_record import SourcedRecord
 
 __all__ = ["RecordCheck"]
 
@@ -44,16 +44,7 @@ class RecordCheck:
             return f"does not match the schema: {problems}"
         return None
 
-    def with_defaults(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """``record`` with the schema's defaults for the fields it leaves out."""
-        return {**self._defaults, **record} if self._defaults else dict(record)
-
-    def __call__(self, record: Any) -> dict[str, Any]:
-        """``record`` checked, with its defaults.
-
-        Raises:
-            RecordError: it does not fit (the reason names the field).
-        """
-        if (problem := self.problem(record)) is not None:
-            raise RecordError(None, problem)
-        return self.with_defaults(record)
+    def with_defaults(self, record: Mapping[str, Any], source: Any) -> SourcedRecord:
+        """``record`` with the schema's defaults for the fields it leaves out, and its ``source``
+        (one dict built, whatever the defaults)."""
+        return SourcedRecord(source, record, self._defaults)

@@ -163,19 +163,18 @@ class BatchedCallsFn(WorkerClientFn):
         self._ready: collections.deque[Any] = collections.deque()
 
     def process(self, element: Any, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
-        emit = len(windowed.windows) == 1 or self._complete_in_process
         if self._batched_input:
             for item, timestamp, windows in element[1]:
                 if self._add(item, WindowedValue(item, timestamp, windows)):
-                    yield from self._submit(emit)
+                    yield from self._submit(self._may_emit(windowed))
         elif self._add(element, windowed):
-            yield from self._submit(emit)
+            yield from self._submit(self._may_emit(windowed))
         if self._complete_in_process:
             if self._buffer:
-                yield from self._submit(emit)
+                yield from self._submit(True)
             while self._outstanding:
                 self._complete(block=True)
-        if emit:
+        if self._ready and self._may_emit(windowed):
             yield from self._handed_on()
 
     def finish_bundle(self) -> Iterable[Any]:
@@ -214,7 +213,13 @@ class BatchedCallsFn(WorkerClientFn):
         self._outstanding[self.start([work for _, work, _ in batch])] = batch
         self._complete(block=False)
 
+    def _may_emit(self, windowed: WindowedValue) -> bool:
+        """Whether outputs may be emitted now: Beam would put them in every window of a
+        multi-window input (see the module's docstring)."""
+        return len(windowed.windows) == 1 or self._complete_in_process
+
     def _handed_on(self) -> Iterator[Any]:
+        """The finished outputs, in the order they finished."""
         ready = self._ready
         while ready:
             yield ready.popleft()
