@@ -23,6 +23,8 @@ from tdmq_beam.emulator.server import Emulator
 
 __all__ = ["main", "parse_config"]
 
+_READY_LINE = "tdmq-emulator serving "  # how the line that tells the emulator serves begins
+
 
 def _user(text: str) -> tuple[str, str]:
     name, sep, password = text.partition(":")
@@ -212,8 +214,10 @@ def _detach() -> int | None:
     os.close(write_end)
     with os.fdopen(read_end, "rb") as started:
         told = started.read()  # until the emulator serves and lets go of the pipe, or exits
-    finished, status = os.waitpid(pid, os.WNOHANG)
-    if finished:
+    # Told by what it printed, not by whether it has exited yet: a failing emulator closes the
+    # pipe a moment before the kernel lets waitpid see it gone.
+    if not any(line.startswith(_READY_LINE.encode()) for line in told.splitlines()):
+        _, status = os.waitpid(pid, 0)
         sys.stderr.buffer.write(told)
         return os.waitstatus_to_exitcode(status) or 1
     sys.stdout.buffer.write(told.rstrip(b"\n") + f" pid={pid}\n".encode())
@@ -243,7 +247,7 @@ async def _serve(config: EmulatorConfig, *, detached: bool = False) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a Ctrl-C right after it stops cleanly
         loop.add_signal_handler(signum, stop.set)
     listeners = " ".join(f"{name}={url}" for name, url in emulator.urls().items())
-    print(f"tdmq-emulator serving {listeners}", flush=True)
+    print(f"{_READY_LINE}{listeners}", flush=True)
     if detached:
         _let_go_of_the_terminal()
     await stop.wait()
