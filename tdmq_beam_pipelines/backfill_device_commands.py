@@ -211,6 +211,7 @@ class _AppendLines(beam.DoFn):
     def start_bundle(self) -> None:
         self._handle: TextIO | None = None
 
+    @beam.typehints.no_annotations  # emits nothing: Beam 2.78 reads '-> None' as a non-iterable output
     def process(self, line: str) -> None:
         if self._handle is None:
             self._handle = open(f"{self._prefix}-{uuid.uuid4().hex}.jsonl", "w", encoding="utf-8")

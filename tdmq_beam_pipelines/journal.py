@@ -72,6 +72,7 @@ class _WriteJournal(beam.DoFn):
         self._lines = 0
         self._opened = 0.0
 
+    @beam.typehints.no_annotations  # emits nothing: Beam 2.78 reads '-> None' as a non-iterable output
     def process(self, published: PublishedMessage) -> None:
         line = json.dumps({"key": command_key(published.element), "message_id": published.message_id})
         if self._file is None:

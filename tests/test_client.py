@@ -7,6 +7,7 @@ import time
 
 import pytest
 from mqtt_peers import RawClient, connect_packet
+from polling import eventually
 
 from tdmq_beam import (
     AsyncTdmqClient,
@@ -265,8 +266,7 @@ def test_is_online(client, paho, unique):
     device = paho(client_id)
     assert client.is_online(client_id) is True
     device.disconnect()
-    time.sleep(0.2)
-    assert client.is_online(client_id) is False
+    assert eventually(lambda: client.is_online(client_id), until=lambda online: not online) is False
 
 
 def test_set_keepalive_changes_describe_client(client, emulator, unique):
@@ -301,8 +301,7 @@ def test_describe_client_connected_disconnected_and_unknown(emulator, paho, uniq
     else:
         assert details.inbound is None and details.session_expiry_interval == 7 * 86400  # 3.1.1, clean off: the cap
     device.disconnect()
-    time.sleep(0.2)
-    offline = client.describe_client(client_id)
+    offline = eventually(lambda: client.describe_client(client_id), until=lambda details: not details.online)
     assert not offline.online and offline.disconnect_time >= offline.connect_time
     assert client.describe_client(unique("never-seen")) is None
     assert offline.as_dict()["subscriptions"] == [{"topic_filter": "home/+/temp", "qos": 1}]

@@ -329,6 +329,7 @@ class _AppendJson(beam.DoFn):
     def __init__(self, path: str) -> None:
         self._path = path
 
+    @beam.typehints.no_annotations  # emits nothing: Beam 2.78 reads '-> None' as a non-iterable output
     def process(self, element) -> None:
         with open(self._path, "a") as handle:
             handle.write(json.dumps(element) + "\n")

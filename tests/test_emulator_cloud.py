@@ -10,6 +10,7 @@ import time
 
 import pytest
 from mqtt_peers import RawClient, connect_packet
+from polling import eventually
 from tencentcloud.common import credential
 from tencentcloud.common.common_client import CommonClient
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
@@ -115,8 +116,10 @@ def test_describe_after_keepalive_change_and_disconnect(cloud_emulator, unique):
     assert sdk_call(cloud_emulator, DESCRIBE_MQTT_CLIENT, params)["Keepalive"] == 300
     device.send(b"\xe0\x00")
     device.close()
-    time.sleep(0.2)
-    response = sdk_call(cloud_emulator, DESCRIBE_MQTT_CLIENT, params)
+    response = eventually(
+        lambda: sdk_call(cloud_emulator, DESCRIBE_MQTT_CLIENT, params),
+        until=lambda answer: answer["ConnectionStatus"] == "DISCONNECTED",
+    )
     assert response["ConnectionStatus"] == "DISCONNECTED"
     assert response["DisconnectTime"] >= response["ConnectTime"] > 0
 
@@ -127,10 +130,12 @@ def test_describe_client_list(cloud_emulator, paho, unique):
     online.subscribe("a/#", 1)
     offline = paho(prefix + "-off", port=cloud_emulator.mqtt_port, protocol=5, session_expiry=600)
     offline.disconnect()
-    time.sleep(0.2)
-    clients = sdk_call(cloud_emulator, DESCRIBE_CLIENT_LIST, {"InstanceId": "mqtt-local", "ClientId": prefix})[
-        "Clients"
-    ]
+    params = {"InstanceId": "mqtt-local", "ClientId": prefix}
+    gone = (prefix + "-off", "DISCONNECTED")
+    clients = eventually(
+        lambda: sdk_call(cloud_emulator, DESCRIBE_CLIENT_LIST, params)["Clients"],
+        until=lambda found: gone in {(c["ClientId"], c["ConnectionStatus"]) for c in found},
+    )
     by_id = {c["ClientId"]: c for c in clients}
     assert set(by_id) == {prefix + "-on", prefix + "-off"}
     assert by_id[prefix + "-on"]["ConnectionStatus"] == "CONNECTED"

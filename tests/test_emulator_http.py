@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pytest
 from mqtt_peers import RawClient, connect_packet
+from polling import eventually
 
 from tdmq_beam.emulator.config import Acl
 from tdmq_beam.testing import TdmqEmulator
@@ -266,8 +267,8 @@ def test_status_from_live_connections(emulator, paho, unique):
         status, _, body = request(emulator, method, path)
         assert status == 200 and json.loads(body) == {"online": True}
     client.disconnect()
-    time.sleep(0.2)
-    assert json.loads(request(emulator, "GET", path)[2]) == {"online": False}
+    status = eventually(lambda: json.loads(request(emulator, "GET", path)[2]), until=lambda body: not body["online"])
+    assert status == {"online": False}
 
 
 def test_keep_alive_changes_the_enforced_interval_at_once(emulator, unique):

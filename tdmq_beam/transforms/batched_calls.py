@@ -296,7 +296,7 @@ def grouped_batches(pcoll: beam.PCollection, shards: int = 16) -> beam.PCollecti
     """Batches by a `GroupByKey` over ``shards`` random keys: input for
     ``BatchedCallsFn(batched_input=True, complete_in_process=True)``.
 
-    For Beam 2.77's Dask runner, which keeps only what ``process`` emits (it
+    For Beam's Dask runner, which in 2.77 keeps only what ``process`` emits (it
     collects a partition's outputs before calling ``finish_bundle``) and runs
     no stateful DoFn (so no `GroupIntoBatches`): each group's calls all
     complete inside one ``process`` call, concurrently.

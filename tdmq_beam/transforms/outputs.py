@@ -1,6 +1,6 @@
 """A DoFn's tagged outputs, kept apart on every runner.
 
-Beam 2.77's Dask runner hands every output of a multi-output ``ParDo`` to every
+Beam's Dask runner (2.77, 2.78) hands every output of a multi-output ``ParDo`` to every
 consumer: its translation keys each Dask bag by the producing transform, not by
 the output's tag (docs/runners.md shows the smallest reproduction). On such a runner
 the DoFn emits ``(tag, value)`` pairs on its one output instead, and one

@@ -1,10 +1,10 @@
 """What some runners cannot do, resolved once per pipeline: `RunnerCapabilities`.
 
-Beam 2.77's Dask runner is the one runner here with limits that reach the
+Beam's Dask runner (2.77, 2.78) is the one runner here with limits that reach the
 connector. Its translation (``apache_beam/runners/dask``) keys each Dask bag by
 the producing transform, not by the output tag, so every output of a
-multi-output ``ParDo`` reaches every consumer; it collects a partition's outputs
-before it calls ``finish_bundle``, so whatever a DoFn emits there is dropped; it
+multi-output ``ParDo`` reaches every consumer; in 2.77 it collects a partition's
+outputs before it calls ``finish_bundle``, so whatever a DoFn emits there is dropped; it
 reads and writes no files through Beam, reports no metrics, and keeps a Dask
 client open after the run. (It also runs no stateful DoFn and computes only the
 branch of the last transform applied: docs/runners.md has the list and the pipelines'
