@@ -278,7 +278,7 @@ class EnrichWithClientStatus(CallTransform):
             self._error_handler.add_error_pcollection(keyed[FAILED])
         if self._source == "events+query":
             # The few elements asked after the join are batched per bundle under ``auto``: on
-            # Beam 2.77's streaming DirectRunner, what GroupIntoBatches flushes at the window's
+            # Beam's streaming DirectRunner (2.77, 2.78), what GroupIntoBatches flushes at the window's
             # end is dropped by a GroupByKey downstream (docs/runners.md).
             batching = self._batching
             if batching.mode == "auto":
