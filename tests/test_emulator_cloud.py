@@ -165,11 +165,12 @@ def test_shared_subscription_lag_counts_what_the_group_holds_unacknowledged(clou
 
     group, topic = unique("lag"), unique("lagged")
     expression = f"$share/{group}/{topic}/#"
-    reader = paho(unique("lag-reader"), port=cloud_emulator.mqtt_port, protocol=5, session_expiry=600)
+    reader_id = unique("lag-reader")
+    reader = paho(reader_id, port=cloud_emulator.mqtt_port, protocol=5, session_expiry=600)
     reader.subscribe(expression, 1)
     reader.disconnect()  # its session (and its place in the group) stays; it takes nothing now
-    time.sleep(0.2)
     with TdmqClient(cloud_emulator.connection(), cloud_emulator.cloud_config()) as client:
+        assert eventually(lambda: client.is_online(reader_id), until=lambda online: not online) is False
         assert client.shared_subscription_lag(expression) == 0
         for i in range(7):
             client.publish(MqttMessage(f"{topic}/{i}", b"x", qos=1))

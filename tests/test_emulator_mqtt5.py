@@ -24,6 +24,7 @@ from mqtt_peers import (
 )
 from paho.mqtt.client import SubscribeOptions
 from paho.mqtt.packettypes import PacketTypes
+from polling import eventually
 
 from tdmq_beam.emulator.config import Acl
 from tdmq_beam.testing import TdmqEmulator
@@ -148,7 +149,8 @@ def test_shared_messages_skip_members_with_a_full_window(emulator, paho, unique)
 def test_unacknowledged_shared_messages_go_to_another_member(emulator, paho, unique):
     topic = unique("handover")
     group = unique("g")
-    crashing, _flags, _props = raw5(emulator.mqtt_port, unique("crash"), clean=False, SessionExpiryInterval=300)
+    crashing_id = unique("crash")
+    crashing, _flags, _props = raw5(emulator.mqtt_port, crashing_id, clean=False, SessionExpiryInterval=300)
     crashing.send(subscribe5_packet(1, [(f"$share/{group}/{topic}", 1)]))
     assert crashing.read().type == 9
     publisher = paho(unique("p"))
@@ -156,7 +158,8 @@ def test_unacknowledged_shared_messages_go_to_another_member(emulator, paho, uni
         publisher.publish(topic, f"m{index}".encode(), qos=1)
     received = [read_publish5(crashing.read()) for _ in range(4)]
     crashing.send(ack_packet(4, received[0].packet_id))  # acknowledges only the first
-    time.sleep(0.2)
+    held = eventually(lambda: emulator.session_state(crashing_id), until=lambda state: state["unacknowledged"] == 3)
+    assert held["unacknowledged"] == 3
     crashing.close()  # crashes with three unacknowledged
     survivor = paho(unique("survivor"))
     survivor.subscribe(f"$share/{group}/{topic}", 1)
