@@ -19,7 +19,7 @@ from apache_beam.utils.timestamp import Timestamp
 from beam_helpers import read_json_lines
 from mqtt_peers import PahoClient, RawClient, connect5_packet
 
-from tdmq_beam import ConfigurationError, EnrichWithClientStatus, ReadClientEvents, TrackClientStatus
+from tdmq_beam import ConfigurationError, EnrichWithClientStatus, ReadClientEvents, TdmqClient, TrackClientStatus
 from tdmq_beam.records.client_event import ClientEvent, event_time
 from tdmq_beam.records.payload import RecordError
 from tdmq_beam.records.received_message import ReceivedMessage
@@ -144,10 +144,12 @@ def _in_background(target) -> tuple[threading.Thread, dict]:
 
 
 def _wait_subscribed(emulator, client_id: str) -> None:
+    """Until the reader's SUBSCRIBE is in, as the service's DescribeMQTTClient shows it."""
     deadline = time.monotonic() + 60
-    while not (emulator.session_state(client_id) or {}).get("subscriptions"):
-        assert time.monotonic() < deadline, f"{client_id} did not subscribe"
-        time.sleep(0.05)
+    with TdmqClient(emulator.connection(), emulator.cloud_config()) as client:
+        while not ((details := client.describe_client(client_id)) and details.subscriptions):
+            assert time.monotonic() < deadline, f"{client_id} did not subscribe"
+            time.sleep(0.1)
 
 
 def test_client_events_from_paho_clients_connecting_leaving_taken_over_and_timing_out(emulator, unique, tmp_path):

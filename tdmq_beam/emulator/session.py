@@ -119,12 +119,10 @@ class Session:
             self.bytes_out += size
 
     def state(self) -> dict[str, Any]:
-        """What the session holds, for tests: ``connected``, ``subscriptions`` (its topic
-        filters), ``delivered`` (PUBLISH packets sent to it), ``unacknowledged`` (in flight) and
-        ``queued`` (waiting to be sent)."""
+        """What the session holds, for tests: ``connected``, ``delivered`` (PUBLISH packets sent
+        to it), ``unacknowledged`` (in flight) and ``queued`` (waiting to be sent)."""
         return {
             "connected": self.connection is not None,
-            "subscriptions": len(self.subscriptions),
             "delivered": sum(
                 n for (way, kind, _), n in self.packet_counts.items() if (way, kind) == ("in", PacketType.PUBLISH)
             ),
