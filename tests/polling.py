@@ -9,8 +9,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def eventually(read: Callable[[], T], until: Callable[[T], bool], *, timeout: float = 10.0) -> T:
-    """Calls ``read`` every 20 ms until ``until`` holds for what it returns, or ``timeout`` s pass.
+def eventually(read: Callable[[], T], until: Callable[[T], bool], *, timeout: float = 10.0, every: float = 0.02) -> T:
+    """Calls ``read`` every ``every`` s until ``until`` holds for what it returns, or ``timeout`` s pass.
 
     Returns the last value read either way, so the caller's assert shows what was there: a broker
     sees a DISCONNECT a moment after the client has sent it, later still on a loaded machine.
@@ -18,6 +18,6 @@ def eventually(read: Callable[[], T], until: Callable[[T], bool], *, timeout: fl
     deadline = time.monotonic() + timeout
     value = read()
     while not until(value) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(every)
         value = read()
     return value

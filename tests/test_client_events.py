@@ -18,6 +18,7 @@ from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from beam_helpers import read_json_lines
 from mqtt_peers import PahoClient, RawClient, connect5_packet
+from polling import eventually
 
 from tdmq_beam import ConfigurationError, EnrichWithClientStatus, ReadClientEvents, TdmqClient, TrackClientStatus
 from tdmq_beam.records.client_event import ClientEvent, event_time
@@ -144,12 +145,14 @@ def _in_background(target) -> tuple[threading.Thread, dict]:
 
 
 def _wait_subscribed(emulator, client_id: str) -> None:
-    """Until the reader's SUBSCRIBE is in, as the service's DescribeMQTTClient shows it."""
-    deadline = time.monotonic() + 60
+    """Until the reader's SUBSCRIBE is in, as the service's DescribeMQTTClient shows it (asked
+    every 0.1 s: the cloud API allows 20 requests a second)."""
     with TdmqClient(emulator.connection(), emulator.cloud_config()) as client:
-        while not ((details := client.describe_client(client_id)) and details.subscriptions):
-            assert time.monotonic() < deadline, f"{client_id} did not subscribe"
-            time.sleep(0.1)
+        details = eventually(
+            lambda: client.describe_client(client_id), until=lambda found: bool(found and found.subscriptions),
+            timeout=60, every=0.1,
+        )  # fmt: skip
+    assert details and details.subscriptions, f"{client_id} did not subscribe"
 
 
 def test_client_events_from_paho_clients_connecting_leaving_taken_over_and_timing_out(emulator, unique, tmp_path):

@@ -267,8 +267,8 @@ def test_status_from_live_connections(emulator, paho, unique):
         status, _, body = request(emulator, method, path)
         assert status == 200 and json.loads(body) == {"online": True}
     client.disconnect()
-    status = eventually(lambda: json.loads(request(emulator, "GET", path)[2]), until=lambda body: not body["online"])
-    assert status == {"online": False}
+    answer = eventually(lambda: json.loads(request(emulator, "GET", path)[2]), until=lambda body: not body["online"])
+    assert answer == {"online": False}
 
 
 def test_keep_alive_changes_the_enforced_interval_at_once(emulator, unique):
