@@ -45,6 +45,7 @@ import fastavro
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from tdmq_beam import (
     Batching,
@@ -84,6 +85,7 @@ VERIFY_NEEDS_CLOUD = (
     "--verify needs the cloud API flags: --secret-id, --secret-key-env or --secret-key-file, --tencent-region "
     "and --instance-id"
 )
+AVRO_NOT_ON_DASK = "--output-format avro: on Beam's Dask runner the backfill writes JSON Lines; use jsonl"
 PROGRAM = "backfill_device_commands"
 COMMANDS = ("reboot", "update-firmware", "set-interval", "lock", "unlock", "ping")
 
@@ -201,8 +203,9 @@ def _write_results(results: dict[str, beam.PCollection], args: argparse.Namespac
 class _AppendLines(beam.DoFn):
     """Writes each bundle's lines to a file of its own, ``{prefix}-{uuid}.jsonl``, as a side effect.
 
-    For Beam's Dask runner, where ``WriteToText`` writes nothing (it drops what a
-    DoFn emits in ``finish_bundle``); it emits nothing itself.
+    For Beam's Dask runner, which runs only the last transform's branch and where 2.77's
+    ``WriteToText`` writes nothing (it drops what a DoFn emits in ``finish_bundle``); it
+    emits nothing itself.
     """
 
     def __init__(self, prefix: str) -> None:
@@ -226,7 +229,7 @@ def _write_results_on_dask(results: dict[str, beam.PCollection], args: argparse.
     """The results as JSON Lines on Beam's Dask runner, which computes only the branch of the last
     transform applied: every write feeds one last step, so that all run."""
     if args.output_format == "avro":
-        raise ConfigurationError("--output-format avro: Beam's Dask runner writes no files through Beam; use jsonl")
+        raise ConfigurationError(AVRO_NOT_ON_DASK)
     written = []
     for name, pcoll in results.items():
         written.append(
@@ -503,6 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, value in positive_flags:
         if value < 1:
             usage_error(PROGRAM, f"{flag} must be positive, got {value}")
+    runner = RunnerCapabilities.named(PipelineOptions(list(beam_args)).view_as(StandardOptions).runner)
+    if args.output_format == "avro" and not runner.file_io:
+        usage_error(PROGRAM, AVRO_NOT_ON_DASK)
     if args.endpoint is None:
         if args.input is not None:
             usage_error(PROGRAM, "--input needs --endpoint (without both, the demo runs on the embedded emulator)")

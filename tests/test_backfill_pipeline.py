@@ -183,6 +183,10 @@ def test_configuration_mistakes_print_one_line_and_exit_2(emulator, tmp_path, mo
     password = ["--password-env", "BACKFILL_TEST_PASSWORD"]
     assert "is not JSON" in _usage_exit([*io, *service, *password, "--schema", str(not_json)], capsys)
     assert "tps must be positive" in _usage_exit(["--tps", "0"], capsys)  # the demo
+    dask = ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner", "--output-format", "avro"]
+    assert "--output-format avro: on Beam's Dask runner the backfill writes JSON Lines; use jsonl" in _usage_exit(
+        [*io, *service, *password, *dask], capsys
+    )
     # A missing input file is named; a pattern matching nothing is an error unless asked for.
     output = ["--output", str(tmp_path / "out")]
     missing = str(tmp_path / "nope.jsonl")

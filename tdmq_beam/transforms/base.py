@@ -143,10 +143,11 @@ class CallTransform(beam.PTransform):
 
     def expand_calls(self, pcoll: pvalue.PCollection, batching: Batching) -> Any:
         """The calls on ``pcoll`` batched as ``batching`` says (`expand` with the transform's own)."""
-        # Beam's Dask runner drops what a DoFn emits in finish_bundle: there, batches come from
-        # a GroupByKey and every call completes inside process (see `grouped_batches`).
+        # Where no stateful DoFn runs (so no GroupIntoBatches) or what a DoFn emits in
+        # finish_bundle is dropped (Beam's Dask runner), batches come from a GroupByKey and every
+        # call completes inside process (see `grouped_batches`).
         runner = RunnerCapabilities.of(pcoll.pipeline)
-        grouped = not runner.finish_bundle_outputs
+        grouped = not (runner.stateful_dofns and runner.finish_bundle_outputs)
         sharded = not grouped and batching.sharded_for(pcoll)
 
         def make_fn(pairs: bool) -> BatchedCallsFn:

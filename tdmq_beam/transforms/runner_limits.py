@@ -3,12 +3,12 @@
 Beam's Dask runner (2.77, 2.78) is the one runner here with limits that reach the
 connector. Its translation (``apache_beam/runners/dask``) keys each Dask bag by
 the producing transform, not by the output tag, so every output of a
-multi-output ``ParDo`` reaches every consumer; in 2.77 it collects a partition's
-outputs before it calls ``finish_bundle``, so whatever a DoFn emits there is dropped; it
-reads and writes no files through Beam, reports no metrics, and keeps a Dask
-client open after the run. (It also runs no stateful DoFn and computes only the
-branch of the last transform applied: docs/runners.md has the list and the pipelines'
-shapes that run anyway.)
+multi-output ``ParDo`` reaches every consumer; it runs no stateful DoFn; in 2.77 it
+collects a partition's outputs before it calls ``finish_bundle``, so whatever a DoFn
+emits there is dropped (2.78 keeps them; the table counts 2.77, the shape both run);
+it reads no files through ``ReadFromText``, reports no metrics, and keeps a Dask
+client open after the run. (It also computes only the branch of the last transform
+applied: docs/runners.md has the list and the pipelines' shapes that run anyway.)
 
 Transforms ask `RunnerCapabilities.of(pipeline)` in ``expand`` and hand DoFns
 plain settings; no DoFn and no pipeline tests the runner's name.
@@ -30,7 +30,8 @@ class RunnerCapabilities:
     Attributes:
         tagged_outputs: each output of a multi-output ParDo reaches only its own consumers.
         finish_bundle_outputs: what a DoFn emits in ``finish_bundle`` reaches downstream.
-        file_io: Beam's file reads and writes (``fileio``, ``WriteToText``) run.
+        stateful_dofns: stateful DoFns (so ``GroupIntoBatches``) run.
+        file_io: Beam's text file reads and writes (``ReadFromText``, ``WriteToText``) both run.
         metrics: the pipeline result reports metrics.
         leaves_client_open: the result holds a client (``result.client``) to close after the run.
         mqtt_read_beside_pubsub: an MQTT read (``ReadFromTdmqMqtt``) runs in a pipeline that
@@ -41,6 +42,7 @@ class RunnerCapabilities:
 
     tagged_outputs: bool = True
     finish_bundle_outputs: bool = True
+    stateful_dofns: bool = True
     file_io: bool = True
     metrics: bool = True
     leaves_client_open: bool = False
@@ -63,5 +65,10 @@ class RunnerCapabilities:
 _FULL = RunnerCapabilities()
 _DIRECT = RunnerCapabilities(mqtt_read_beside_pubsub=False)
 _DASK = RunnerCapabilities(
-    tagged_outputs=False, finish_bundle_outputs=False, file_io=False, metrics=False, leaves_client_open=True
+    tagged_outputs=False,
+    finish_bundle_outputs=False,
+    stateful_dofns=False,
+    file_io=False,
+    metrics=False,
+    leaves_client_open=True,
 )
